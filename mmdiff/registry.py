@@ -1,0 +1,114 @@
+"""Small name -> object registries (after timm's `_registry.py`): architectures, modality adapters, heads,
+samplers, tasks and schedules are all found by name, and a third party adds its own with `register`.
+
+>>> from mmdiff.registry import Registry
+>>> colors = Registry("color")
+>>> @colors.register("red")
+... def red(): return "#f00"
+>>> colors.get("red")()
+'#f00'
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+__all__ = [
+    "Registry",
+    "ARCHITECTURES",
+    "ADAPTERS",
+    "HEADS",
+    "SAMPLERS",
+    "TASKS",
+    "SCHEDULES",
+    "DATASETS",
+]
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key that orders `model-2` before `model-10`."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+class Registry:
+    """A named table of objects with helpful lookup errors.
+
+    Args:
+        kind: what the entries are ("sampler", "schedule", ...); used in error messages.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Any] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
+
+    def register(self, name: str | None = None, *, override: bool = False, **meta: Any) -> Callable[[Any], Any]:
+        """Decorator that adds an object under `name` (default: its `__name__`).
+
+        Args:
+            name: lookup name.
+            override: replace an existing entry instead of raising.
+            **meta: free-form metadata kept beside the entry (see `meta`).
+        """
+
+        def decorator(obj: Any) -> Any:
+            self.add(name or obj.__name__, obj, override=override, **meta)
+            return obj
+
+        return decorator
+
+    def add(self, name: str, obj: Any, *, override: bool = False, **meta: Any) -> None:
+        """Adds `obj` under `name` (the non-decorator form of `register`)."""
+        if name in self._entries and not override and self._entries[name] is not obj:
+            raise ValueError(
+                f"{self.kind} {name!r} is already registered; pass override=True to replace it or pick another name"
+            )
+        self._entries[name] = obj
+        self._meta[name] = dict(meta)
+
+    def get(self, name: str) -> Any:
+        """Returns the entry called `name`; an unknown name raises KeyError listing the closest names."""
+        if name in self._entries:
+            return self._entries[name]
+        raise KeyError(self.unknown_message(name))
+
+    def unknown_message(self, name: str) -> str:
+        close = difflib.get_close_matches(name, list(self._entries), n=5, cutoff=0.4)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        known = ", ".join(self.list()) or "(none registered)"
+        return f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {known}"
+
+    def meta(self, name: str) -> dict[str, Any]:
+        self.get(name)
+        return self._meta[name]
+
+    def list(self, pattern: str | list[str] = "*") -> list[str]:
+        """Names matching one or more fnmatch patterns, in natural order."""
+        patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+        names = [n for n in self._entries if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+        return sorted(names, key=natural_key)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.list())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {len(self)} entries)"
+
+
+ARCHITECTURES = Registry("architecture")
+ADAPTERS = Registry("adapter")  # keys are "modality/name", e.g. "vision/timm", "action/bins"
+HEADS = Registry("head")
+SAMPLERS = Registry("sampler")
+TASKS = Registry("task")
+SCHEDULES = Registry("schedule")
+DATASETS = Registry("dataset")

@@ -1,0 +1,5 @@
+"""Samplers, found by name in `mmdiff.registry.SAMPLERS`."""
+
+from mmdiff.sampling.llada import gumbel_argmax, llada_generate, tokens_per_step
+
+__all__ = ["llada_generate", "tokens_per_step", "gumbel_argmax"]
