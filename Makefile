@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# torch's CPU threads spin-wait by default; on a shared 2-core machine that slows small models many times over
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install run test test-all bench data lint clean
 

@@ -15,6 +15,7 @@ from mmdiff.modeling import DiffusionModel, ModelConfig, SamplerConfig
 from mmdiff.registry import ADAPTERS, ARCHITECTURES, HEADS, SAMPLERS, SCHEDULES, TASKS, Registry
 from mmdiff.sampling import llada_generate
 from mmdiff.vocab import VocabLayout
+from mmdiff.zoo import create_model, list_models, model_info, register_model
 
 __version__ = "0.1.0"
 
@@ -41,4 +42,8 @@ __all__ = [
     "TASKS",
     "llada_generate",
     "VocabLayout",
+    "create_model",
+    "list_models",
+    "model_info",
+    "register_model",
 ]

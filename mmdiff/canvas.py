@@ -52,7 +52,9 @@ class Canvas:
         if self.maskable.shape != self.ids.shape:
             raise ValueError(f"maskable {tuple(self.maskable.shape)} must match ids {tuple(self.ids.shape)}")
         if self.attention_mask is not None and self.attention_mask.shape != self.ids.shape:
-            raise ValueError(f"attention_mask {tuple(self.attention_mask.shape)} must match ids {tuple(self.ids.shape)}")
+            raise ValueError(
+                f"attention_mask {tuple(self.attention_mask.shape)} must match ids {tuple(self.ids.shape)}"
+            )
 
     @property
     def batch_size(self) -> int:

@@ -7,6 +7,8 @@ serialisation.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -14,7 +16,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["from_dict", "to_dict", "apply_overrides", "parse_override_value"]
+__all__ = ["from_dict", "to_dict", "apply_overrides", "parse_override_value", "load_yaml"]
 
 
 def to_dict(obj: Any) -> Any:
@@ -97,11 +99,30 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str | None = None) -
     return cls(**kwargs)
 
 
-def parse_override_value(text: str) -> Any:
-    """Parses a command-line value with YAML rules (`3`, `1e-3`, `true`, `[1, 2]`, `null`)."""
+def load_yaml(text: str) -> Any:
+    """Safe YAML with YAML 1.2 floats: `1e-3` is a number (PyYAML's 1.1 rules read it as a string)."""
     import yaml
 
-    return yaml.safe_load(text)
+    return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
+
+
+@functools.cache
+def _yaml_loader() -> type:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", YAML12_FLOAT, list("-+0123456789."))
+    return Loader
+
+
+YAML12_FLOAT = re.compile(r"^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)[eE][-+]?\d+$")
+
+
+def parse_override_value(text: str) -> Any:
+    """Parses a command-line value with YAML rules (`3`, `1e-3`, `true`, `[1, 2]`, `null`)."""
+    return load_yaml(text)
 
 
 def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,14 @@ from mmdiff.core.config import CoreConfig
 from mmdiff.dataclass_io import from_dict
 from mmdiff.diffusion.objective import LossOutput, diffusion_loss
 from mmdiff.diffusion.schedules import Schedule
-from mmdiff.io import load_json, load_safetensors, load_state_dict_strict, save_json, save_safetensors
+from mmdiff.io import (
+    PICKLE_SUFFIXES,
+    load_json,
+    load_safetensors,
+    load_state_dict_strict,
+    save_json,
+    save_safetensors,
+)
 from mmdiff.registry import ARCHITECTURES, SAMPLERS
 from mmdiff.vocab import VocabLayout
 
@@ -66,7 +73,9 @@ class ModelConfig:
         data = dict(data)
         version = data.pop("mmdiff_format", FORMAT_VERSION)
         if version > FORMAT_VERSION:
-            raise ValueError(f"config.json has mmdiff_format {version}; this mmdiff reads up to {FORMAT_VERSION}: upgrade mmdiff")
+            raise ValueError(
+                f"config.json has mmdiff_format {version}; this mmdiff reads up to {FORMAT_VERSION}: upgrade mmdiff"
+            )
         if "core" not in data:
             raise ValueError("config.json has no 'core' section; is this an mmdiff checkpoint? Foreign layouts go "
                              "through mmdiff.convert")
@@ -145,16 +154,27 @@ class DiffusionModel(nn.Module):
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, **overrides: Any) -> Tensor:
         """Samples answers after `input_ids` (B, P) with the checkpoint's sampler defaults, overridden by keywords.
 
+        The sampler is `SAMPLERS.get(sampler)`, called as `sampler(core, input_ids, attention_mask, mask_id=...,
+        **options)`; a keyword it does not take is an error naming the ones it does.
+
         Returns:
             (B, P + gen_length): prompt then answer.
         """
         options = {**self.sampler_config.to_dict(), **overrides}
-        sampler = SAMPLERS.get(options.pop("sampler"))
-        accepted = inspect.signature(sampler).parameters
+        name = options.pop("sampler")
+        sampler = SAMPLERS.get(name)
+        params = inspect.signature(sampler).parameters
+        reserved = ("core", "input_ids", "attention_mask", "mask_id")
+        clash = [k for k in overrides if k in reserved]
+        if clash:
+            raise TypeError(f"generate() sets {clash} itself; pass input_ids and attention_mask positionally")
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        accepted = [k for k, p in params.items() if k not in reserved and p.kind is not inspect.Parameter.VAR_KEYWORD]
         unknown = [k for k in overrides if k not in accepted and k != "sampler"]
-        if unknown:
-            raise TypeError(f"sampler does not take {unknown}; it accepts: {', '.join(accepted)}")
-        options = {k: v for k, v in options.items() if k in accepted}
+        if unknown and not takes_any:
+            raise TypeError(f"sampler {name!r} does not take {unknown}; it accepts: {', '.join(accepted)}")
+        # checkpoint defaults the sampler does not take are dropped; explicit overrides always reach a **kwargs sampler
+        options = {k: v for k, v in options.items() if k in accepted or (k in overrides and takes_any)}
         was_training = self.training
         self.eval()
         try:
@@ -218,7 +238,7 @@ class DiffusionModel(nn.Module):
         if pretrained:
             weights = directory / WEIGHTS_NAME
             if not weights.is_file():
-                pickles = [p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+                pickles = [p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES]
                 hint = f" (found pickle files {pickles}: they are refused; convert to safetensors)" if pickles else ""
                 raise FileNotFoundError(f"{weights} not found{hint}")
             load_state_dict_strict(model.core, load_safetensors(weights), source=str(weights))

@@ -49,11 +49,17 @@ class Registry:
     def register(self, name: str | None = None, *, override: bool = False, **meta: Any) -> Callable[[Any], Any]:
         """Decorator that adds an object under `name` (default: its `__name__`).
 
+        Works with and without parentheses: `@reg.register`, `@reg.register()`, `@reg.register("name")`.
+
         Args:
             name: lookup name.
             override: replace an existing entry instead of raising.
             **meta: free-form metadata kept beside the entry (see `meta`).
         """
+        if name is not None and not isinstance(name, str):  # used bare: `@reg.register` hands us the object
+            obj, name = name, None
+            self.add(obj.__name__, obj, override=override, **meta)
+            return obj
 
         def decorator(obj: Any) -> Any:
             self.add(name or obj.__name__, obj, override=override, **meta)
@@ -63,12 +69,21 @@ class Registry:
 
     def add(self, name: str, obj: Any, *, override: bool = False, **meta: Any) -> None:
         """Adds `obj` under `name` (the non-decorator form of `register`)."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{self.kind} names must be non-empty strings, got {name!r}")
         if name in self._entries and not override and self._entries[name] is not obj:
             raise ValueError(
                 f"{self.kind} {name!r} is already registered; pass override=True to replace it or pick another name"
             )
         self._entries[name] = obj
         self._meta[name] = dict(meta)
+
+    def remove(self, name: str) -> Any:
+        """Removes and returns the entry called `name` (unknown names raise like `get`)."""
+        obj = self.get(name)
+        del self._entries[name]
+        del self._meta[name]
+        return obj
 
     def get(self, name: str) -> Any:
         """Returns the entry called `name`; an unknown name raises KeyError listing the closest names."""
@@ -83,6 +98,7 @@ class Registry:
         return f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {known}"
 
     def meta(self, name: str) -> dict[str, Any]:
+        """The metadata given to `register` for `name`."""
         self.get(name)
         return self._meta[name]
 

@@ -46,13 +46,21 @@ class VocabLayout:
         ranges: Mapping[str, int] | None = None,
     ) -> VocabLayout:
         """Lays out text ids first, then one id per special, then each modality range in order."""
+        ranges = dict(ranges or {})
+        if text_size < 0 or any(count < 0 for count in ranges.values()):
+            raise ValueError(f"vocabulary sizes must be >= 0, got text_size={text_size}, ranges={ranges}")
+        if "text" in ranges:
+            raise ValueError("'text' is the text tokenizer's range (set by text_size); name modality ranges otherwise")
+        specials = list(specials)
+        if len(set(specials)) != len(specials):
+            raise ValueError(f"special token names repeat in {specials}; give each special once")
         next_id = text_size
         special = {}
         for name in specials:
             special[name] = next_id
             next_id += 1
         spans = {"text": (0, text_size)}
-        for name, count in (ranges or {}).items():
+        for name, count in ranges.items():
             spans[name] = (next_id, next_id + count)
             next_id += count
         return cls(size=next_id, special=special, ranges=spans)
@@ -60,12 +68,14 @@ class VocabLayout:
     def validate(self) -> None:
         for name in REQUIRED_SPECIALS:
             if name not in self.special:
-                raise ValueError(f"vocabulary layout has no {name!r} id; add it to `special` (e.g. special={{'{name}': ...}})")
+                raise ValueError(
+                    f"vocabulary layout has no {name!r} id; add it to `special` (e.g. special={{'{name}': ...}})"
+                )
         for name, (start, stop) in self.ranges.items():
             if not 0 <= start <= stop <= self.size:
                 raise ValueError(f"vocabulary range {name!r} = [{start}, {stop}) lies outside [0, {self.size})")
         spans = sorted(self.ranges.items(), key=lambda kv: kv[1])
-        for (a, (_, a_stop)), (b, (b_start, _)) in zip(spans, spans[1:]):
+        for (a, (_, a_stop)), (b, (b_start, _)) in zip(spans, spans[1:], strict=False):
             if b_start < a_stop:
                 raise ValueError(f"vocabulary ranges {a!r} and {b!r} overlap; give each modality its own ids")
         for name, idx in self.special.items():
@@ -107,11 +117,15 @@ class VocabLayout:
         return self.special.get("bos")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"size": self.size, "special": dict(self.special), "ranges": {k: list(v) for k, v in self.ranges.items()}}
+        """Plain-JSON form (ranges as lists), the inverse of `from_dict`."""
+        ranges = {k: list(v) for k, v in self.ranges.items()}
+        return {"size": self.size, "special": dict(self.special), "ranges": ranges}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> VocabLayout:
         unknown = set(data) - {"size", "special", "ranges"}
         if unknown:
             raise ValueError(f"unknown vocabulary layout field(s) {sorted(unknown)}; expected size, special, ranges")
+        if "size" not in data:
+            raise ValueError("vocabulary layout has no 'size' field (the number of ids the layout uses)")
         return cls(size=int(data["size"]), special=dict(data.get("special", {})), ranges=dict(data.get("ranges", {})))

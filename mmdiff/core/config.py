@@ -58,16 +58,28 @@ class CoreConfig:
     def __post_init__(self) -> None:
         if isinstance(self.vocab, dict):
             self.vocab = VocabLayout.from_dict(self.vocab)
+        if not isinstance(self.vocab, VocabLayout):
+            raise TypeError(f"vocab must be a VocabLayout (e.g. VocabLayout.build(text_size)), got {self.vocab!r}")
         if self.vocab_size is None:
             self.vocab_size = self.vocab.size
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.mlp_hidden_size is None:
             self.mlp_hidden_size = 64 * ((8 * self.d_model // 3 + 63) // 64)
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size", "max_seq_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.norm_eps <= 0 or self.rope_theta <= 0:
+            raise ValueError(f"norm_eps and rope_theta must be > 0, got {self.norm_eps} and {self.rope_theta}")
         if self.vocab_size < self.vocab.size:
             raise ValueError(f"vocab_size={self.vocab_size} is smaller than the vocabulary layout ({self.vocab.size})")
         if self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+            raise ValueError(
+                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; pick n_heads dividing d_model"
+            )
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
         if (self.d_model // self.n_heads) % 2:
@@ -77,6 +89,7 @@ class CoreConfig:
 
     @property
     def head_dim(self) -> int:
+        """Width of one attention head (d_model / n_heads)."""
         return self.d_model // self.n_heads
 
     def to_dict(self) -> dict[str, Any]:

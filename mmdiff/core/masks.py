@@ -2,7 +2,8 @@
 
 Kinds:
     full:          every position sees every non-padding position (LLaDA, Dream, MDLM).
-    prefix:        prompt positions see only the prompt; targets see everything (LaViDa), so a prompt KV cache is exact.
+    prefix:        prompt positions see only the prompt; targets see everything (LaViDa), so a prompt KV cache is
+                   exact.
     block_causal:  positions in block b see the prompt and blocks <= b (block diffusion, BD3-LM).
 All masks have shape (B, 1, L, L) or broadcast to it; padding is a key mask (B, 1, 1, L).
 """
@@ -31,8 +32,16 @@ def prefix_mask(prefix_len: Tensor, seq_len: int) -> Tensor:
     return allowed[:, None]
 
 
-def block_causal_mask(seq_len: int, block_size: int, prefix_len: Tensor | int = 0, device=None) -> Tensor:
-    """Block-causal mask: the prompt is block 0, then blocks of `block_size`; a query sees keys of blocks <= its own."""
+def block_causal_mask(
+    seq_len: int, block_size: int, prefix_len: Tensor | int = 0, device: torch.device | None = None
+) -> Tensor:
+    """Block-causal mask: the prompt is block 0, then blocks of `block_size`; a query sees keys of blocks <= its own.
+
+    >>> block_causal_mask(4, 2, prefix_len=0)[0, 0].int().tolist()
+    [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]]
+    """
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
     if isinstance(prefix_len, int):
         prefix_len = torch.tensor([prefix_len], device=device)
     pos = torch.arange(seq_len, device=prefix_len.device)

@@ -38,7 +38,8 @@ class RMSNorm(nn.Module):
 
 def rotary_embedding(position_ids: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
     """cos, sin of shape (B, 1, L, head_dim) in float32 for non-interleaved (rotate-half) RoPE."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim))
+    exponents = torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim
+    inv_freq = 1.0 / (theta**exponents)  # (head_dim/2,)
     angles = position_ids.float()[..., None] * inv_freq  # (B, L, head_dim/2)
     angles = torch.cat([angles, angles], dim=-1)[:, None]  # (B, 1, L, head_dim)
     return angles.cos(), angles.sin()
@@ -136,7 +137,8 @@ class MaskedDiffusionTransformer(nn.Module):
         std = 0.02
         for name, p in self.named_parameters():
             if p.dim() == 2:
-                scale = 1 / math.sqrt(2 * self.config.n_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else 1.0
+                residual_out = name.endswith(("o_proj.weight", "down_proj.weight"))
+                scale = 1 / math.sqrt(2 * self.config.n_layers) if residual_out else 1.0  # GPT-2 residual scaling
                 nn.init.normal_(p, std=std * scale)
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
@@ -154,22 +156,33 @@ class MaskedDiffusionTransformer(nn.Module):
         if input_ids is None:
             if soft_embeds is None or soft_positions is not None:
                 raise ValueError("give input_ids, or a full (B, L, d_model) soft_embeds without soft_positions")
+            self._check_soft_width(soft_embeds)
             return soft_embeds
         x = self.embed_tokens(input_ids)  # (B, L, d_model)
         if soft_embeds is not None:
             if soft_positions is None:
                 raise ValueError("soft_embeds with input_ids needs soft_positions (B, N): where each soft token goes")
-            if soft_embeds.shape[-1] != x.shape[-1]:
+            self._check_soft_width(soft_embeds)
+            if soft_positions.shape != soft_embeds.shape[:2]:
                 raise ValueError(
-                    f"soft tokens have width {soft_embeds.shape[-1]} but the core has d_model={x.shape[-1]}; "
-                    "project them to d_model first (a projector in the modality adapter)"
+                    f"soft_positions {tuple(soft_positions.shape)} must be (B, N) matching soft_embeds "
+                    f"{tuple(soft_embeds.shape)}"
                 )
             index = soft_positions[..., None].expand(-1, -1, x.shape[-1])  # (B, N, d_model)
             x = x.scatter(1, index, soft_embeds.to(x.dtype))
         return x
 
+    def _check_soft_width(self, soft_embeds: Tensor) -> None:
+        if soft_embeds.shape[-1] != self.config.d_model:
+            raise ValueError(
+                f"soft tokens have width {soft_embeds.shape[-1]} but the core has d_model={self.config.d_model}; "
+                "project them to d_model first (a projector in the modality adapter)"
+            )
+
     def check_ids(self, input_ids: Tensor) -> None:
         """Raises on ids outside the embedding table (one host sync; samplers call it once per prompt)."""
+        if input_ids.numel() == 0:
+            return
         lo, hi = int(input_ids.min()), int(input_ids.max())
         if lo < 0 or hi >= self.config.vocab_size:
             bad = lo if lo < 0 else hi
@@ -232,11 +245,13 @@ class MaskedDiffusionTransformer(nn.Module):
             x = torch.cat([x[:, :1], x[:, :-1]], dim=1)  # hidden i-1 predicts token i (Dream)
         return CoreOutput(logits=self.head_logits(x, logits_at, vocab_range), hidden=hidden)
 
-    def head_logits(self, hidden: Tensor, at: Tensor | None | bool, vocab_range: tuple[int, int] | None) -> Tensor | None:
+    def head_logits(
+        self, hidden: Tensor, at: Tensor | None | bool, vocab_range: tuple[int, int] | None
+    ) -> Tensor | None:
         """Final norm + output projection, only at the selected positions and vocabulary rows."""
         if at is False:
             return None
-        if at is None:
+        if at is None or at is True:
             selected = hidden
         elif at.dtype == torch.bool:
             selected = hidden[at]  # (N, d_model)
@@ -244,5 +259,9 @@ class MaskedDiffusionTransformer(nn.Module):
             selected = hidden.gather(1, at[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, K, d_model)
         weight = self.output_weight
         if vocab_range is not None:
+            if not 0 <= vocab_range[0] < vocab_range[1] <= weight.shape[0]:
+                raise ValueError(
+                    f"vocab_range {tuple(vocab_range)} is not a non-empty range inside [0, {weight.shape[0]})"
+                )
             weight = weight[vocab_range[0] : vocab_range[1]]
         return F.linear(self.norm(selected), weight)

@@ -6,9 +6,9 @@ A data source is a class registered under a name; the trainer builds it from the
     source.task                     -> task name in TASKS ("text")
     source.tokenizer()              -> a transformers PreTrainedTokenizerFast for the text ids
     source.specials                 -> special tokens appended after the text ids, e.g. ("mask", "eos", "pad", "bos")
-    source.dataset(split, vocab)    -> a torch Dataset of examples {"ids": LongTensor (L,), "maskable": BoolTensor (L,)}
-                                       for split "train" or "val"
-    source.evaluate(model, split, limit) -> dict of task metrics (optional; e.g. exact match of generated answers)
+    source.dataset(split, vocab)    -> a torch Dataset of examples {"ids": LongTensor (L,), "maskable": BoolTensor
+                                       (L,)} for split "train" or "val"
+    source.evaluate(model, split, limit) -> dict of task metrics (optional; e.g. exact match of answers)
 
 The task (`TASKS.get(source.task)`) turns a list of examples into a `Canvas` with `collate(examples, vocab)`.
 """

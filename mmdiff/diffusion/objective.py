@@ -10,7 +10,9 @@ Normalisations:
     sft:  per row, sum of weighted CE / that row's answer length; mean over rows (LLaDA SFT; prompts are never
           targets).
 Complementary masking (LaViDa, Li et al. 2025): each row is seen twice, once with mask M and once with its
-complement on the targets, so every target token gets a gradient in every step.
+complement on the targets, so every target token gets a gradient in every step. The complement copy masks each
+target with marginal probability 1 - m(t); writing the ELBO as an integral over the mask ratio, int E[CE | m] / m dm,
+its weight is w(t) m(t) / (1 - m(t)) for any schedule (1 / (1 - m(t)) for the linear one).
 """
 
 from __future__ import annotations
@@ -69,13 +71,33 @@ def diffusion_loss(
 ) -> LossOutput:
     """Masks the canvas targets, runs the core and returns the weighted cross-entropy.
 
-    >>> # loss = diffusion_loss(model.core, canvas, "linear", mask_id=model.vocab.mask_id).loss
+    Args:
+        core: a `MaskedDiffusionTransformer` (anything taking its keyword arguments, `logits_at` included).
+        canvas: clean ids and the target positions (`maskable`).
+        schedule: a registered schedule name or a `Schedule`.
+        mask_id: the mask token id.
+        normalize: "elbo" (divide by the batch's target count) or "sft" (per row by its answer length, then mean).
+        complementary: also run each row with the complementary mask (LaViDa); `elbo_per_row` then has 2B rows.
+        t: (B,) diffusion times; sampled from the schedule when None.
+        generator: RNG for t and the masks.
+
+    >>> from mmdiff import Canvas, CoreConfig, MaskedDiffusionTransformer, VocabLayout
+    >>> layout = VocabLayout.build(text_size=16)
+    >>> core = MaskedDiffusionTransformer(CoreConfig(vocab=layout, d_model=32, n_layers=1, n_heads=2))
+    >>> canvas = Canvas(ids=torch.randint(0, 16, (2, 8)), maskable=torch.ones(2, 8, dtype=torch.bool))
+    >>> out = diffusion_loss(core, canvas, "linear", mask_id=layout.mask_id, t=torch.ones(2))
+    >>> int(out.n_masked), int(out.n_targets)
+    (16, 16)
     """
+    if normalize not in ("elbo", "sft"):
+        raise ValueError(f"normalize must be 'elbo' or 'sft', got {normalize!r}")
     schedule = get_schedule(schedule)
     B = canvas.batch_size
-    maskable = canvas.maskable
+    maskable = canvas.maskable.bool()
     if t is None:
         t = schedule.sample_t(B, generator=generator, device=canvas.ids.device)
+    elif t.shape != (B,):
+        raise ValueError(f"t must have shape (batch,) = ({B},), got {tuple(t.shape)}")
     mask_prob = schedule.mask_prob(t)  # (B,)
     weight = schedule.weight(t)  # (B,)
     noisy, masked = forward_process(canvas.ids, maskable, mask_prob, mask_id, generator=generator)
@@ -84,7 +106,7 @@ def diffusion_loss(
         # second copy: the targets the first copy left visible; its masking probability is 1 - m(t)
         masked = torch.cat([masked, maskable & ~masked])
         noisy = torch.cat([noisy, torch.where(masked[B:], torch.full_like(clean, mask_id), clean)])
-        weight = torch.cat([weight, 1 / (1 - mask_prob).clamp(min=schedule.eps)])
+        weight = torch.cat([weight, weight * mask_prob / (1 - mask_prob).clamp(min=1e-6)])
         clean = torch.cat([clean, clean])
         maskable = torch.cat([maskable, maskable])
         canvas = _repeat_canvas(canvas)
@@ -100,16 +122,15 @@ def diffusion_loss(
     n_targets = maskable.sum(1)  # (B',)
     if normalize == "elbo":
         loss = elbo_per_row.sum() / n_targets.sum().clamp(min=1)
-    elif normalize == "sft":
+    else:  # sft
         loss = (elbo_per_row / n_targets.clamp(min=1)).mean()
-    else:
-        raise ValueError(f"normalize must be 'elbo' or 'sft', got {normalize!r}")
     return LossOutput(loss=loss, elbo_per_row=elbo_per_row, n_masked=masked.sum(), n_targets=n_targets.sum())
 
 
 def _repeat_canvas(canvas: Canvas) -> Canvas:
     """The canvas stacked twice along the batch (for complementary masking)."""
-    def twice(x):
+
+    def twice(x: Tensor | None) -> Tensor | None:
         return None if x is None else torch.cat([x, x])
 
     return Canvas(

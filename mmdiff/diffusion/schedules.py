@@ -30,9 +30,11 @@ class Schedule:
         self.eps = eps
 
     def mask_prob(self, t: Tensor) -> Tensor:
+        """m(t): the probability that a target position is masked at time t."""
         raise NotImplementedError
 
     def weight(self, t: Tensor) -> Tensor:
+        """w(t): the ELBO weight of the cross-entropy at masked positions."""
         raise NotImplementedError
 
     def sample_t(self, batch_size: int, *, generator: torch.Generator | None = None, device=None,
@@ -81,7 +83,15 @@ class CosineSchedule(Schedule):
 
 
 def get_schedule(name: str | Schedule, **kwargs) -> Schedule:
-    """A schedule by registry name (`linear`, `log-linear`, `cosine`) or passed through."""
+    """A schedule by registry name (`linear`, `log-linear`, `cosine`), a Schedule subclass, or passed through.
+
+    >>> get_schedule("linear", eps=0.0).weight(torch.tensor([0.25]))
+    tensor([4.])
+    """
     if isinstance(name, Schedule):
         return name
+    if isinstance(name, type) and issubclass(name, Schedule):
+        return name(**kwargs)
+    if not isinstance(name, str):
+        raise TypeError(f"schedule must be a name in SCHEDULES or a Schedule, got {name!r}")
     return SCHEDULES.get(name)(**kwargs)

@@ -1,5 +1,5 @@
 """Samplers, found by name in `mmdiff.registry.SAMPLERS`."""
 
-from mmdiff.sampling.llada import gumbel_argmax, llada_generate, tokens_per_step
+from mmdiff.sampling.llada import commit_mask, gumbel_argmax, llada_generate, tokens_per_step
 
-__all__ = ["llada_generate", "tokens_per_step", "gumbel_argmax"]
+__all__ = ["llada_generate", "tokens_per_step", "gumbel_argmax", "commit_mask"]

@@ -2,6 +2,10 @@
 remasking): the answer is split into blocks decoded left to right; within a block each step predicts every masked
 position and commits the most confident ones (or random ones), the rest stay masked.
 
+Differences from the reference `generate.py`: logits are computed for the current block only (the same numbers,
+fewer FLOPs in the head), the mask id is never predicted, and a left-padded batch gets RoPE positions counted from
+each row's first real token (so a padded row decodes like the same prompt alone).
+
 Temperature > 0 samples through the Gumbel-max trick in float64, as the reference does.
 """
 
@@ -12,11 +16,15 @@ from torch import Tensor, nn
 
 from mmdiff.registry import SAMPLERS
 
-__all__ = ["llada_generate", "tokens_per_step", "gumbel_argmax"]
+__all__ = ["llada_generate", "tokens_per_step", "gumbel_argmax", "commit_mask"]
 
 
 def tokens_per_step(n_masked: Tensor, steps: int) -> Tensor:
-    """(B,) masked counts -> (B, steps) commits per step: floor(M/S) each, the first M mod S steps one more."""
+    """(B,) masked counts -> (B, steps) commits per step: floor(M/S) each, the first M mod S steps one more.
+
+    >>> tokens_per_step(torch.tensor([10]), 4).tolist()
+    [[3, 3, 2, 2]]
+    """
     base = torch.div(n_masked, steps, rounding_mode="floor")[:, None]  # (B, 1)
     extra = (torch.arange(steps, device=n_masked.device)[None] < (n_masked % steps)[:, None]).long()  # (B, S)
     return base + extra
@@ -33,9 +41,14 @@ def gumbel_argmax(logits: Tensor, temperature: float, generator: torch.Generator
 
 
 def commit_mask(confidence: Tensor, k: Tensor) -> Tensor:
-    """(B, N) confidences, (B,) counts -> bool (B, N) marking each row's k most confident positions."""
-    order = confidence.argsort(dim=1, descending=True, stable=True)
-    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    """(B, N) confidences, (B,) counts -> bool (B, N) marking each row's k most confident positions.
+
+    >>> commit_mask(torch.tensor([[0.1, 0.9, 0.5]]), torch.tensor([2])).tolist()
+    [[False, True, True]]
+    """
+    order = confidence.argsort(dim=1, descending=True, stable=True)  # (B, N) positions, most confident first
+    arange = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    ranks = torch.empty_like(order).scatter_(1, order, arange)  # (B, N) rank of each position
     return ranks < k[:, None]
 
 
@@ -73,6 +86,14 @@ def llada_generate(
 
     >>> # out = llada_generate(model.core, prompt, mask_id=model.vocab.mask_id, gen_length=64, steps=64)
     """
+    if gen_length < 1 or block_length < 1 or steps < 1:
+        raise ValueError(f"gen_length, block_length and steps must be >= 1, got {gen_length}, {block_length}, {steps}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (batch, prompt_length), got shape {tuple(input_ids.shape)}")
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(input_ids.shape)}")
     if gen_length % block_length:
         raise ValueError(f"gen_length={gen_length} must be a multiple of block_length={block_length}")
     n_blocks = gen_length // block_length
@@ -85,14 +106,21 @@ def llada_generate(
     B, P = input_ids.shape
     device = input_ids.device
     x = torch.cat([input_ids, torch.full((B, gen_length), mask_id, dtype=input_ids.dtype, device=device)], dim=1)
+    position_ids = None
     if attention_mask is not None:
-        attention_mask = torch.cat([attention_mask.bool(), torch.ones(B, gen_length, dtype=torch.bool, device=device)], 1)
+        answer_mask = torch.ones(B, gen_length, dtype=torch.bool, device=device)
+        attention_mask = torch.cat([attention_mask.bool(), answer_mask], 1)  # (B, P + gen_length)
+        # left padding: the first real token of every row sits at RoPE position 0
+        position_ids = (attention_mask.long().cumsum(1) - 1).clamp(min=0)  # (B, P + gen_length)
     for b in range(n_blocks):
         start = P + b * block_length
         block_idx = torch.arange(start, start + block_length, device=device).expand(B, -1)  # (B, K)
         schedule = tokens_per_step((x[:, start : start + block_length] == mask_id).sum(1), steps_per_block)  # (B, S)
         for s in range(steps_per_block):
-            logits = core(x, attention_mask=attention_mask, logits_at=block_idx, check_inputs=False).logits  # (B, K, V)
+            logits = core(
+                x, attention_mask=attention_mask, position_ids=position_ids, logits_at=block_idx, check_inputs=False
+            ).logits  # (B, K, V)
+            logits[..., mask_id] = -torch.inf  # committing the mask id would leave the position masked
             block = x[:, start : start + block_length]
             still_masked = block == mask_id
             x0 = gumbel_argmax(logits, temperature, generator)  # (B, K)

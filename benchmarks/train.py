@@ -1,0 +1,289 @@
+"""Training-step benchmark: the masked-diffusion loss computed from masked positions only (mmdiff's
+`diffusion_loss`) versus the common recipe that computes full-vocabulary logits at every position and then picks
+the masked ones (LLaDA's pre-training guideline, Nie et al. 2025; MDLM, Sahoo et al. 2024).
+
+For each model size and each loss path it measures training tokens/s of one full optimizer step (forward, backward,
+AdamW) as the median of several timed steps after warm-up, and the peak memory of one step, measured in a fresh
+process per configuration (see benchmarks/README.md). Both paths see the same weights, times and masks, and their
+losses are checked to agree before anything is timed.
+
+    python benchmarks/train.py      # default: d_model 128 and 256, 4 layers, vocab 2048 (and 32768 for d128), 16 x 256
+    python benchmarks/train.py --sizes 64x2 --batch 4 --seq 64 --iters 2   # a smoke run
+
+Writes benchmarks/results/train.json and train.md and prints the markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# OpenMP threads that spin while waiting collapse when other processes share the cores (measured here: 5x slower
+# steps on a busy 2-core machine); waiting passively costs little on an idle one. Set before torch loads OpenMP;
+# an OMP_WAIT_POLICY already in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    CPU_MEMORY_ENV,
+    RESULTS_DIR,
+    fmt_table,
+    machine_info,
+    median,
+    peak_memory_of,
+    run_json_subprocess,
+    time_interleaved,
+    write_results,
+)
+
+from mmdiff import Canvas, CoreConfig, MaskedDiffusionTransformer, VocabLayout, diffusion_loss  # noqa: E402
+from mmdiff.diffusion import LinearSchedule, forward_process  # noqa: E402
+
+METHODS = {
+    "masked": "masked positions only (mmdiff)",
+    "full": "full logits everywhere, then mask",
+}
+
+
+# ------------------------------------------------------------------------------------------------ the two losses
+def naive_loss(core: MaskedDiffusionTransformer, canvas: Canvas, t: torch.Tensor, mask_id: int,
+               generator: torch.Generator) -> torch.Tensor:
+    """The reference recipe: logits for every position and the whole vocabulary, then CE at the masked ones.
+
+    Same schedule, masks, weights and normalisation as `diffusion_loss` (linear schedule, elbo normalisation).
+    """
+    schedule = LinearSchedule()
+    noisy, masked = forward_process(canvas.ids, canvas.maskable, schedule.mask_prob(t), mask_id, generator=generator)
+    logits = core(**canvas.core_inputs(noisy), check_inputs=False).logits  # (B, L, V): everything
+    ce = F.cross_entropy(logits[masked].float(), canvas.ids[masked], reduction="none")  # (N,)
+    row = torch.nonzero(masked, as_tuple=True)[0]
+    return (ce * schedule.weight(t)[row]).sum() / canvas.maskable.sum().clamp(min=1)
+
+
+def masked_loss(core: MaskedDiffusionTransformer, canvas: Canvas, t: torch.Tensor, mask_id: int,
+                generator: torch.Generator) -> torch.Tensor:
+    return diffusion_loss(core, canvas, LinearSchedule(), mask_id=mask_id, t=t, generator=generator).loss
+
+
+LOSSES: dict[str, Callable[..., torch.Tensor]] = {"masked": masked_loss, "full": naive_loss}
+
+
+# ------------------------------------------------------------------------------------------------------ set-up
+def parse_size(text: str, default_vocab: int) -> tuple[int, int, int]:
+    """"256x4" -> (d_model 256, 4 layers, default_vocab); "128x4x32768" also sets the vocabulary size."""
+    try:
+        values = [int(v) for v in text.lower().split("x")]
+        if len(values) not in (2, 3) or min(values) < 1:
+            raise ValueError(text)
+    except ValueError as err:
+        raise SystemExit(f"size {text!r} must look like 256x4 (d_model x layers) or 128x4x32768 (x vocab)") from err
+    return values[0], values[1], values[2] if len(values) == 3 else default_vocab
+
+
+def build(args: argparse.Namespace, size: tuple[int, int], device: torch.device):
+    """Core, optimizer, a fully-maskable canvas (pre-training), fixed times, and the step function per method."""
+    d_model, n_layers, vocab = size
+    torch.manual_seed(0)
+    layout = VocabLayout.build(text_size=vocab - 4)  # + mask, eos, pad, bos = vocab ids
+    n_heads = max(1, d_model // 64)
+    config = CoreConfig(vocab=layout, d_model=d_model, n_layers=n_layers, n_heads=n_heads, max_seq_len=args.seq)
+    core = MaskedDiffusionTransformer(config).to(device).train()
+    opt = torch.optim.AdamW(core.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, layout.size - 4, (args.batch, args.seq), generator=g).to(device)
+    canvas = Canvas(ids=ids, maskable=torch.ones_like(ids, dtype=torch.bool))
+    t = LinearSchedule().sample_t(args.batch, generator=g).to(device)
+    amp = device.type == "cuda" and not args.fp32
+
+    def make_step(method: str) -> Callable[[], float]:
+        loss_fn = LOSSES[method]
+
+        def step() -> float:
+            opt.zero_grad(set_to_none=True)
+            gen = torch.Generator(device=device).manual_seed(2)  # the same masks every step and for both paths
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = loss_fn(core, canvas, t, layout.mask_id, gen)
+            loss.backward()
+            opt.step()
+            return loss.detach()
+
+        return step
+
+    return core, layout, canvas, t, make_step, amp
+
+
+def check_parity(core, layout, canvas, t, device, amp: bool) -> dict[str, float]:
+    """Both paths give the same loss on the same weights and masks (the benchmark compares like with like)."""
+    values = {}
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        for method, fn in LOSSES.items():
+            values[method] = float(fn(core, canvas, t, layout.mask_id, torch.Generator(device=device).manual_seed(2)))
+    tol = 2e-2 if amp else 1e-4
+    if abs(values["masked"] - values["full"]) > tol * abs(values["full"]):
+        raise RuntimeError(f"the two loss paths disagree: {values}")
+    return values
+
+
+def n_masked(canvas: Canvas, t: torch.Tensor, mask_id: int, device: torch.device) -> int:
+    gen = torch.Generator(device=device).manual_seed(2)
+    _, masked = forward_process(canvas.ids, canvas.maskable, LinearSchedule().mask_prob(t), mask_id, generator=gen)
+    return int(masked.sum())
+
+
+# --------------------------------------------------------------------------------------------------- measuring
+def memory_worker(args: argparse.Namespace) -> None:
+    """In a fresh process: one warm-up step (allocates optimizer state), then the peak memory of one step."""
+    device = torch.device(args.device)
+    _, _, _, _, make_step, _ = build(args, parse_size(args.size, args.vocab), device)
+    step = make_step(args.method)
+    step()
+    print(json.dumps(peak_memory_of(step, device)))
+
+
+def measure_memory(args: argparse.Namespace, size: str, method: str, device: torch.device) -> dict[str, Any]:
+    worker = [
+        str(Path(__file__).resolve()), "--memory-worker", "--size", size, "--method", method, "--device", str(device),
+        "--vocab", str(args.vocab), "--batch", str(args.batch), "--seq", str(args.seq),
+    ]
+    if args.threads:
+        worker += ["--threads", str(args.threads)]
+    if args.fp32:
+        worker.append("--fp32")
+    return run_json_subprocess(worker, env=CPU_MEMORY_ENV if device.type == "cpu" else None)
+
+
+def bench_size(args: argparse.Namespace, size_text: str, device: torch.device) -> list[dict[str, Any]]:
+    size = parse_size(size_text, args.vocab)
+    core, layout, canvas, t, make_step, amp = build(args, size, device)
+    params = sum(p.numel() for p in core.parameters())
+    parity = check_parity(core, layout, canvas, t, device, amp)
+    masked_count = n_masked(canvas, t, layout.mask_id, device)
+    tokens = args.batch * args.seq
+    rows = []
+    all_times = time_interleaved({m: make_step(m) for m in METHODS}, device, warmup=args.warmup, iters=args.iters)
+    for method, times in all_times.items():
+        logits_rows = tokens if method == "full" else masked_count
+        row = {
+            "size": size_text,
+            "d_model": size[0],
+            "n_layers": size[1],
+            "vocab": size[2],
+            "params_m": round(params / 1e6, 2),
+            "method": method,
+            "loss_path": METHODS[method],
+            "step_s_median": median(times),
+            "step_s_all": times,
+            "tokens_per_s": tokens / median(times),
+            "logits_rows": logits_rows,
+            "logits_mib_fp32": logits_rows * size[2] * 4 / 2**20,
+            "loss_at_start": parity[method],
+        }
+        if not args.no_memory:
+            row["memory"] = measure_memory(args, size_text, method, device)
+        rows.append(row)
+        print(f"  {size_text} {method:6s}: {row['tokens_per_s']:,.0f} tokens/s"
+              + (f", peak +{row['memory']['peak_mib']:.0f} MiB" if "memory" in row else ""), flush=True)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Namespace, masked_frac: float) -> str:
+    by_size: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        by_size.setdefault(r["size"], {})[r["method"]] = r
+    table = []
+    for pair in by_size.values():
+        for r in pair.values():
+            base = pair["full"]
+            entry = {
+                "model": f"d{r['d_model']} x {r['n_layers']} layers ({r['params_m']} M)",
+                "vocab": r["vocab"],
+                "loss path": r["loss_path"],
+                "tokens/s": f"{r['tokens_per_s']:,.0f}",
+                "step (ms, median)": f"{1000 * r['step_s_median']:.0f}",
+                "speed-up": f"{base['step_s_median'] / r['step_s_median']:.2f}x",
+                "logits (MiB fp32)": f"{r['logits_mib_fp32']:.0f}",
+            }
+            if "memory" in r:
+                entry["peak memory of a step (MiB)"] = f"{r['memory']['peak_mib']:.0f}"
+                entry["memory vs full"] = f"{r['memory']['peak_mib'] / max(base['memory']['peak_mib'], 1e-9):.2f}x"
+            table.append(entry)
+    columns = list(table[0])
+    head = (
+        f"# Training step: masked-positions-only loss vs full logits\n\n"
+        f"Batch {args.batch} x {args.seq} tokens, linear schedule "
+        f"({100 * masked_frac:.0f} % of positions masked in the measured batch), AdamW; "
+        f"{args.warmup} warm-up + {args.iters} timed steps (median). Device: {info['device']}"
+        f"{' (' + info['gpu'] + ', bf16 autocast)' if 'gpu' in info and not args.fp32 else ''}; "
+        f"CPU: {info['cpu']}, torch {info['torch']}, {info['torch_threads']} threads "
+        f"(OMP_WAIT_POLICY={info['omp_wait_policy']}). "
+        f"Peak memory: {rows[0]['memory']['method'] if 'memory' in rows[0] else 'not measured'}, "
+        f"in a fresh process per row.\n\n"
+    )
+    return head + fmt_table(table, columns) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="128x4,256x4,128x4x32768",
+                        help="comma-separated d_model x layers [x vocab] (%(default)s)")
+    parser.add_argument("--vocab", type=int, default=2048, help="vocabulary where a size names none (%(default)s)")
+    parser.add_argument("--batch", type=int, default=16, help="sequences per step (default 16)")
+    parser.add_argument("--seq", type=int, default=256, help="tokens per sequence (default 256)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    parser.add_argument("--iters", type=int, default=5, help="timed steps; the median is reported (default 5)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (default)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder (default benchmarks/results)")
+    parser.add_argument("--memory-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--size", help=argparse.SUPPRESS)
+    parser.add_argument("--method", choices=list(METHODS), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.memory_worker:
+        memory_worker(args)
+        return 0
+    for size in args.sizes.split(","):
+        parse_size(size, args.vocab)
+    device = torch.device(args.device)
+    info = machine_info(device)
+    print(f"benchmark: training step on {info['device']} ({info['cpu']}), torch {info['torch']}, "
+          f"{info['torch_threads']} threads", flush=True)
+    start = time.time()
+    rows = []
+    for size in args.sizes.split(","):
+        rows += bench_size(args, size, device)
+    masked_frac = rows[0]["logits_rows"] / (args.batch * args.seq)
+    md = markdown(rows, info, args, masked_frac)
+    payload = {
+        "benchmark": "train_step",
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                   if k not in ("memory_worker", "size", "method", "out")},
+        "machine": info,
+        "masked_fraction": masked_frac,
+        "wall_s": time.time() - start,
+        "rows": rows,
+    }
+    json_path, md_path = write_results("train", payload, md, args.out)
+    print()
+    print(md)
+    print(f"wrote {json_path} and {md_path} ({time.time() - start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

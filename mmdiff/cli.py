@@ -1,0 +1,489 @@
+"""The `mmdiff` command line: list and inspect zoo entries, generate, train and evaluate.
+
+    mmdiff list [PATTERN ...]               zoo entries: name, task, params, weights, key metric
+    mmdiff info NAME                        a zoo card (all fields) and the core config
+    mmdiff generate NAME --prompt TEXT      sample answers (LLaDA-style masked diffusion, Nie et al. 2025)
+    mmdiff train CONFIG.yaml [--a.b=v ...]  train from a recipe (overrides are dotted keys)
+    mmdiff eval NAME [--split val]          the model's task metrics on its own data source, as JSON
+
+Errors in the input (unknown names, bad files, bad options) print one `mmdiff: error: ...` message and exit with
+status 2; set MMDIFF_DEBUG=1 to see the traceback instead.
+
+>>> main(["list", "*no-such-model*"])
+name  task  params  weights  key metric
+0
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "build_parser", "DATA_MODULES"]
+
+# Modules that register data sources in `mmdiff.registry.DATASETS` when imported (tried first; then every
+# other `mmdiff.data` module).
+DATA_MODULES = ("mmdiff.data.shakespeare", "mmdiff.data.running_sums")
+# `generate` / `eval` flags (argparse dests = sampler argument names) that override sampler_config.json.
+SAMPLER_FLAGS = ("gen_length", "steps", "block_length", "temperature", "remasking")
+
+
+class CLIError(ValueError):
+    """Bad command-line input; reported as `mmdiff: error: ...` with exit status 2."""
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _load_model(name: str, device: str = "cpu", dtype: str | None = None) -> Any:
+    from mmdiff.zoo import create_model
+
+    return create_model(name, device=_resolve_device(device), dtype=dtype)
+
+
+def _sampler_overrides(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    """A card preset (`--preset`) then the explicit sampler flags, over the checkpoint's defaults."""
+    overrides: dict[str, Any] = {}
+    preset = getattr(args, "preset", None)
+    if preset:
+        card = getattr(model, "card", None)
+        presets = card.sampler if card is not None else {}
+        if preset not in presets:
+            known = ", ".join(presets) or "none (this model has no zoo card with presets)"
+            raise CLIError(f"unknown sampler preset {preset!r}; known presets: {known}")
+        overrides.update(presets[preset])
+    overrides.update({k: getattr(args, k) for k in SAMPLER_FLAGS if getattr(args, k, None) is not None})
+    return overrides
+
+
+def _seeded_generator(seed: int | None, device: Any) -> Any:
+    """Seeds torch and returns a generator for the sampler (None without a seed)."""
+    if seed is None:
+        return None
+    import torch
+
+    torch.manual_seed(seed)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _sampler_accepts(model: Any, name: str, overrides: dict[str, Any]) -> bool:
+    import inspect
+
+    from mmdiff.registry import SAMPLERS
+
+    sampler = SAMPLERS.get(overrides.get("sampler", model.sampler_config.sampler))
+    return name in inspect.signature(sampler).parameters
+
+
+def _jsonable(value: Any) -> Any:
+    """Tensors, numpy values and paths -> plain JSON values."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+def _format_metric(card: Any) -> str:
+    metric = card.key_metric
+    if metric is None:
+        return "-"
+    name, value = metric
+    return f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}"
+
+
+# ------------------------------------------------------------------------------------------------- commands
+def cmd_list(args: argparse.Namespace) -> int:
+    from mmdiff.zoo import format_params, list_models, model_info
+
+    names = list_models(args.pattern or "*", pretrained=args.pretrained)
+    rows = []
+    for name in names:
+        card = model_info(name)
+        weights = "shipped" if card.shipped else f"hub:{card.weights}"
+        rows.append([name, card.task, format_params(card.params), weights, _format_metric(card)])
+    print(_table(rows, ["name", "task", "params", "weights", "key metric"]))
+    return 0
+
+
+def _print_fields(title: str, data: dict[str, Any], indent: str = "") -> None:
+    print(f"{indent}{title}:")
+    width = max((len(k) for k in data), default=0)
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            _print_fields(key, value, indent + "  ")
+        else:
+            shown = "-" if value is None or value == {} or value == [] else value
+            if isinstance(value, list) and value:
+                shown = ", ".join(map(str, value))
+            print(f"{indent}  {key.ljust(width)}  {shown}")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from mmdiff.hub import cached_checkpoint, hub_cache_dir, is_hub_id
+    from mmdiff.io import load_json
+    from mmdiff.modeling import CONFIG_NAME, SAMPLER_CONFIG_NAME
+    from mmdiff.zoo import CARD_NAME, core_summary, list_models, load_card, model_info
+
+    folder: Path | None
+    if args.name in list_models():
+        card = model_info(args.name)
+        folder = card.folder if card.shipped else cached_checkpoint(card.weights, card.revision)
+    elif Path(args.name).is_dir():
+        folder = Path(args.name)
+        card = load_card(folder) if (folder / CARD_NAME).is_file() else None
+    elif is_hub_id(args.name):
+        folder, card = cached_checkpoint(args.name), None
+        if folder is None:
+            raise FileNotFoundError(f"hub checkpoint {args.name!r} is not in the local hub cache {hub_cache_dir()}; "
+                                    f"fetch it with `hf download {args.name}` (info never downloads)")
+    else:
+        model_info(args.name)  # raises KeyError with the closest names
+        return 2
+    if card is not None:
+        _print_fields("card", card.to_dict())
+    if folder is not None and (folder / CONFIG_NAME).is_file():
+        _print_fields("config", core_summary(load_json(folder / CONFIG_NAME)))
+        if (folder / SAMPLER_CONFIG_NAME).is_file():
+            _print_fields("sampler defaults", load_json(folder / SAMPLER_CONFIG_NAME))
+        print(f"checkpoint: {folder}")
+    elif card is not None and not card.shipped:
+        print(f"config: not in the local hub cache; `hf download {card.weights}` fetches it (or run generate online)")
+    return 0
+
+
+def _read_prompts(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompt or [])
+    if args.prompt_file:
+        path = Path(args.prompt_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"prompt file {path} not found")
+        prompts += [line for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise CLIError("no prompt given: pass --prompt TEXT (repeatable), --prompt-file FILE or --problems N")
+    for i, prompt in enumerate(prompts):
+        if not prompt.strip():
+            raise CLIError(f"prompt {i + 1} is empty; give it some text")
+    return prompts
+
+
+def _encode_prompts(model: Any, prompts: list[str]) -> tuple[Any, Any]:
+    """Tokenizes and left-pads prompts: (B, P) ids and (B, P) attention mask (True at real tokens)."""
+    import torch
+
+    from mmdiff.tasks.text import left_pad
+
+    rows = [torch.tensor(ids, dtype=torch.long) for ids in model.encode(prompts)]
+    for prompt, row in zip(prompts, rows, strict=True):
+        if row.numel() == 0:
+            raise CLIError(f"prompt {prompt!r} encodes to no tokens; give it some text")
+    pad = model.vocab.pad_id if model.vocab.pad_id is not None else model.vocab.mask_id
+    return left_pad(rows, pad)
+
+
+def _generate(model: Any, ids: Any, mask: Any, args: argparse.Namespace) -> Any:
+    """Runs the sampler with the checkpoint defaults, the preset and the flags; returns (B, P + gen_length)."""
+    overrides = _sampler_overrides(args, model)
+    device = model.device
+    generator = _seeded_generator(args.seed, device)
+    if generator is not None and _sampler_accepts(model, "generator", overrides):
+        overrides["generator"] = generator
+    attention = mask.to(device) if not bool(mask.all()) else None
+    return model.generate(ids.to(device), attention, **overrides)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    model = _load_model(args.name, args.device, args.dtype)
+    if args.problems:
+        return _generate_problems(model, args)
+    prompts = _read_prompts(args)
+    ids, mask = _encode_prompts(model, prompts)
+    out = _generate(model, ids, mask, args)
+    answers = [model.decode(row[ids.shape[1] :]) for row in out.cpu()]
+    if args.json:
+        print(json.dumps([{"prompt": p, "answer": a} for p, a in zip(prompts, answers, strict=True)], indent=2))
+        return 0
+    for i, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
+        if i:
+            print("-" * 40)
+        print(prompt + answer)
+    return 0
+
+
+def _register_data_sources(name: str) -> dict[str, str]:
+    """Imports the `mmdiff.data` modules (which register their sources) until `name` is registered.
+
+    Returns the modules that failed to import, for the error message when `name` stays unknown.
+    """
+    import pkgutil
+
+    import mmdiff.data as package
+    from mmdiff.registry import DATASETS
+
+    failures: dict[str, str] = {}
+    for module in [*DATA_MODULES, *(f"{package.__name__}.{m.name}" for m in pkgutil.iter_modules(package.__path__))]:
+        if name in DATASETS:
+            break
+        try:
+            importlib.import_module(module)
+        except Exception as err:  # one broken module must not hide the others; reported if `name` stays unknown
+            failures[module] = f"{type(err).__name__}: {err}"
+    return failures
+
+
+def _data_source(model: Any) -> Any:
+    """Rebuilds the model's own data source from `config.task_options["data"]` = {"name", "options"}."""
+    from mmdiff.registry import DATASETS
+
+    spec = model.config.task_options.get("data")
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise CLIError(
+            f"model {model.config.name or ''} records no data source (config.json task_options['data'] = "
+            "{'name': ..., 'options': ...}); only models trained from a recipe can rebuild theirs"
+        )
+    failures = _register_data_sources(spec["name"])
+    if spec["name"] not in DATASETS:
+        broken = f" (modules that failed to import: {failures})" if failures else ""
+        raise KeyError(f"{DATASETS.unknown_message(spec['name'])}{broken}")
+    return DATASETS.get(spec["name"])(**dict(spec.get("options") or {}))
+
+
+def _pick(dataset: Any, n: int, seed: int | None) -> list[Any]:
+    """`n` examples of a dataset: a seeded random choice from a map-style dataset, else the first `n`."""
+    import torch
+
+    if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
+        generator = torch.Generator().manual_seed(seed or 0)
+        order = torch.randperm(len(dataset), generator=generator)[:n].tolist()
+        return [dataset[i] for i in order]
+    return [example for example, _ in zip(dataset, range(n), strict=False)]
+
+
+def _generate_problems(model: Any, args: argparse.Namespace) -> int:
+    """Samples held-out problems of the model's data source, solves them and compares with the references."""
+    import torch
+
+    from mmdiff.tasks.text import left_pad
+
+    examples = _pick(_data_source(model).dataset(args.split, model.vocab), args.problems, args.seed)
+    prompts, references = [], []
+    for ex in examples:
+        start = int(torch.nonzero(ex["maskable"])[0, 0]) if bool(ex["maskable"].any()) else ex["ids"].shape[0]
+        prompts.append(ex["ids"][:start])
+        references.append(ex["ids"][start:])
+    if any(p.numel() == 0 for p in prompts):
+        raise CLIError("these problems have no prompt (every position is a target); use --prompt instead")
+    pad = model.vocab.pad_id if model.vocab.pad_id is not None else model.vocab.mask_id
+    ids, mask = left_pad(prompts, pad)
+    out = _generate(model, ids, mask, args).cpu()
+    results = []
+    for prompt, reference, row in zip(prompts, references, out, strict=True):
+        answer, truth = model.decode(row[ids.shape[1] :]), model.decode(reference)
+        results.append({"prompt": model.decode(prompt), "answer": answer, "reference": truth,
+                        "exact": answer == truth})
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for i, r in enumerate(results):
+        print(f"problem {i + 1}: {r['prompt']}\n  answer:    {r['answer']}\n  reference: {r['reference']}"
+              f"\n  {'correct' if r['exact'] else 'wrong'}")
+    print(f"exact match: {sum(r['exact'] for r in results)}/{len(results)}")
+    return 0
+
+
+def _overrides(extra: list[str]) -> list[str]:
+    """`--section.key=value` / `--section.key value` arguments -> ["section.key=value", ...] for the recipe."""
+    out, i = [], 0
+    while i < len(extra):
+        arg = extra[i]
+        if not arg.startswith("--") or len(arg) == 2 or arg[2] in "=.":
+            raise CLIError(f"unrecognized argument {arg!r}; recipe overrides look like --section.key=value")
+        if "=" in arg:
+            out.append(arg[2:])
+            i += 1
+        elif i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+            out.append(f"{arg[2:]}={extra[i + 1]}")
+            i += 2
+        else:
+            raise CLIError(f"override {arg!r} has no value; write {arg}=VALUE")
+    return out
+
+
+def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    import mmdiff.train as training
+
+    path = Path(args.config)
+    if not path.is_file():
+        raise FileNotFoundError(f"training recipe {path} not found (recipes live in configs/)")
+    config = training.load_train_config(path, _overrides(extra))
+    out = training.train(config, resume=not args.no_resume, max_steps=args.max_steps)
+    print(f"final model: {out}")
+    return 0
+
+
+def _evaluate_kwargs(source: Any, args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    """Sampler flags, `--arg KEY=VALUE` items and `--seed`, checked against the source's `evaluate` signature."""
+    import inspect
+
+    from mmdiff.dataclass_io import parse_override_value
+
+    kwargs = _sampler_overrides(args, model)
+    for item in args.arg or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise CLIError(f"--arg {item!r} must look like KEY=VALUE, e.g. --arg tokens_per_step=2")
+        kwargs[key] = parse_override_value(text)
+    clash = [k for k in kwargs if k in ("model", "split", "limit")]
+    if clash:
+        raise CLIError(f"--arg cannot set {clash}; use --split and --limit")
+    params = inspect.signature(source.evaluate).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if args.seed is not None and "seed" in params:
+        kwargs.setdefault("seed", args.seed)
+    named = [k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD][3:]
+    unknown = [k for k in kwargs if k not in params]
+    if unknown and not takes_any:
+        raise CLIError(f"{type(source).__name__}.evaluate does not take {unknown}; it takes: "
+                       f"{', '.join(named) or '(no options)'}")
+    return kwargs
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    model = _load_model(args.name, args.device, args.dtype)
+    source = _data_source(model)
+    if not hasattr(source, "evaluate"):
+        raise CLIError(f"data source {type(source).__name__} has no evaluate(model, split, limit) method")
+    kwargs = _evaluate_kwargs(source, args, model)
+    _seeded_generator(args.seed, model.device)
+    result = _jsonable(source.evaluate(model, args.split, args.limit, **kwargs))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.output:
+        from mmdiff.io import atomic_write
+
+        atomic_write(args.output, lambda tmp: Path(tmp).write_text(text + "\n"))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- parser
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="zoo name, checkpoint folder or hub repo id (org/name)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--dtype", default=None, help="parameter dtype, e.g. bfloat16 (default: float32)")
+
+
+def _add_sampler_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampler (defaults: the checkpoint's sampler_config.json)")
+    g.add_argument("--gen-length", type=_positive_int, help="answer length in tokens")
+    g.add_argument("--steps", type=_positive_int, help="denoising steps")
+    g.add_argument("--block-length", type=_positive_int, help="semi-autoregressive block length")
+    g.add_argument("--temperature", type=float, help="0 = greedy")
+    g.add_argument("--remasking", help="low_confidence or random")
+    g.add_argument("--preset", help="a sampler preset of the zoo card (see `mmdiff info NAME`)")
+    g.add_argument("--seed", type=int, help="random seed, for reproducible sampling")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of `mmdiff`."""
+    parser = argparse.ArgumentParser(prog="mmdiff", description="mmdiff: a multimodal masked-diffusion model zoo")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("list", help="list zoo entries")
+    p.add_argument("pattern", nargs="*", help="fnmatch pattern(s), e.g. '*sums*' (default: all)")
+    p.add_argument("--pretrained", action="store_true", help="only entries whose weights load offline now")
+
+    p = sub.add_parser("info", help="show a zoo card and its model config")
+    p.add_argument("name", help="zoo name or checkpoint folder")
+
+    p = sub.add_parser("generate", help="generate answers to prompts")
+    _add_model_flags(p)
+    p.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
+    p.add_argument("--prompt-file", help="a file with one prompt per line")
+    p.add_argument("--problems", type=_positive_int, help="solve N held-out problems of the model's data source")
+    p.add_argument("--split", default="val", help="data split for --problems (default: val)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_sampler_flags(p)
+
+    p = sub.add_parser("train", help="train from a recipe: mmdiff train CONFIG.yaml [--section.key=value ...]")
+    p.add_argument("config", help="recipe YAML (see configs/)")
+    p.add_argument("--no-resume", action="store_true", help="start over instead of resuming from out_dir")
+    p.add_argument("--max-steps", type=_positive_int, help="stop after this many steps (the schedule is unchanged)")
+
+    p = sub.add_parser("eval", help="task metrics of a model on its own data source, as JSON")
+    _add_model_flags(p)
+    p.add_argument("--split", default="val", help="data split (default: val)")
+    p.add_argument("--limit", type=_positive_int, help="evaluate at most N examples (default: the data source's)")
+    p.add_argument("--output", help="also write the JSON to this file")
+    p.add_argument("--arg", action="append", metavar="KEY=VALUE",
+                   help="extra keyword argument of the data source's evaluate, e.g. tokens_per_step=2 (repeatable)")
+    _add_sampler_flags(p)
+    return parser
+
+
+def _message(err: BaseException) -> str:
+    if isinstance(err, KeyError) and err.args:
+        return str(err.args[0])
+    return str(err)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the `mmdiff` command line; returns the exit status (0 ok, 2 bad input).
+
+    >>> main(["generate", "no-such-model", "--prompt", "hi"])  # doctest: +SKIP
+    mmdiff: error: unknown zoo model 'no-such-model'. ...
+    2
+    """
+    parser = build_parser()
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.command != "train":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if args.command == "train":
+            return cmd_train(args, extra)
+        return {"list": cmd_list, "info": cmd_info, "generate": cmd_generate, "eval": cmd_eval}[args.command](args)
+    except SystemExit as exit_:  # argparse errors and --help
+        return exit_.code if isinstance(exit_.code, int) else 2
+    except BrokenPipeError:  # `mmdiff list | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
+        if os.environ.get("MMDIFF_DEBUG"):
+            raise
+        print(f"mmdiff: error: {_message(err)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""Training recipes as typed dataclasses; YAML is only their serialisation.
+
+A recipe has one section per concern (see `TrainConfig`): `model` (core shape or a checkpoint to fine-tune),
+`data` (a data source in `mmdiff.registry.DATASETS` and its options), `objective` (the masked-diffusion loss of
+MDLM, Sahoo et al. 2024, and LLaDA, Nie et al. 2025: schedule, ELBO or SFT normalisation, LaViDa's complementary
+masking), `optim` (AdamW, warmup + cosine), `train` (steps, batch, precision, logging, checkpoints) and `sampler`
+(the sampling defaults saved with the final model). Unknown or missing fields are errors that name the field.
+
+>>> cfg = TrainConfig.from_dict({"name": "demo", "data": {"name": "running-sums"}})
+>>> cfg.optim.lr, cfg.train.mixed_precision
+(0.0003, 'auto')
+>>> apply_cli_overrides(cfg, ["--optim.lr=1e-3", "train.steps=50"]).optim.lr
+0.001
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from mmdiff.core.config import CoreConfig
+from mmdiff.dataclass_io import apply_overrides, from_dict, load_yaml, parse_override_value, to_dict
+from mmdiff.io import atomic_write
+from mmdiff.modeling import SamplerConfig
+from mmdiff.vocab import VocabLayout
+
+__all__ = [
+    "TrainConfig",
+    "ModelSection",
+    "DataSection",
+    "ObjectiveSection",
+    "OptimSection",
+    "TrainSection",
+    "ConfigError",
+    "load_train_config",
+    "parse_overrides",
+    "apply_cli_overrides",
+    "CORE_FROM_DATA",
+]
+
+# CoreConfig fields a recipe may not set: the data source's tokenizer and specials decide them.
+CORE_FROM_DATA = ("vocab", "vocab_size")
+
+
+class ConfigError(ValueError):
+    """A recipe that cannot be used; the message names the field (and the file or override) and the fix."""
+
+
+# ------------------------------------------------------------------------------------------------------ sections
+@dataclass
+class ModelSection:
+    """What to train.
+
+    Args:
+        init_from: a checkpoint folder (or, once the zoo knows it, a zoo name) to fine-tune; None trains from scratch.
+        core: `CoreConfig` fields except `vocab` / `vocab_size`, which come from the data source.
+        gradient_checkpointing: recompute block activations in the backward pass (less memory, more compute).
+    """
+
+    init_from: str | None = None
+    core: dict[str, Any] = field(default_factory=dict)
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        self.core = validate_core_options(self.core)
+
+
+@dataclass
+class DataSection:
+    """Where the examples come from.
+
+    Args:
+        name: a data source in `mmdiff.registry.DATASETS` ("shakespeare", "running-sums", ...).
+        options: keyword arguments of that source's constructor.
+    """
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError("TrainConfig.data.name is empty; give a data source name (see mmdiff.registry.DATASETS)")
+
+
+@dataclass
+class ObjectiveSection:
+    """The masked-diffusion loss.
+
+    Args:
+        schedule: masking schedule name in `mmdiff.registry.SCHEDULES` ("linear", "log-linear", "cosine").
+        eps: smallest masking time (keeps the ELBO weight 1/t finite).
+        normalize: "elbo" (pre-training: weighted CE / target tokens) or "sft" (per-row answer-length
+            normalisation; the prompt is never masked).
+        complementary: LaViDa's complementary masking (each row twice, with a mask and its complement).
+    """
+
+    schedule: str = "linear"
+    eps: float = 1e-3
+    normalize: Literal["elbo", "sft"] = "elbo"
+    complementary: bool = False
+
+    def __post_init__(self) -> None:
+        from mmdiff.diffusion.schedules import SCHEDULES  # registers the built-in schedules
+
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"TrainConfig.objective.schedule: {SCHEDULES.unknown_message(self.schedule)}")
+        if not 0 <= self.eps < 1:
+            raise ConfigError(f"TrainConfig.objective.eps must be in [0, 1), got {self.eps}")
+
+
+@dataclass
+class OptimSection:
+    """AdamW with linear warmup then cosine decay.
+
+    Args:
+        lr: peak learning rate.
+        weight_decay: AdamW decoupled weight decay (not applied to norms, biases and embeddings).
+        betas: AdamW (beta1, beta2).
+        warmup_steps: optimizer steps of linear warmup (the last warmup step reaches `lr`).
+        min_lr_ratio: the cosine decays to `lr * min_lr_ratio` at the last step.
+        grad_clip: clip the global gradient norm to this value; 0 disables clipping.
+    """
+
+    lr: float = 3e-4
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"TrainConfig.optim.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        if self.lr < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError(f"TrainConfig.optim.lr / weight_decay / grad_clip must be >= 0, got {self.lr}, "
+                              f"{self.weight_decay}, {self.grad_clip}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"TrainConfig.optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"TrainConfig.optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+
+@dataclass
+class TrainSection:
+    """The loop.
+
+    Args:
+        steps: optimizer steps in total.
+        batch_size: examples per micro-batch per process.
+        grad_accum: micro-batches per optimizer step.
+        mixed_precision: "no", "bf16", or "auto" (bf16 on CUDA, no on CPU).
+        log_every: write a train record to metrics.jsonl (and the progress bar) every this many steps.
+        eval_every: evaluate every this many steps (0: only at the end).
+        eval_batches: validation micro-batches per evaluation (fixed batches and masks, so numbers compare).
+        eval_metrics_limit: > 0: also call `source.evaluate(model, "val", limit)` at each evaluation.
+        save_every: checkpoint every this many steps (0: only at the end).
+        out_dir: run folder (metrics.jsonl, checkpoints/, final/).
+        keep_checkpoints: keep this many newest checkpoints (0: keep all).
+    """
+
+    steps: int = 1000
+    batch_size: int = 32
+    grad_accum: int = 1
+    mixed_precision: Literal["no", "bf16", "auto"] = "auto"
+    log_every: int = 10
+    eval_every: int = 200
+    eval_batches: int = 8
+    eval_metrics_limit: int = 0
+    save_every: int = 500
+    out_dir: str = "runs/run"
+    keep_checkpoints: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"TrainConfig.train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_every", "eval_metrics_limit", "save_every", "keep_checkpoints"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"TrainConfig.train.{name} must be >= 0 (0 turns it off), got {getattr(self, name)}")
+        if not self.out_dir:
+            raise ConfigError("TrainConfig.train.out_dir is empty; give the run folder")
+
+
+@dataclass
+class TrainConfig:
+    """A training recipe (the schema of the YAML files under `configs/`).
+
+    Args:
+        name: run and model name (becomes `ModelConfig.name`).
+        seed: seeds model init, data order and masking.
+        model, data, objective, optim, train, sampler: the sections (see their classes).
+
+    >>> cfg = TrainConfig(name="demo", data=DataSection("running-sums", {"n_min": 4, "n_max": 8}))
+    >>> TrainConfig.from_yaml(cfg.to_yaml()) == cfg
+    True
+    """
+
+    name: str
+    data: DataSection
+    seed: int = 0
+    model: ModelSection = field(default_factory=ModelSection)
+    objective: ObjectiveSection = field(default_factory=ObjectiveSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError("TrainConfig.name is empty; give the run a name")
+
+    # ------------------------------------------------------------------------------------------ serialisation
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "TrainConfig") -> TrainConfig:
+        """Builds a config strictly: unknown, missing or ill-typed fields raise `ConfigError` naming them."""
+        try:
+            return from_dict(cls, data, where=where)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as err:
+            raise ConfigError(str(err)) from err
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain containers (tuples as lists), the same layout as the YAML file."""
+        return {f.name: to_dict(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def to_yaml(self) -> str:
+        """The resolved recipe as YAML (sections in schema order)."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False, width=119)
+
+    @classmethod
+    def from_yaml(cls, text: str, *, where: str = "TrainConfig") -> TrainConfig:
+        return cls.from_dict(_load_yaml_mapping(text, where), where=where)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Writes the resolved recipe to `path` atomically."""
+        path = Path(path)
+        text = self.to_yaml()
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        return path
+
+
+# ------------------------------------------------------------------------------------------------------ core keys
+def validate_core_options(core: Mapping[str, Any]) -> dict[str, Any]:
+    """Checks `model.core` against `CoreConfig` (names, types, consistency) and returns the converted values."""
+    if not isinstance(core, Mapping):
+        raise ConfigError(f"TrainConfig.model.core must be a mapping of CoreConfig fields, got {core!r}")
+    known = [f.name for f in dataclasses.fields(CoreConfig) if f.name not in CORE_FROM_DATA]
+    fixed = [k for k in core if k in CORE_FROM_DATA]
+    if fixed:
+        raise ConfigError(f"TrainConfig.model.core sets {fixed}: the vocabulary comes from the data source's "
+                          "tokenizer and specials; remove these keys")
+    unknown = [k for k in core if k not in known]
+    if unknown:
+        hints = [f"{k!r} -> {difflib.get_close_matches(k, known, n=1)[0]!r}" for k in unknown
+                 if difflib.get_close_matches(k, known, n=1)]
+        hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+        raise ConfigError(f"unknown field(s) {unknown} in TrainConfig.model.core{hint}; known fields: "
+                          f"{', '.join(known)}")
+    placeholder = VocabLayout.build(text_size=1, specials=("mask",))
+    try:
+        built = from_dict(CoreConfig, {**core, "vocab": placeholder}, where="TrainConfig.model.core")
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from err
+    return {k: getattr(built, k) for k in core}
+
+
+# ------------------------------------------------------------------------------------------------------- YAML
+def _load_yaml_mapping(text: str, where: str) -> dict[str, Any]:
+    try:
+        data = load_yaml(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where} is not valid YAML: {err}") from err
+    if data is None:
+        raise ConfigError(f"{where} is empty; a recipe needs at least `name` and `data.name`")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value with YAML rules (`3`, `true`, `[1, 2]`, `null`), YAML 1.2 floats included (`1e-3`)."""
+    return parse_override_value(text)
+
+
+# -------------------------------------------------------------------------------------------------- overrides
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """`["--optim.lr=1e-3", "train.steps=5", "--seed", "3"]` -> `{"optim.lr": 0.001, "train.steps": 5, "seed": 3}`.
+
+    >>> parse_overrides(["--optim.lr=1e-3", "--optim.betas", "[0.9, 0.99]"])
+    {'optim.lr': 0.001, 'optim.betas': [0.9, 0.99]}
+    """
+    parsed: dict[str, Any] = {}
+    items = list(overrides)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        body = item[2:] if item.startswith("--") else item
+        if "=" in body:
+            key, text = body.split("=", 1)
+        elif item.startswith("--") and i + 1 < len(items) and not items[i + 1].startswith("--"):
+            key, text = body, items[i + 1]
+            i += 1
+        else:
+            raise ConfigError(f"override {item!r} has no value; write it as --section.key=value "
+                              "(e.g. --optim.lr=1e-3)")
+        key = key.strip()
+        if not re.fullmatch(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*", key):
+            raise ConfigError(f"override {item!r}: {key!r} is not a dotted field name like optim.lr")
+        parsed[key] = parse_value(text)
+        i += 1
+    return parsed
+
+
+def _apply(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    parsed = parse_overrides(overrides)
+    try:
+        return apply_overrides(data, parsed)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
+def apply_cli_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
+    """A copy of `config` with `--section.key=value` overrides applied (and validated)."""
+    data = _apply(config.to_dict(), overrides)
+    try:
+        return TrainConfig.from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"{err} (after overrides {list(overrides)})") from err
+
+
+def load_train_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Reads a YAML recipe, applies command-line overrides and returns the typed, validated config.
+
+    Args:
+        path: the recipe file.
+        overrides: `--section.key=value` or `section.key=value` items (or `--section.key value` pairs); values
+            follow YAML rules (`1e-3`, `true`, `[0.9, 0.95]`, `null`).
+
+    Raises:
+        ConfigError: unknown, missing or ill-typed fields (named, with the file), or a malformed override.
+
+    >>> # cfg = load_train_config("configs/toy/copy-tiny.yaml", ["--train.steps=20"])
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe {path} not found; recipes live under configs/ (e.g. configs/toy/*.yaml)")
+    data = _apply(_load_yaml_mapping(path.read_text(), str(path)), overrides)
+    suffix = f" (after overrides {list(overrides)})" if overrides else ""
+    try:
+        return TrainConfig.from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}{suffix}") from err

