@@ -342,7 +342,8 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
         raise FileNotFoundError(f"training recipe {path} not found (recipes live in configs/)")
     config = training.load_train_config(path, _overrides(extra))
     out = training.train(config, resume=not args.no_resume, max_steps=args.max_steps)
-    print(f"final model: {out}")
+    if int(os.environ.get("RANK", "0")) == 0:  # one line, also under `accelerate launch`
+        print(f"final model: {out}")
     return 0
 
 

@@ -142,11 +142,15 @@ def test_running_sums_example_layout_exact():
     assert longest["ids"].tolist() == [5, 5, 5, 10, 5, 5, 5, 0, 5, 5, 13]  # answer_length 2*3+1 keeps one EOS
     padded = rs.RunningSumsSource(n_min=2, n_max=3, answer_length=9).example([1, 2], vocab)
     assert padded["ids"].tolist() == [1, 2, 10, 1, 1, 2, 3, 13, 13, 13, 13, 13]
-    wide = rs.RunningSumsSource(n_min=2, n_max=3, prompt_width=4)
-    assert wide.example([9, 2], vocab)["ids"].tolist() == [9, 2, 11, 11, 10, 9, 9, 2, 1, 13, 13, 13]  # "92__="
-    assert wide.example([9, 2], vocab)["maskable"].tolist() == [False] * 5 + [True] * 7
-    with pytest.raises(ValueError, match="prompt_width=2 is narrower than n_max=3"):
-        rs.RunningSumsSource(n_min=2, n_max=3, prompt_width=2)
+    aligned = rs.RunningSumsSource(n_min=2, n_max=3, layout="aligned")
+    ex = aligned.example([9, 2], vocab)
+    assert ex["ids"].tolist() == [9, 11, 2, 11, 11, 11, 10, 9, 9, 2, 1, 13, 13, 13]  # "9_2___=" then the answer
+    assert ex["maskable"].tolist() == [False] * 7 + [True] * 7
+    for digits in ([9, 2], [4, 0, 7]):  # every prompt digit sits 2 * n_max + 1 = 7 positions before its copy
+        ids = aligned.example(digits, vocab)["ids"].tolist()
+        assert [ids[2 * k + 7] for k in range(len(digits))] == [ids[2 * k] for k in range(len(digits))] == digits
+    with pytest.raises(ValueError, match="layout must be one of"):
+        rs.RunningSumsSource(layout="spaced")
     with pytest.raises(ValueError, match="answer_length=6 leaves no EOS"):
         rs.RunningSumsSource(n_min=2, n_max=3, answer_length=6)
     with pytest.raises(ValueError, match="takes 2..3"):
@@ -207,7 +211,7 @@ class OracleModel:
         self.calls.append((input_ids.shape, gen_length, steps, block_length))
         rows = []
         for ids, keep in zip(input_ids, attention_mask, strict=True):
-            digits = ids[keep].tolist()[:-1]  # drop the left padding and "="
+            digits = [t for t in ids[keep].tolist() if t < 10]  # drop the left padding, blanks and "="
             answer = rs.answer_tokens(digits)
             if digits[0] == self.corrupt_first:
                 answer[-1] = (answer[-1] + 1) % 10
@@ -232,6 +236,17 @@ def test_running_sums_evaluate_parses_and_scores_exactly():
     # batches hold similar sizes; gen_length = longest answer + EOS rounded up to blocks; 2 tokens per step
     assert [c[1:] for c in oracle.calls] == [(32, 16, 32)] * 3
     assert [c[0][1] for c in oracle.calls] == [8, 11, 13]
+
+
+def test_running_sums_evaluate_aligned_layout_needs_no_padding():
+    source = rs.RunningSumsSource(n_min=4, n_max=12, val_size=12, eval_batch_size=8, layout="aligned")
+    vocab = VocabLayout.build(12, source.specials)
+    oracle = OracleModel(vocab, corrupt_first=3)
+    scores = source.evaluate(oracle, block_length=25)
+    wrong = sum(p[0] == 3 for p in source.val_problems)
+    assert scores["exact_match"] == pytest.approx(1 - wrong / 12)
+    assert [c[0][1] for c in oracle.calls] == [25, 25]  # every prompt is 2 * n_max + 1 tokens
+    assert [c[1:] for c in oracle.calls] == [(25, 25, 25)] * 2  # default: answer_length, one token per step
 
 
 def test_running_sums_evaluate_runs_a_real_untrained_model():

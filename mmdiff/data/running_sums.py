@@ -9,6 +9,12 @@ answer ends and generation with a longer `gen_length` stops cleanly. The prompt 
 Sampling every answer token in one pass is wrong by construction (s_k needs s_{k-1}), so decoding several tokens
 per step can hurt accuracy: the property the sampler benchmark measures.
 
+Layouts. In the "compact" prompt `d1 ... dn =` the copy of d_k in the answer sits n + k positions after d_k: an
+offset that changes with every k and n, which a small RoPE model learns slowly (no progress in 1000 steps for
+n in 8..16 on a 4-layer d_model=128 core, while a fixed n = 8 is copied after 200 steps). The "aligned" prompt
+`d1 _ d2 _ ... dn _ _ ... =` (2 * n_max + 1 tokens) puts every digit at the same distance before its copy, so copying
+is one fixed relative offset for all problems, and only the running sum itself has to be learned.
+
 >>> answer_tokens([3, 9, 4])
 [3, 3, 9, 2, 4, 6]
 >>> grade_answer([3, 9, 4], "3 3 9 2 4 7")
@@ -48,6 +54,7 @@ __all__ = [
 SEPARATOR = "="
 BLANK = "_"
 VOCAB = {**{str(d): d for d in range(10)}, SEPARATOR: 10, BLANK: 11}  # token -> id of the text tokenizer
+LAYOUTS = ("compact", "aligned")
 _TRAIN_STREAM, _VAL_STREAM = 0, 1  # seed-sequence words that keep the two splits' random streams apart
 
 
@@ -153,8 +160,9 @@ class RunningSumsSource:
         n_min: fewest digits per problem.
         n_max: most digits per problem.
         answer_length: answer positions incl. EOS padding; default 2 * n_max + 1 (every answer ends with an EOS).
-        prompt_width: if set (>= n_max), the digits are followed by blanks "_" up to this width before "=", so
-            every problem has the same layout: digit k at position k-1, the answer from position width+1 on.
+        layout: "compact" writes the prompt as `d1 d2 ... dn =`; "aligned" as `d1 _ d2 _ ... dn _` filled with
+            blanks to 2 * n_max tokens, then `=`, so every digit sits exactly 2 * n_max + 1 positions before its
+            copy in the answer (a constant offset, which a RoPE model finds quickly; see the module notes).
         train_size: problems in the train split (drawn lazily from per-index seeds).
         val_size: held-out problems (their sizes spread evenly over [n_min, n_max]; never in the train split).
         seed: seed of both splits.
@@ -176,7 +184,7 @@ class RunningSumsSource:
         n_min: int = 32,
         n_max: int = 128,
         answer_length: int | None = None,
-        prompt_width: int | None = None,
+        layout: str = "compact",
         train_size: int = 200_000,
         val_size: int = 256,
         seed: int = 0,
@@ -188,14 +196,13 @@ class RunningSumsSource:
         if answer_length < 2 * n_max + 1:
             raise ValueError(f"answer_length={answer_length} leaves no EOS after the longest answer (2 * n_max = "
                              f"{2 * n_max}); use answer_length >= {2 * n_max + 1}")
-        if prompt_width is not None and prompt_width < n_max:
-            raise ValueError(f"prompt_width={prompt_width} is narrower than n_max={n_max}; use prompt_width >= "
-                             f"{n_max} or None")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         if train_size < 1 or val_size < 1 or eval_batch_size < 1:
             raise ValueError(f"train_size, val_size and eval_batch_size must be >= 1, got {train_size}, {val_size}, "
                              f"{eval_batch_size}")
         self.n_min, self.n_max, self.answer_length = n_min, n_max, answer_length
-        self.prompt_width = prompt_width
+        self.layout = layout
         self.train_size, self.val_size, self.seed = train_size, val_size, seed
         self.eval_batch_size = eval_batch_size
         self._tokenizer = None
@@ -239,9 +246,11 @@ class RunningSumsSource:
 
     # ------------------------------------------------------------------------------------------------ examples
     def prompt_ids(self, digits: Sequence[int]) -> list[int]:
-        """`d1 ... dn =` as token ids, with blanks before "=" up to `prompt_width` when set."""
-        blanks = [VOCAB[BLANK]] * ((self.prompt_width or 0) - len(digits))
-        return [VOCAB[str(d)] for d in digits] + blanks + [VOCAB[SEPARATOR]]
+        """The prompt's token ids: `d1 ... dn =` ("compact") or `d1 _ ... dn _ _ ... =` ("aligned")."""
+        if self.layout == "compact":
+            return [VOCAB[str(d)] for d in digits] + [VOCAB[SEPARATOR]]
+        spaced = [v for d in digits for v in (VOCAB[str(d)], VOCAB[BLANK])]
+        return spaced + [VOCAB[BLANK]] * (2 * (self.n_max - len(digits))) + [VOCAB[SEPARATOR]]
 
     def example(self, digits: Sequence[int], vocab: VocabLayout) -> dict[str, Tensor]:
         """{"ids": prompt + answer + EOS padding, "maskable": True on the `answer_length` answer positions}."""
@@ -283,8 +292,8 @@ class RunningSumsSource:
     ) -> dict[str, float]:
         """Generates answers and grades them: exact match overall and per length bucket, and token accuracy.
 
-        Problems are sorted by size and batched (left-padded prompts); each batch generates
-        `gen_length` tokens (default: the batch's longest answer + 1 EOS, rounded up to the block length) in
+        Problems are sorted by size and batched (left-padded prompts); each batch generates `gen_length` tokens
+        (default `answer_length`, the canvas seen in training) rounded up to a multiple of the block length, in
         `gen_length / tokens_per_step` steps unless `steps` is given. The answer is read up to the first EOS.
 
         Args:
@@ -331,7 +340,7 @@ class RunningSumsSource:
         vocab = model.vocab
         self._check_vocab(vocab)
         block = int(overrides.get("block_length", model.sampler_config.block_length))
-        need = gen_length or 2 * max(len(p) for p in batch) + 1
+        need = gen_length or self.answer_length
         length = -(-need // block) * block  # round up to whole blocks
         steps = overrides.get("steps", max(length // max(tokens_per_step, 1), 1))
         options = {**overrides, "block_length": block, "steps": steps}

@@ -1,0 +1,69 @@
+"""Publishes a trained run as a shipped zoo entry: measures its metrics with `mmdiff eval`, reads the training
+wall time from the run's metrics.jsonl, and writes `zoo/<name>/` (checkpoint, card.yaml, generated README.md).
+
+The static card fields (description, license, data, recipe, reproduce, tags, sampler presets, metrics_command) are
+read from the existing `zoo/<name>/card.yaml`; params, metrics and train_wall_time are always measured anew.
+
+    python scripts/publish_zoo_entry.py runs/shakespeare-tiny zoo/shakespeare-tiny -- --limit 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from mmdiff.cli import main as mmdiff_main
+from mmdiff.dataclass_io import load_yaml
+from mmdiff.modeling import DiffusionModel
+from mmdiff.zoo import ZooCard, count_parameters, save_zoo_entry
+
+
+def train_wall_time(run_dir: Path) -> str:
+    """'<minutes> min on <N> CPU threads (<cpu>)' from the last training record of metrics.jsonl."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train = [r for r in records if r.get("split") == "train" and "elapsed_s" in r]
+    if not train:
+        raise ValueError(f"{run_dir}/metrics.jsonl has no training records")
+    minutes = train[-1]["elapsed_s"] / 60
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{torch.get_num_threads()} CPU threads"
+    return f"{minutes:.1f} min for {train[-1]['step']} steps on {device} ({platform.machine()})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path, help="training output folder (holds final/ and metrics.jsonl)")
+    parser.add_argument("entry", type=Path, help="zoo entry folder whose card.yaml holds the static fields")
+    parser.add_argument("--card", type=Path, help="card with the static fields (default: ENTRY/card.yaml)")
+    parser.add_argument("eval_args", nargs="*", help="extra `mmdiff eval` arguments, after --")
+    args = parser.parse_args(argv)
+    final = args.run_dir / "final"
+    fields = load_yaml((args.card or args.entry / "card.yaml").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "metrics.json"
+        code = mmdiff_main(["eval", str(final), "--output", str(out), *args.eval_args])
+        if code:
+            return code
+        measured = json.loads(out.read_text())
+    model = DiffusionModel.from_pretrained(final)
+    fields.update(
+        params=count_parameters(model),
+        train_wall_time=train_wall_time(args.run_dir),
+        metrics={k: round(float(v), 4) for k, v in measured.items() if isinstance(v, (int, float))},
+        metrics_command=f"mmdiff eval {fields['name']} " + " ".join(shlex.quote(a) for a in args.eval_args),
+    )
+    card = ZooCard.from_dict(fields)
+    model.config.name = card.name
+    save_zoo_entry(model, card, args.entry)
+    print(card.to_yaml())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
