@@ -22,27 +22,36 @@ import torch
 from mmdiff.cli import main as mmdiff_main
 from mmdiff.dataclass_io import load_yaml
 from mmdiff.modeling import DiffusionModel
+from mmdiff.train import load_train_config
 from mmdiff.zoo import ZooCard, count_parameters, save_zoo_entry
 
 
-def train_wall_time(run_dir: Path) -> str:
-    """'<minutes> min on <N> CPU threads (<cpu>)' from the last training record of metrics.jsonl."""
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    train = [r for r in records if r.get("split") == "train" and "elapsed_s" in r]
-    if not train:
-        raise ValueError(f"{run_dir}/metrics.jsonl has no training records")
-    minutes = train[-1]["elapsed_s"] / 60
+def train_wall_time(run_dirs: list[Path]) -> str:
+    """Total training minutes and steps over the runs (earlier stages first), from their metrics.jsonl files."""
+    minutes, steps = 0.0, 0
+    for run_dir in run_dirs:
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        train = [r for r in records if r.get("split") == "train" and "elapsed_s" in r]
+        if not train:
+            raise ValueError(f"{run_dir}/metrics.jsonl has no training records")
+        minutes += train[-1]["elapsed_s"] / 60
+        steps += train[-1]["step"]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{torch.get_num_threads()} CPU threads"
-    return f"{minutes:.1f} min for {train[-1]['step']} steps on {device} ({platform.machine()})"
+    stages = f"{len(run_dirs)} stages, " if len(run_dirs) > 1 else ""
+    return f"{minutes:.1f} min ({stages}{steps} steps) on {device} ({platform.machine()})"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path, help="training output folder (holds final/ and metrics.jsonl)")
     parser.add_argument("entry", type=Path, help="zoo entry folder whose card.yaml holds the static fields")
+    parser.add_argument("--earlier-run", type=Path, action="append", default=[],
+                        help="run folder of an earlier training stage (counted in the wall time); repeatable")
     parser.add_argument("--card", type=Path, help="card with the static fields (default: ENTRY/card.yaml)")
-    parser.add_argument("eval_args", nargs="*", help="extra `mmdiff eval` arguments, after --")
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    eval_args = argv[argv.index("--") + 1 :] if "--" in argv else []  # extra `mmdiff eval` arguments, after --
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    args.eval_args = eval_args
     final = args.run_dir / "final"
     fields = load_yaml((args.card or args.entry / "card.yaml").read_text())
     with tempfile.TemporaryDirectory() as tmp:
@@ -52,9 +61,10 @@ def main(argv: list[str] | None = None) -> int:
             return code
         measured = json.loads(out.read_text())
     model = DiffusionModel.from_pretrained(final)
+    model.sampler_config = load_train_config(fields["recipe"]).sampler  # the recipe holds the sampling defaults
     fields.update(
         params=count_parameters(model),
-        train_wall_time=train_wall_time(args.run_dir),
+        train_wall_time=train_wall_time([*args.earlier_run, args.run_dir]),
         metrics={k: round(float(v), 4) for k, v in measured.items() if isinstance(v, (int, float))},
         metrics_command=f"mmdiff eval {fields['name']} " + " ".join(shlex.quote(a) for a in args.eval_args),
     )

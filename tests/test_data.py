@@ -183,6 +183,43 @@ def test_running_sums_train_examples_are_consistent_and_deterministic():
     assert not torch.equal(rs.RunningSumsSource(seed=1).dataset("train", vocab)[123]["ids"], data[123]["ids"])
 
 
+def test_running_sums_train_sizes_options():
+    uniform = rs.RunningSumsSource(n_min=32, n_max=128)
+    sizes = np.array([len(uniform.problem("train", i)) for i in range(3000)])
+    assert (sizes.min(), sizes.max()) == (32, 128) and abs(sizes.mean() - 80) < 2
+    short = rs.RunningSumsSource(n_min=32, n_max=128, train_n_min=4, train_lengths="log-uniform", layout="aligned")
+    sizes = np.array([len(short.problem("train", i)) for i in range(3000)])
+    assert (sizes.min(), sizes.max()) == (4, 128)
+    # log-uniform on [4, 129): P(n < 32) = ln(32 / 4) / ln(129 / 4)
+    assert (sizes < 32).mean() == pytest.approx(math.log(8) / math.log(129 / 4), abs=0.03)
+    assert min(len(p) for p in short.val_problems) == 32  # val keeps [n_min, n_max]
+    vocab = VocabLayout.build(12, short.specials)
+    assert len(short.dataset("train", vocab)[int(np.argmin(sizes))]["ids"]) == 2 * (2 * 128 + 1)  # fixed canvas
+    with pytest.raises(ValueError, match="train_lengths must be"):
+        rs.RunningSumsSource(train_lengths="normal")
+    with pytest.raises(ValueError, match="train_n_min"):
+        rs.RunningSumsSource(train_n_min=0)
+
+
+def test_frontier_examples_hide_later_sums():
+    source = rs.RunningSumsSource(n_min=3, n_max=3, frontier_prob=0.5, frontier_window=1)
+    vocab = VocabLayout.build(12, source.specials)
+    ex = source.example([4, 8, 1], vocab)  # "481=" then 4 4 8 2 1 3 EOS
+    out = rs.frontier_example(ex, n=3, start=2, width=1, mask_id=vocab.mask_id)
+    assert out["ids"].tolist() == [4, 8, 1, 10, 4, 4, 8, 2, 1, 12, 13]  # s3 hidden behind the mask id
+    assert out["maskable"].tolist() == [False] * 6 + [True, True] + [False] * 3  # only the pair (d2, s2) is a target
+    last = rs.frontier_example(ex, n=3, start=3, width=4, mask_id=vocab.mask_id)
+    assert last["ids"].tolist() == ex["ids"].tolist()
+    assert last["maskable"].tolist() == [False] * 8 + [True, True, False]
+    train, val = source.dataset("train", vocab), source.dataset("val", vocab)
+    frontier = [not bool(train[i]["maskable"][-1]) for i in range(400)]  # EOS is a target unless frontier
+    assert 0.4 < sum(frontier) / 400 < 0.6
+    assert [not bool(train[i]["maskable"][-1]) for i in range(400)] == frontier  # deterministic per index
+    assert all(bool(val[i]["maskable"][4:].all()) for i in range(len(val)))  # val examples stay plain SFT
+    with pytest.raises(ValueError, match="frontier_prob"):
+        rs.RunningSumsSource(frontier_prob=1.5)
+
+
 def test_running_sums_val_sizes_spread_and_disjoint_from_train():
     source = rs.RunningSumsSource()
     sizes = [len(p) for p in source.val_problems]

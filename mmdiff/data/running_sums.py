@@ -23,6 +23,7 @@ Grade(exact=False, correct=5, total=6)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -45,6 +46,7 @@ __all__ = [
     "answer_tokens",
     "grade_answer",
     "build_tokenizer",
+    "frontier_example",
     "length_buckets",
     "VOCAB",
     "SEPARATOR",
@@ -55,7 +57,7 @@ SEPARATOR = "="
 BLANK = "_"
 VOCAB = {**{str(d): d for d in range(10)}, SEPARATOR: 10, BLANK: 11}  # token -> id of the text tokenizer
 LAYOUTS = ("compact", "aligned")
-_TRAIN_STREAM, _VAL_STREAM = 0, 1  # seed-sequence words that keep the two splits' random streams apart
+_TRAIN_STREAM, _VAL_STREAM, _FRONTIER_STREAM = 0, 1, 2  # seed-sequence words keeping the random streams apart
 
 
 def running_sums(digits: Sequence[int]) -> list[int]:
@@ -131,6 +133,30 @@ def build_tokenizer() -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False)
 
 
+def frontier_example(example: dict[str, Tensor], n: int, start: int, width: int, mask_id: int) -> dict[str, Tensor]:
+    """Turns an SFT example into the state a left-to-right sampler sees at sum `start`: the answer before pair
+    `start` is given, pairs `start .. start + width - 1` are targets, and every later running sum is hidden (the mask
+    id, not a target) while later digits and the EOS padding stay given.
+
+    Targets next to the hidden sums can only be predicted from the left (s_k = s_{k-1} + d_k), never from the right
+    (s_k = s_{k+1} - d_{k+1}); uniform masking alone teaches both directions equally often, and a model that learns
+    only the right-to-left one cannot generate (see the module notes).
+
+    >>> ex = {"ids": torch.tensor([7, 5, 10, 7, 7, 5, 2, 13]), "maskable": torch.tensor([False] * 3 + [True] * 5)}
+    >>> out = frontier_example(ex, n=2, start=1, width=1, mask_id=12)
+    >>> out["ids"].tolist(), out["maskable"].int().tolist()
+    ([7, 5, 10, 7, 7, 5, 12, 13], [0, 0, 0, 1, 1, 0, 0, 0])
+    """
+    ids, maskable = example["ids"].clone(), example["maskable"].clone()
+    first = int(maskable.nonzero()[0])  # where the answer starts
+    lo, hi = first + 2 * (start - 1), first + 2 * min(start - 1 + width, n)  # target pairs [lo, hi)
+    maskable[first:lo] = False
+    maskable[hi:] = False
+    hidden = torch.arange(hi + 1, first + 2 * n, 2)  # the running sums after the targets
+    ids[hidden] = mask_id
+    return {"ids": ids, "maskable": maskable}
+
+
 class RunningSumsDataset(Dataset):
     """SFT examples of one split: prompt (not a target) then answer + EOS padding (targets).
 
@@ -149,7 +175,15 @@ class RunningSumsDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for the {self.split} split of {len(self)} problems")
-        return self.source.example(self.source.problem(self.split, index), self.vocab)
+        digits = self.source.problem(self.split, index)
+        example = self.source.example(digits, self.vocab)
+        if self.split == "train" and self.source.frontier_prob > 0:
+            rng = np.random.default_rng([self.source.seed, _FRONTIER_STREAM, index])
+            if rng.random() < self.source.frontier_prob:
+                start = int(rng.integers(1, len(digits) + 1))
+                width = int(rng.integers(1, self.source.frontier_window + 1))
+                example = frontier_example(example, len(digits), start, width, self.vocab.mask_id)
+        return example
 
 
 @DATASETS.register("running-sums")
@@ -163,6 +197,11 @@ class RunningSumsSource:
         layout: "compact" writes the prompt as `d1 d2 ... dn =`; "aligned" as `d1 _ d2 _ ... dn _` filled with
             blanks to 2 * n_max tokens, then `=`, so every digit sits exactly 2 * n_max + 1 positions before its
             copy in the answer (a constant offset, which a RoPE model finds quickly; see the module notes).
+        train_n_min: smallest train problem (default n_min); val problems keep [n_min, n_max].
+        train_lengths: how train sizes are drawn from [train_n_min, n_max]: "uniform" or "log-uniform".
+        frontier_prob: fraction of train examples turned into left-to-right "frontier" states (see
+            `frontier_example`); 0 = plain SFT examples.
+        frontier_window: most answer pairs (digit, sum) that are targets in a frontier example.
         train_size: problems in the train split (drawn lazily from per-index seeds).
         val_size: held-out problems (their sizes spread evenly over [n_min, n_max]; never in the train split).
         seed: seed of both splits.
@@ -185,6 +224,10 @@ class RunningSumsSource:
         n_max: int = 128,
         answer_length: int | None = None,
         layout: str = "compact",
+        train_n_min: int | None = None,
+        train_lengths: str = "uniform",
+        frontier_prob: float = 0.0,
+        frontier_window: int = 4,
         train_size: int = 200_000,
         val_size: int = 256,
         seed: int = 0,
@@ -196,6 +239,14 @@ class RunningSumsSource:
         if answer_length < 2 * n_max + 1:
             raise ValueError(f"answer_length={answer_length} leaves no EOS after the longest answer (2 * n_max = "
                              f"{2 * n_max}); use answer_length >= {2 * n_max + 1}")
+        train_n_min = n_min if train_n_min is None else train_n_min
+        if not 1 <= train_n_min <= n_max:
+            raise ValueError(f"need 1 <= train_n_min <= n_max, got train_n_min={train_n_min}, n_max={n_max}")
+        if train_lengths not in ("uniform", "log-uniform"):
+            raise ValueError(f"train_lengths must be 'uniform' or 'log-uniform', got {train_lengths!r}")
+        if not 0 <= frontier_prob <= 1 or frontier_window < 1:
+            raise ValueError(f"need 0 <= frontier_prob <= 1 and frontier_window >= 1, got {frontier_prob}, "
+                             f"{frontier_window}")
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         if train_size < 1 or val_size < 1 or eval_batch_size < 1:
@@ -203,6 +254,8 @@ class RunningSumsSource:
                              f"{eval_batch_size}")
         self.n_min, self.n_max, self.answer_length = n_min, n_max, answer_length
         self.layout = layout
+        self.train_n_min, self.train_lengths = train_n_min, train_lengths
+        self.frontier_prob, self.frontier_window = frontier_prob, frontier_window
         self.train_size, self.val_size, self.seed = train_size, val_size, seed
         self.eval_batch_size = eval_batch_size
         self._tokenizer = None
@@ -232,10 +285,17 @@ class RunningSumsSource:
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         for attempt in range(1000):
             rng = np.random.default_rng([self.seed, _TRAIN_STREAM, index, attempt])
-            digits = self._digits_from(rng, int(rng.integers(self.n_min, self.n_max + 1)))
+            digits = self._digits_from(rng, self._draw_n(rng))
             if bytes(digits) not in self._val_keys:
                 return digits
         raise RuntimeError("could not draw a train problem outside the val set; widen [n_min, n_max]")
+
+    def _draw_n(self, rng: np.random.Generator) -> int:
+        """A train problem size in [train_n_min, n_max]: uniform, or log-uniform (more short problems)."""
+        lo, hi = self.train_n_min, self.n_max
+        if self.train_lengths == "uniform":
+            return int(rng.integers(lo, hi + 1))
+        return min(int(math.exp(rng.uniform(math.log(lo), math.log(hi + 1)))), hi)
 
     def _digits(self, stream: int, index: int, n: int) -> list[int]:
         return self._digits_from(np.random.default_rng([self.seed, stream, index]), n)
@@ -255,8 +315,9 @@ class RunningSumsSource:
     def example(self, digits: Sequence[int], vocab: VocabLayout) -> dict[str, Tensor]:
         """{"ids": prompt + answer + EOS padding, "maskable": True on the `answer_length` answer positions}."""
         self._check_vocab(vocab)
-        if not self.n_min <= len(digits) <= self.n_max:
-            raise ValueError(f"problem has {len(digits)} digits; this source takes {self.n_min}..{self.n_max}")
+        lo = min(self.n_min, self.train_n_min)
+        if not lo <= len(digits) <= self.n_max:
+            raise ValueError(f"problem has {len(digits)} digits; this source takes {lo}..{self.n_max}")
         prompt = self.prompt_ids(digits)
         answer = [VOCAB[str(v)] for v in answer_tokens(digits)]
         answer += [vocab.id("eos")] * (self.answer_length - len(answer))
