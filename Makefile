@@ -22,8 +22,7 @@ $(STAMP): pyproject.toml Makefile
 
 run: install
 	$(VENV)/bin/mmdiff list
-	$(VENV)/bin/mmdiff generate shakespeare-tiny --prompt "ROMEO. " --gen-length 96 --seed 0
-	$(VENV)/bin/mmdiff generate running-sums-small --problems 4 --seed 0
+	$(VENV)/bin/mmdiff generate shakespeare-tiny --prompt "ROMEO." --prompt "HAMLET." --gen-length 96 --steps 96 --block-length 96 --seed 0
 
 test: install
 	$(PY) -m pytest

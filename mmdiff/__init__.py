@@ -4,8 +4,8 @@ One shared masked-diffusion transformer core; modalities plug in through adapter
 VLM, ASR, text-to-image, VLA) runs through the same canvas -> core -> head -> sampler path.
 
 >>> import mmdiff
->>> mmdiff.list_models("running-sums*")
-['running-sums-small']
+>>> mmdiff.list_models("shakespeare*")
+['shakespeare-tiny']
 """
 
 from mmdiff.canvas import Canvas

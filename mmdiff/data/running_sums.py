@@ -13,7 +13,16 @@ Layouts. In the "compact" prompt `d1 ... dn =` the copy of d_k in the answer sit
 offset that changes with every k and n, which a small RoPE model learns slowly (no progress in 1000 steps for
 n in 8..16 on a 4-layer d_model=128 core, while a fixed n = 8 is copied after 200 steps). The "aligned" prompt
 `d1 _ d2 _ ... dn _ _ ... =` (2 * n_max + 1 tokens) puts every digit at the same distance before its copy, so copying
-is one fixed relative offset for all problems, and only the running sum itself has to be learned.
+is one fixed relative offset for all problems (copying is learned in about 200 steps for n in 32..128), and only
+the running sum itself has to be learned.
+
+Direction. Uniform masking shows the model s_k next to both s_{k-1} (left) and s_{k+1} (right) equally often, and
+s_k = s_{k+1} - d_{k+1} is as easy to learn as s_k = s_{k-1} + d_k. Only the left-to-right chain is anchored (s_0 = 0)
+and usable for generation; a model that learns the right-to-left one first predicts a masked sum almost perfectly
+when its right neighbour is visible and at chance when it is not, so every generated sum is wrong (observed after
+1100 steps for n in 32..128). `frontier_prob` mixes in examples in the state a left-to-right sampler sees (given
+answer prefix, a few target pairs, later sums hidden), where only the left-to-right rule works; `train_n_min` with
+log-uniform `train_lengths` adds short problems, where the anchor s_1 = d_1 is a larger share of the targets.
 
 >>> answer_tokens([3, 9, 4])
 [3, 3, 9, 2, 4, 6]
@@ -152,7 +161,7 @@ def frontier_example(example: dict[str, Tensor], n: int, start: int, width: int,
     lo, hi = first + 2 * (start - 1), first + 2 * min(start - 1 + width, n)  # target pairs [lo, hi)
     maskable[first:lo] = False
     maskable[hi:] = False
-    hidden = torch.arange(hi + 1, first + 2 * n, 2)  # the running sums after the targets
+    hidden = torch.arange(hi + 1, max(hi + 1, first + 2 * n), 2)  # the running sums after the targets
     ids[hidden] = mask_id
     return {"ids": ids, "maskable": maskable}
 
