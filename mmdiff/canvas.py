@@ -7,6 +7,7 @@ objective and every sampler only ever see canvases, so a new modality never touc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -64,12 +65,16 @@ class Canvas:
     def length(self) -> int:
         return self.ids.shape[1]
 
-    def to(self, device: torch.device | str) -> Canvas:
-        moved: dict[str, Any] = {}
+    def map_tensors(self, fn: Callable[[Tensor], Tensor]) -> Canvas:
+        """A new canvas with `fn` applied to every tensor field (other fields kept)."""
+        values: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            moved[f.name] = value.to(device) if isinstance(value, Tensor) else value
-        return Canvas(**moved)
+            values[f.name] = fn(value) if isinstance(value, Tensor) else value
+        return Canvas(**values)
+
+    def to(self, device: torch.device | str) -> Canvas:
+        return self.map_tensors(lambda t: t.to(device))
 
     def with_ids(self, ids: Tensor) -> Canvas:
         return replace(self, ids=ids)

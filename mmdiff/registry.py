@@ -26,6 +26,7 @@ __all__ = [
     "TASKS",
     "SCHEDULES",
     "DATASETS",
+    "CONVERTERS",
 ]
 
 
@@ -128,3 +129,6 @@ SAMPLERS = Registry("sampler")
 TASKS = Registry("task")
 SCHEDULES = Registry("schedule")
 DATASETS = Registry("dataset")
+# foreign checkpoint layouts (LLaDA, Dream, ...): name -> callable(folder, *, pretrained, device, dtype) -> model;
+# a zoo card's `converter` field names one, `mmdiff.convert` registers them
+CONVERTERS = Registry("converter")

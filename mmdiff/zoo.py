@@ -29,7 +29,7 @@ import torch
 from mmdiff.dataclass_io import from_dict, load_yaml
 from mmdiff.hub import cached_checkpoint, is_hub_id, resolve_checkpoint
 from mmdiff.modeling import CONFIG_NAME, WEIGHTS_NAME, DiffusionModel, ModelConfig
-from mmdiff.registry import Registry
+from mmdiff.registry import CONVERTERS, Registry
 
 __all__ = [
     "CARD_NAME",
@@ -56,9 +56,6 @@ SHIPPED = "shipped"
 LIST_HINT = "list all entries with mmdiff.list_models() or `mmdiff list`"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
-# Foreign checkpoint layouts (LLaDA, Dream, ...): name -> callable(folder: Path, *, pretrained: bool,
-# device, dtype) -> DiffusionModel. A card's `converter` field names one; `mmdiff.convert` registers them.
-CONVERTERS = Registry("converter")
 
 
 @dataclass

@@ -13,6 +13,16 @@ A data source is a class registered under a name; the trainer builds it from the
 The task (`TASKS.get(source.task)`) turns a list of examples into a `Canvas` with `collate(examples, vocab)`.
 """
 
-from mmdiff.registry import DATASETS
+from collections.abc import Sequence
 
-__all__ = ["DATASETS"]
+from mmdiff.registry import DATASETS
+from mmdiff.vocab import VocabLayout
+
+__all__ = ["DATASETS", "check_vocab_fits"]
+
+
+def check_vocab_fits(vocab: VocabLayout, text_size: int, required: Sequence[str], specials: Sequence[str]) -> None:
+    """Raises unless `vocab` puts the source's `text_size` text ids first and has the `required` special ids."""
+    if vocab.range("text") != (0, text_size) or any(vocab.get_id(name) is None for name in required):
+        raise ValueError(f"vocabulary layout {vocab.to_dict()} does not fit this source: build it with "
+                         f"VocabLayout.build(text_size={text_size}, specials={list(specials)})")

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from mmdiff.data import check_vocab_fits
 from mmdiff.metrics import token_matches
 from mmdiff.registry import DATASETS
 from mmdiff.vocab import VocabLayout
@@ -343,9 +344,7 @@ class RunningSumsSource:
         return RunningSumsDataset(self, split, vocab)
 
     def _check_vocab(self, vocab: VocabLayout) -> None:
-        if vocab.range("text") != (0, len(VOCAB)) or vocab.eos_id is None or vocab.pad_id is None:
-            raise ValueError(f"vocabulary layout {vocab.to_dict()} does not fit this source: build it with "
-                             f"VocabLayout.build(text_size={len(VOCAB)}, specials={list(self.specials)})")
+        check_vocab_fits(vocab, len(VOCAB), ("eos", "pad"), self.specials)
 
     # ------------------------------------------------------------------------------------------------ evaluation
     @torch.no_grad()

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from mmdiff.data import check_vocab_fits
 from mmdiff.io import atomic_write
 from mmdiff.registry import DATASETS
 from mmdiff.vocab import VocabLayout
@@ -401,10 +402,7 @@ class ShakespeareSource:
 
     # -------------------------------------------------------------------------------------------------- internals
     def _check_vocab(self, vocab: VocabLayout) -> None:
-        text = len(self.tokenizer())
-        if vocab.range("text") != (0, text) or vocab.eos_id is None:
-            raise ValueError(f"vocabulary layout {vocab.to_dict()} does not fit this source: build it with "
-                             f"VocabLayout.build(text_size={text}, specials={list(self.specials)})")
+        check_vocab_fits(vocab, len(self.tokenizer()), ("eos",), self.specials)
 
     def _play_tokens(self) -> dict[str, np.ndarray]:
         """Token ids of every play, cached in the data folder as `tokens-<key>.npz` (key: tokenizer + cleaning)."""

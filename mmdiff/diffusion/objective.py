@@ -109,7 +109,7 @@ def diffusion_loss(
         weight = torch.cat([weight, weight * mask_prob / (1 - mask_prob).clamp(min=1e-6)])
         clean = torch.cat([clean, clean])
         maskable = torch.cat([maskable, maskable])
-        canvas = _repeat_canvas(canvas)
+        canvas = canvas.map_tensors(lambda x: torch.cat([x, x]))  # both copies share the layout
     inputs = canvas.core_inputs(noisy)
     logits = core(**inputs, logits_at=masked, check_inputs=False).logits  # (N, V_head)
     targets = clean[masked]
@@ -125,23 +125,3 @@ def diffusion_loss(
     else:  # sft
         loss = (elbo_per_row / n_targets.clamp(min=1)).mean()
     return LossOutput(loss=loss, elbo_per_row=elbo_per_row, n_masked=masked.sum(), n_targets=n_targets.sum())
-
-
-def _repeat_canvas(canvas: Canvas) -> Canvas:
-    """The canvas stacked twice along the batch (for complementary masking)."""
-
-    def twice(x: Tensor | None) -> Tensor | None:
-        return None if x is None else torch.cat([x, x])
-
-    return Canvas(
-        ids=twice(canvas.ids),
-        maskable=twice(canvas.maskable),
-        attention_mask=twice(canvas.attention_mask),
-        attention=canvas.attention,
-        prefix_len=twice(canvas.prefix_len),
-        block_size=canvas.block_size,
-        position_ids=twice(canvas.position_ids),
-        soft_embeds=twice(canvas.soft_embeds),
-        soft_positions=twice(canvas.soft_positions),
-        vocab_range=canvas.vocab_range,
-    )

@@ -145,12 +145,8 @@ def build_model(config: TrainConfig, source: Any = None) -> DiffusionModel:
 
 
 def _load_init(ref: str) -> DiffusionModel:
-    if Path(ref).is_dir():
-        return DiffusionModel.from_pretrained(ref)
-    try:
-        from mmdiff.zoo import create_model
-    except ImportError as err:
-        raise ConfigError(f"TrainConfig.model.init_from={ref!r} is not a checkpoint folder") from err
+    from mmdiff.zoo import create_model
+
     try:
         return create_model(ref, pretrained=True)
     except (KeyError, FileNotFoundError, ValueError) as err:
