@@ -206,9 +206,9 @@ def _encode_prompts(model: Any, prompts: list[str]) -> tuple[Any, Any]:
     return left_pad(rows, pad)
 
 
-def _generate(model: Any, ids: Any, mask: Any, args: argparse.Namespace) -> Any:
-    """Runs the sampler with the checkpoint defaults, the preset and the flags; returns (B, P + gen_length)."""
-    overrides = _sampler_overrides(args, model)
+def _generate(model: Any, ids: Any, mask: Any, args: argparse.Namespace, **fixed: Any) -> Any:
+    """Runs the sampler with the checkpoint defaults, the preset, the flags, then `fixed`; returns (B, L + gen)."""
+    overrides = {**_sampler_overrides(args, model), **fixed}
     device = model.device
     generator = _seeded_generator(args.seed, device)
     if generator is not None and _sampler_accepts(model, "generator", overrides):
@@ -285,26 +285,22 @@ def _pick(dataset: Any, n: int, seed: int | None) -> list[Any]:
 
 
 def _generate_problems(model: Any, args: argparse.Namespace) -> int:
-    """Samples held-out problems of the model's data source, solves them and compares with the references."""
-    import torch
-
+    """Samples problems of the model's data source, masks their targets, fills them in (infilling, so targets may
+    sit anywhere on the canvas) and compares the filled canvas with the reference."""
     from mmdiff.tasks.text import left_pad
 
     examples = _pick(_data_source(model).dataset(args.split, model.vocab), args.problems, args.seed)
-    prompts, references = [], []
-    for ex in examples:
-        start = int(torch.nonzero(ex["maskable"])[0, 0]) if bool(ex["maskable"].any()) else ex["ids"].shape[0]
-        prompts.append(ex["ids"][:start])
-        references.append(ex["ids"][start:])
-    if any(p.numel() == 0 for p in prompts):
+    if any(bool(ex["maskable"].all()) for ex in examples):
         raise CLIError("these problems have no prompt (every position is a target); use --prompt instead")
-    pad = model.vocab.pad_id if model.vocab.pad_id is not None else model.vocab.mask_id
-    ids, mask = left_pad(prompts, pad)
-    out = _generate(model, ids, mask, args).cpu()
+    mask_id = model.vocab.mask_id
+    canvases = [ex["ids"].masked_fill(ex["maskable"].bool(), mask_id) for ex in examples]
+    pad = model.vocab.pad_id if model.vocab.pad_id is not None else mask_id
+    ids, attention = left_pad(canvases, pad)
+    out = _generate(model, ids, attention, args, gen_length=0, infill=True).cpu()
     results = []
-    for prompt, reference, row in zip(prompts, references, out, strict=True):
-        answer, truth = model.decode(row[ids.shape[1] :]), model.decode(reference)
-        results.append({"prompt": model.decode(prompt), "answer": answer, "reference": truth,
+    for ex, canvas, row, keep in zip(examples, canvases, out, attention, strict=True):
+        answer, truth = model.decode(row[keep], stop_at_eos=False), model.decode(ex["ids"], stop_at_eos=False)
+        results.append({"prompt": _render_masked(model, canvas), "answer": answer, "reference": truth,
                         "exact": answer == truth})
     if args.json:
         print(json.dumps(results, indent=2))
@@ -314,6 +310,20 @@ def _generate_problems(model: Any, args: argparse.Namespace) -> int:
               f"\n  {'correct' if r['exact'] else 'wrong'}")
     print(f"exact match: {sum(r['exact'] for r in results)}/{len(results)}")
     return 0
+
+
+def _render_masked(model: Any, canvas: Any) -> str:
+    """The text of a canvas with one "_" per masked position (given runs decoded as text)."""
+    mask_id, parts, run = model.vocab.mask_id, [], []
+    for token in canvas.tolist() + [None]:
+        if (token == mask_id or token is None) and run:
+            parts.append(model.decode(run, stop_at_eos=False))
+            run = []
+        if token == mask_id:
+            parts.append("_")
+        elif token is not None:
+            run.append(token)
+    return "".join(parts)
 
 
 def _overrides(extra: list[str]) -> list[str]:

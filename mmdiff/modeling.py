@@ -89,7 +89,7 @@ class SamplerConfig:
 
     Args:
         sampler: name in `mmdiff.registry.SAMPLERS`.
-        gen_length: answer length in tokens.
+        gen_length: answer length in tokens (0: only fill the mask ids of the input, infilling).
         steps: denoising steps (forward passes).
         block_length: semi-autoregressive block size.
         temperature: 0 = greedy.

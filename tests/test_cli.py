@@ -254,7 +254,7 @@ def test_train_generate_eval_end_to_end(capsys, tmp_path):
     order = torch.randperm(8, generator=torch.Generator().manual_seed(0))[:2].tolist()
     problems = [source.problem("val", i) for i in order]
     got = json.loads(out)
-    assert [g["prompt"] for g in got] == ["".join(map(str, p)) + "=" for p in problems]
+    assert [g["prompt"] for g in got] == ["".join(f"{d}_" for d in p) for p in problems]  # sums masked in place
     assert [g["reference"] for g in got] == ["".join(map(str, answer_tokens(p))) for p in problems]
     assert [g["exact"] for g in got] == [g["answer"] == g["reference"] for g in got]
 
@@ -323,10 +323,11 @@ def test_generate_problems_compares_with_references(capsys, make_checkpoint):
     examples = CopySource(n=6).dataset("val", model.vocab)
     order = torch.randperm(6, generator=torch.Generator().manual_seed(0))[:3].tolist()
     prompts = torch.stack([examples[i]["ids"][:4] for i in order])
-    answers = model.generate(prompts, generator=torch.Generator().manual_seed(0))[:, 4:]
-    assert [g["prompt"] for g in got] == [model.decode(p) for p in prompts]
-    assert [g["answer"] for g in got] == [model.decode(a) for a in answers]
-    assert [g["reference"] for g in got] == [model.decode(p) for p in prompts]
+    # the targets are masked in place and filled in: the same as generating 4 tokens after the prompt
+    canvases = model.generate(prompts, generator=torch.Generator().manual_seed(0))
+    assert [g["prompt"] for g in got] == [model.decode(p) + "____" for p in prompts]
+    assert [g["answer"] for g in got] == [model.decode(c, stop_at_eos=False) for c in canvases]
+    assert [g["reference"] for g in got] == [model.decode(examples[i]["ids"], stop_at_eos=False) for i in order]
     assert [g["exact"] for g in got] == [g["answer"] == g["reference"] for g in got]
     code, out, _ = run(capsys, "generate", str(folder), "--problems", "3", "--seed", "0")
     assert out.splitlines()[-1] == f"exact match: {sum(g['exact'] for g in got)}/3"

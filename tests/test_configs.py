@@ -54,9 +54,10 @@ def test_recipe_parses_and_builds_its_model(path, no_data):
     source = build_source(cfg.data)
     if cfg.train.eval_metrics_limit > 0:
         assert callable(getattr(source, "evaluate", None)), f"{path}: eval_metrics_limit needs source.evaluate"
-    n_blocks = cfg.sampler.gen_length // cfg.sampler.block_length
-    assert cfg.sampler.gen_length % cfg.sampler.block_length == 0 and cfg.sampler.steps % n_blocks == 0, (
-        f"{path}: sampler.gen_length must be a multiple of block_length and steps a multiple of the block count")
+    if cfg.sampler.gen_length:  # 0: the entry only fills masks in place (infilling)
+        n_blocks = cfg.sampler.gen_length // cfg.sampler.block_length
+        assert cfg.sampler.gen_length % cfg.sampler.block_length == 0 and cfg.sampler.steps % n_blocks == 0, (
+            f"{path}: sampler.gen_length must be a multiple of block_length and steps a multiple of the block count")
 
     if cfg.model.init_from is not None:
         # a later training stage: its starting weights are another run's output, checked against this recipe's core

@@ -190,3 +190,42 @@ def test_errors(core):
                        block_length=4)
     with pytest.raises(ValueError, match=r"token id 99 is outside the vocabulary \[0, 24\)"):
         llada_generate(core, torch.tensor([[1, 99]]), mask_id=MASK, gen_length=4, steps=4, block_length=4)
+    with pytest.raises(ValueError, match=r"the prompt holds the mask id 20 \(row 0, position 1\); pass infill=True"):
+        llada_generate(core, torch.tensor([[1, MASK, 2]]), mask_id=MASK, gen_length=4, steps=4, block_length=4)
+    with pytest.raises(ValueError, match="nothing to generate: gen_length=0"):
+        llada_generate(core, prompt, mask_id=MASK, gen_length=0, steps=4, block_length=4, infill=True)
+
+
+def test_infill_of_a_masked_tail_equals_generation(core):
+    """Masks in place at the end of the prompt decode exactly like the same number of generated positions."""
+    prompt = prompts(2, 4)
+    generated = llada_generate(core, prompt, mask_id=MASK, gen_length=8, steps=8, block_length=4)
+    canvas = torch.cat([prompt, torch.full((2, 8), MASK)], 1)
+    filled = llada_generate(core, canvas, mask_id=MASK, gen_length=0, steps=8, block_length=4, infill=True)
+    assert torch.equal(filled, generated)
+
+
+def test_infill_fills_only_the_masks_one_per_step_and_keeps_given_tokens(core):
+    wrapped = CountingCore(core)
+    canvas = prompts(2, 10)
+    holes = torch.zeros(2, 10, dtype=torch.bool)
+    holes[0, [3, 5, 9]] = True
+    holes[1, [4, 8]] = True
+    canvas[holes] = MASK
+    canvas[1, 0] = PAD  # a padded position is never filled, even when pad and mask ids coincide below
+    attention = torch.ones(2, 10, dtype=torch.bool)
+    attention[1, 0] = False
+    out = llada_generate(wrapped, canvas, attention, mask_id=MASK, gen_length=2, steps=9, block_length=4, infill=True)
+    assert out.shape == (2, 12) and not (out[:, 1:] == MASK).any()
+    assert torch.equal(out[:, :10][~holes], canvas[~holes])  # given tokens stay
+    # the region starts at the first hole (column 3): blocks [3, 7), [7, 11), [11, 12), 3 steps each
+    assert len(wrapped.inputs) == 9
+    masked = [(x == MASK).sum(1).tolist() for x in wrapped.inputs + [out]]
+    assert masked == [[5, 4], [4, 3], [3, 3], [3, 3], [2, 2], [1, 1], [1, 1], [0, 0], [0, 0], [0, 0]]
+    with pytest.raises(ValueError, match=r"steps=8 must be a multiple of the number of blocks \(3\)"):
+        llada_generate(core, canvas, attention, mask_id=MASK, gen_length=2, steps=8, block_length=4, infill=True)
+    same_mask = canvas.clone()
+    same_mask[1, 0] = MASK  # padding that uses the mask id is not a hole
+    out2 = llada_generate(core, same_mask, attention, mask_id=MASK, gen_length=2, steps=9, block_length=4,
+                          infill=True)
+    assert out2[1, 0] == MASK and torch.equal(out2[:, 1:], out[:, 1:])

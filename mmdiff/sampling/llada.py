@@ -65,20 +65,27 @@ def llada_generate(
     block_length: int = 32,
     temperature: float = 0.0,
     remasking: str = "low_confidence",
+    infill: bool = False,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Generates `gen_length` tokens after each prompt row.
+    """Generates `gen_length` tokens after each prompt row; with `infill=True` also fills the mask ids of the prompt.
+
+    The decoded region runs from the first column holding a mask id to fill (the end of the prompt when there is
+    none) to the end of the canvas; it is cut into blocks of `block_length` from its start (the last one may be
+    shorter when the prompt holds masks), decoded left to right.
 
     Args:
         core: a `MaskedDiffusionTransformer` (or anything with its call signature).
-        input_ids: (B, P) prompts, left-padded when lengths differ.
+        input_ids: (B, P) prompts, left-padded when lengths differ; mask ids anywhere are filled in.
         attention_mask: (B, P) True at real prompt tokens.
         mask_id: the mask token id.
-        gen_length: answer length; must be a multiple of block_length.
+        gen_length: answer length (0 with `infill` = only fill the masks of the prompt); with a mask-free prompt it
+            must be a multiple of block_length.
         steps: total denoising steps, split evenly over blocks.
         block_length: semi-autoregressive block size.
         temperature: 0 = greedy; > 0 samples with Gumbel noise.
         remasking: "low_confidence" (commit the most probable predictions) or "random".
+        infill: fill mask ids found in the prompt (at real, non-padding positions); without it they are an error.
         generator: torch.Generator for reproducible sampling.
 
     Returns:
@@ -86,43 +93,57 @@ def llada_generate(
 
     >>> # out = llada_generate(model.core, prompt, mask_id=model.vocab.mask_id, gen_length=64, steps=64)
     """
-    if gen_length < 1 or block_length < 1 or steps < 1:
-        raise ValueError(f"gen_length, block_length and steps must be >= 1, got {gen_length}, {block_length}, {steps}")
+    if gen_length < 0 or block_length < 1 or steps < 1:
+        raise ValueError(f"need gen_length >= 0, block_length >= 1 and steps >= 1, got {gen_length}, {block_length}, "
+                         f"{steps}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (batch, prompt_length), got shape {tuple(input_ids.shape)}")
     if attention_mask is not None and attention_mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(input_ids.shape)}")
-    if gen_length % block_length:
+    B, P = input_ids.shape
+    to_fill = input_ids == mask_id  # (B, P) prompt positions to infill; padding never is one
+    if attention_mask is not None:
+        to_fill &= attention_mask.bool()
+    if not infill and bool(to_fill.any()):
+        row, col = (int(i) for i in to_fill.nonzero()[0])
+        raise ValueError(f"the prompt holds the mask id {mask_id} (row {row}, position {col}); pass infill=True to "
+                         "fill masks in place, or remove them from the prompt")
+    prompt_masks = to_fill.any(0).nonzero()
+    start = int(prompt_masks[0]) if len(prompt_masks) else P  # first decoded column
+    if start == P and gen_length == 0:
+        raise ValueError("nothing to generate: gen_length=0 and the prompt holds no mask id to fill; pass "
+                         "gen_length >= 1")
+    if start == P and gen_length % block_length:
         raise ValueError(f"gen_length={gen_length} must be a multiple of block_length={block_length}")
-    n_blocks = gen_length // block_length
+    n_blocks = -(-(P + gen_length - start) // block_length)
     if steps % n_blocks:
         raise ValueError(f"steps={steps} must be a multiple of the number of blocks ({n_blocks})")
     if remasking not in ("low_confidence", "random"):
         raise ValueError(f"remasking must be 'low_confidence' or 'random', got {remasking!r}")
     core.check_ids(input_ids)
     steps_per_block = steps // n_blocks
-    B, P = input_ids.shape
     device = input_ids.device
     x = torch.cat([input_ids, torch.full((B, gen_length), mask_id, dtype=input_ids.dtype, device=device)], dim=1)
+    open_ = torch.cat([to_fill, torch.ones(B, gen_length, dtype=torch.bool, device=device)], 1)  # still to decode
     position_ids = None
     if attention_mask is not None:
         answer_mask = torch.ones(B, gen_length, dtype=torch.bool, device=device)
         attention_mask = torch.cat([attention_mask.bool(), answer_mask], 1)  # (B, P + gen_length)
         # left padding: the first real token of every row sits at RoPE position 0
         position_ids = (attention_mask.long().cumsum(1) - 1).clamp(min=0)  # (B, P + gen_length)
-    for b in range(n_blocks):
-        start = P + b * block_length
-        block_idx = torch.arange(start, start + block_length, device=device).expand(B, -1)  # (B, K)
-        schedule = tokens_per_step((x[:, start : start + block_length] == mask_id).sum(1), steps_per_block)  # (B, S)
+    for lo in range(start, P + gen_length, block_length):
+        hi = min(lo + block_length, P + gen_length)
+        block_idx = torch.arange(lo, hi, device=device).expand(B, -1)  # (B, K)
+        schedule = tokens_per_step(open_[:, lo:hi].sum(1), steps_per_block)  # (B, S)
         for s in range(steps_per_block):
             logits = core(
                 x, attention_mask=attention_mask, position_ids=position_ids, logits_at=block_idx, check_inputs=False
             ).logits  # (B, K, V)
             logits[..., mask_id] = -torch.inf  # committing the mask id would leave the position masked
-            block = x[:, start : start + block_length]
-            still_masked = block == mask_id
+            block = x[:, lo:hi]
+            still_masked = open_[:, lo:hi]
             x0 = gumbel_argmax(logits, temperature, generator)  # (B, K)
             if remasking == "low_confidence":
                 conf = torch.softmax(logits.float(), -1).gather(-1, x0[..., None]).squeeze(-1)
@@ -130,5 +151,6 @@ def llada_generate(
                 conf = torch.rand(x0.shape, generator=generator, device=device)
             conf = torch.where(still_masked, conf, torch.full_like(conf, -torch.inf))
             commit = commit_mask(conf, schedule[:, s]) & still_masked
-            x[:, start : start + block_length] = torch.where(commit, x0, block)
+            x[:, lo:hi] = torch.where(commit, x0, block)
+            open_[:, lo:hi] &= ~commit
     return x
