@@ -93,7 +93,8 @@ class SamplerConfig:
         steps: denoising steps (forward passes).
         block_length: semi-autoregressive block size.
         temperature: 0 = greedy.
-        remasking: which predictions to commit first ("low_confidence" or "random").
+        remasking: which predictions to commit first (e.g. "low_confidence", "margin", "entropy", "random").
+        options: further keyword defaults of the sampler (e.g. {"threshold": 0.9, "cache": "dual"}).
     """
 
     sampler: str = "llada"
@@ -102,9 +103,15 @@ class SamplerConfig:
     block_length: int = 32
     temperature: float = 0.0
     remasking: str = "low_confidence"
+    options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def defaults(self) -> dict[str, Any]:
+        """The flat keyword defaults: the named fields, then `options`."""
+        named = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "options"}
+        return {**named, **self.options}
 
 
 class DiffusionModel(nn.Module):
@@ -160,11 +167,12 @@ class DiffusionModel(nn.Module):
         Returns:
             (B, P + gen_length): prompt then answer.
         """
-        options = {**self.sampler_config.to_dict(), **overrides}
+        options = {**self.sampler_config.defaults(), **overrides}
         name = options.pop("sampler")
         sampler = SAMPLERS.get(name)
         params = inspect.signature(sampler).parameters
-        reserved = ("core", "input_ids", "attention_mask", "mask_id")
+        special = {"mask_id": self.vocab.mask_id, "eos_id": self.vocab.eos_id, "eot_id": self.vocab.get_id("eot")}
+        reserved = ("core", "input_ids", "attention_mask", *special)
         clash = [k for k in overrides if k in reserved]
         if clash:
             raise TypeError(f"generate() sets {clash} itself; pass input_ids and attention_mask positionally")
@@ -178,7 +186,8 @@ class DiffusionModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            return sampler(self.core, input_ids, attention_mask, mask_id=self.vocab.mask_id, **options)
+            given = {k: v for k, v in special.items() if k == "mask_id" or k in params}
+            return sampler(self.core, input_ids, attention_mask, **given, **options)
         finally:
             self.train(was_training)
 

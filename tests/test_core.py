@@ -330,3 +330,52 @@ def test_config_dict_round_trip_and_unknown_field():
         CoreConfig.from_dict({**data, "n_expert": 8})
     with pytest.raises(TypeError, match="core config.qkv_bias must be bool"):
         CoreConfig.from_dict({**data, "qkv_bias": "yes"})
+
+
+# ------------------------------------------------------------------------------------------------ KV cache
+@pytest.mark.parametrize("window", [(5, 9), (5, 12), (0, 4)], ids=["dual", "prefix", "first-block"])
+def test_cached_window_equals_full_forward(window):
+    """Keys/values cached from a full pass, then only the window [lo, hi) run: its logits equal the full pass's at
+    those positions (exact: nothing changed), with GQA, left padding and shifted positions."""
+    core = make_core(n_kv_heads=2)
+    ids = torch.randint(0, V_TEXT, (2, 12), generator=torch.Generator().manual_seed(4))
+    keep = torch.ones(2, 12, dtype=torch.bool)
+    keep[1, :3] = False  # row 1 left-padded by 3
+    pos = (keep.long().cumsum(1) - 1).clamp(min=0)
+    full = core(ids, attention_mask=keep, position_ids=pos, use_cache=True)
+    assert len(full.cache.keys) == 2 and full.cache.keys[0].shape == (2, 2, 12, 8) and full.cache.length == 12
+    lo, hi = window
+    part = core(ids[:, lo:hi], attention_mask=keep, position_ids=pos[:, lo:hi], cache=full.cache, cache_window=window)
+    torch.testing.assert_close(part.logits, full.logits[:, lo:hi], rtol=1e-5, atol=1e-5)
+    # the cached keys are the ones a fresh pass computes, and position ids default to lo..hi-1
+    plain = core(ids, use_cache=True)
+    part = core(ids[:, lo:hi], cache=plain.cache, cache_window=window, logits_at=torch.tensor([[0], [hi - lo - 1]]))
+    torch.testing.assert_close(part.logits[:, 0], plain.logits[[0, 1], [lo, hi - 1]], rtol=1e-5, atol=1e-5)
+
+
+def test_cached_window_with_a_4d_mask_and_a_changed_window():
+    """With LaViDa-style prefix attention the prompt never sees the answer, so a prompt cache stays exact while the
+    answer changes: the window run on new answer tokens equals a full pass on the new canvas."""
+    core = make_core()
+    ids = torch.randint(0, V_TEXT, (1, 10), generator=torch.Generator().manual_seed(5))
+    mask = prefix_mask(torch.tensor([6]), 10)  # (1, 1, 10, 10): prompt of 6 is blind to the answer
+    cache = core(ids, attention_mask=mask, use_cache=True).cache
+    new = ids.clone()
+    new[0, 6:] = torch.tensor([1, 2, 3, 4])
+    part = core(new[:, 6:], attention_mask=mask, cache=cache, cache_window=(6, 10))
+    torch.testing.assert_close(part.logits, core(new, attention_mask=mask).logits[:, 6:], rtol=1e-5, atol=1e-5)
+
+
+def test_cache_errors():
+    core = make_core()
+    ids = torch.randint(0, V_TEXT, (1, 8))
+    cache = core(ids, use_cache=True).cache
+    with pytest.raises(ValueError, match="cache_window was given without a cache"):
+        core(ids, cache_window=(0, 8))
+    with pytest.raises(ValueError, match=r"a cache needs cache_window=\(lo, hi\)"):
+        core(ids, cache=cache)
+    with pytest.raises(ValueError, match=r"cache_window \(2, 5\) must satisfy 0 <= lo < hi <= 8 .* hi - lo = 4"):
+        core(ids[:, :4], cache=cache, cache_window=(2, 5))
+    shifted = make_core(logits_shift="previous")
+    with pytest.raises(ValueError, match="logits_shift='previous' needs the hidden state left of the window"):
+        shifted(ids[:, 2:], cache=shifted(ids, use_cache=True).cache, cache_window=(2, 8))

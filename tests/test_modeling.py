@@ -104,13 +104,21 @@ def test_generate_uses_defaults_and_overrides():
     model.train()
     model.generate(prompt)
     assert model.training  # generate restores the mode
+    # sampler_config.json options are defaults too; the vocabulary's EOS id reaches the sampler
+    model.sampler_config.options = {"threshold": 0.5, "eos_early_stop": True}
+    fast = llada_generate(model.core, prompt, mask_id=30, gen_length=8, steps=8, block_length=4, threshold=0.5,
+                          eos_early_stop=True, eos_id=model.vocab.eos_id)
+    assert torch.equal(model.generate(prompt), fast)
+    assert torch.equal(model.generate(prompt, threshold=None, eos_early_stop=False), direct)
 
 
 def test_generate_option_errors():
     model = make_model()
     prompt = ids(1, 3)
-    with pytest.raises(TypeError, match=r"sampler 'llada' does not take \['top_p'\]; it accepts: gen_length, steps"):
-        model.generate(prompt, top_p=0.9)
+    with pytest.raises(TypeError, match=r"sampler 'llada' does not take \['top_q'\]; it accepts: gen_length, steps"):
+        model.generate(prompt, top_q=0.9)
+    with pytest.raises(TypeError, match=r"generate\(\) sets \['eos_id'\] itself"):
+        model.generate(prompt, eos_id=3)
     with pytest.raises(TypeError, match=r"generate\(\) sets \['mask_id'\] itself"):
         model.generate(prompt, mask_id=3)
     with pytest.raises(KeyError, match="unknown sampler 'lada'. Did you mean: llada"):

@@ -12,6 +12,7 @@ from torch import nn
 
 from mmdiff import CoreConfig, MaskedDiffusionTransformer, VocabLayout, llada_generate
 from mmdiff.sampling import commit_mask, gumbel_argmax, tokens_per_step
+from mmdiff.sampling.llada import confidence_scores, factor_commits, filter_logits, threshold_commits
 
 LAYOUT = VocabLayout.build(text_size=20)  # mask 20, eos 21, pad 22, bos 23
 MASK, PAD = LAYOUT.mask_id, LAYOUT.pad_id
@@ -31,16 +32,17 @@ def core() -> MaskedDiffusionTransformer:
 
 
 @torch.no_grad()
-def reference_generate(core, prompt, gen_length, steps, block_length, attention_mask=None):
-    """LLaDA's reference loop, written out plainly (greedy). Like mmdiff it never commits the mask id and, for a
-    left-padded batch, counts RoPE positions from each row's first real token."""
+def reference_generate(core, prompt, gen_length, steps, block_length, attention_mask=None, compact=False):
+    """LLaDA's reference loop, written out plainly (greedy): full-sequence logits, float64 softmax confidence, a
+    committed mask id leaves its position masked. With `compact`, a left-padded batch counts RoPE positions from each
+    row's first real token (mmdiff's positions="compact"); otherwise from the padding, as the reference does."""
     B, P = prompt.shape
     x = torch.full((B, P + gen_length), MASK, dtype=torch.long)
     x[:, :P] = prompt
     am = pos = None
     if attention_mask is not None:
         am = torch.cat([attention_mask.bool(), torch.ones(B, gen_length, dtype=torch.bool)], dim=1)
-        pos = (am.long().cumsum(1) - 1).clamp(min=0)
+        pos = (am.long().cumsum(1) - 1).clamp(min=0) if compact else None
     n_blocks = gen_length // block_length
     steps_per_block = steps // n_blocks
     for nb in range(n_blocks):
@@ -53,9 +55,8 @@ def reference_generate(core, prompt, gen_length, steps, block_length, attention_
         for i in range(steps_per_block):
             mask_index = x == MASK
             logits = core(x, attention_mask=am, position_ids=pos).logits.clone()  # (B, L, V)
-            logits[..., MASK] = -math.inf
             x0 = logits.argmax(-1)
-            p = torch.softmax(logits, dim=-1)
+            p = torch.softmax(logits.double(), dim=-1)
             x0_p = torch.gather(p, -1, x0[..., None]).squeeze(-1)  # (B, L)
             x0_p[:, end:] = -math.inf
             x0 = torch.where(mask_index, x0, x)
@@ -123,11 +124,13 @@ def test_left_padded_batch_matches_reference_and_single_rows(core):
         ids[i, 6 - len(r) :] = r
         mask[i, 6 - len(r) :] = True
     got = llada_generate(core, ids, mask, mask_id=MASK, gen_length=8, steps=8, block_length=4)
-    assert torch.equal(got, reference_generate(core, ids, 8, 8, 4, attention_mask=mask))
+    assert torch.equal(got, reference_generate(core, ids, 8, 8, 4, attention_mask=mask))  # absolute positions
     assert torch.equal(got[:, :6], ids)
-    for i, r in enumerate(rows):  # each padded row decodes exactly like its prompt alone
+    compact = llada_generate(core, ids, mask, mask_id=MASK, gen_length=8, steps=8, block_length=4, positions="compact")
+    assert torch.equal(compact, reference_generate(core, ids, 8, 8, 4, attention_mask=mask, compact=True))
+    for i, r in enumerate(rows):  # with compact positions each padded row decodes exactly like its prompt alone
         alone = llada_generate(core, r[None], mask_id=MASK, gen_length=8, steps=8, block_length=4)
-        assert torch.equal(got[i, 6:], alone[0, len(r) :]), i
+        assert torch.equal(compact[i, 6:], alone[0, len(r) :]), i
 
 
 class CountingCore(nn.Module):
@@ -166,13 +169,15 @@ def test_one_token_per_step_when_steps_equal_length(core, remasking):
 def test_sampling_with_temperature_is_reproducible(core):
     prompt = prompts(2, 4)
 
-    def run(seed: int) -> torch.Tensor:
+    def run(seed: int, **kw) -> torch.Tensor:
         return llada_generate(core, prompt, mask_id=MASK, gen_length=8, steps=4, block_length=8, temperature=1.0,
-                              generator=torch.Generator().manual_seed(seed))
+                              generator=torch.Generator().manual_seed(seed), **kw)
 
-    a, b = run(0), run(0)
+    a, b = run(0, logits_mask_inf=True), run(0, logits_mask_inf=True)
     assert torch.equal(a, b) and not (a == MASK).any()
-    assert any(not torch.equal(a, run(s)) for s in range(1, 4))
+    assert any(not torch.equal(a, run(s, logits_mask_inf=True)) for s in range(1, 4))
+    # like the reference, without logits_mask_inf a sampled mask id is committed and the position stays masked
+    assert bool((run(0) == MASK).any())
 
 
 def test_errors(core):
@@ -181,8 +186,23 @@ def test_errors(core):
         llada_generate(core, prompt, mask_id=MASK, gen_length=10, steps=10, block_length=4)
     with pytest.raises(ValueError, match=r"steps=5 must be a multiple of the number of blocks \(2\)"):
         llada_generate(core, prompt, mask_id=MASK, gen_length=8, steps=5, block_length=4)
-    with pytest.raises(ValueError, match="remasking must be 'low_confidence' or 'random', got 'entropy'"):
-        llada_generate(core, prompt, mask_id=MASK, gen_length=4, steps=4, block_length=4, remasking="entropy")
+    with pytest.raises(ValueError, match=r"remasking must be one of \('low_confidence', 'margin', 'entropy', "):
+        llada_generate(core, prompt, mask_id=MASK, gen_length=4, steps=4, block_length=4, remasking="topk")
+    bad = [(dict(threshold=0.0), r"threshold must be in \(0, 1\], got 0.0"),
+           (dict(threshold=1.5), r"threshold must be in \(0, 1\], got 1.5"),
+           (dict(factor=-1.0), "factor must be > 0"),
+           (dict(threshold=0.9, factor=1.0), "give threshold or factor, not both"),
+           (dict(cache="full"), r"cache must be one of \(None, 'prefix', 'dual'\), got 'full'"),
+           (dict(top_k=0), "top_k must be >= 1"), (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+           (dict(positions="relative"), "positions must be one of"), (dict(cfg_scale=-1.0), "cfg_scale must be >= 0"),
+           (dict(eos_early_stop=True), "need eos_id")]
+    for kw, message in bad:
+        with pytest.raises(ValueError, match=message):
+            llada_generate(core, prompt, mask_id=MASK, gen_length=4, steps=4, block_length=4, **kw)
+    shifted = MaskedDiffusionTransformer(CoreConfig(vocab=LAYOUT, d_model=16, n_layers=1, n_heads=2,
+                                                    logits_shift="previous"))
+    with pytest.raises(ValueError, match="cache='dual' needs a core whose logit at i predicts token i"):
+        llada_generate(shifted, prompt, mask_id=MASK, gen_length=4, steps=4, block_length=4, cache="dual")
     with pytest.raises(ValueError, match="temperature must be >= 0"):
         llada_generate(core, prompt, mask_id=MASK, gen_length=4, steps=4, block_length=4, temperature=-1.0)
     with pytest.raises(ValueError, match=r"attention_mask \(1, 2\) must match input_ids \(1, 3\)"):
@@ -229,3 +249,131 @@ def test_infill_fills_only_the_masks_one_per_step_and_keeps_given_tokens(core):
     out2 = llada_generate(core, same_mask, attention, mask_id=MASK, gen_length=2, steps=9, block_length=4,
                           infill=True)
     assert out2[1, 0] == MASK and torch.equal(out2[:, 1:], out[:, 1:])
+
+
+# ------------------------------------------------------------------------------------------------ fast path
+class FixedLogits(nn.Module):
+    """A dummy core with deterministic logits: position j of the canvas always predicts token `target[j]` with
+    probability `prob[j]` (the rest spread evenly), whatever the input."""
+
+    def __init__(self, target: torch.Tensor, prob: torch.Tensor, vocab: int = LAYOUT.size) -> None:
+        super().__init__()
+        p = torch.full((len(target), vocab), 1.0)
+        p = p * ((1 - prob) / (vocab - 1))[:, None]
+        p[torch.arange(len(target)), target] = prob
+        self.logits = p.log()  # (L, V)
+        self.calls: list[dict] = []
+
+    def check_ids(self, ids):
+        pass
+
+    def forward(self, x, logits_at=None, cache_window=None, **kw):
+        self.calls.append({"shape": tuple(x.shape), "window": cache_window})
+        lo = cache_window[0] if cache_window is not None else 0
+        full = self.logits[None, lo : lo + x.shape[1]].expand(x.shape[0], -1, -1)
+        out = full.gather(1, logits_at[..., None].expand(-1, -1, full.shape[-1]))
+        return type("Out", (), {"logits": out.clone(), "cache": "kv" if kw.get("use_cache") else None})()
+
+
+def test_threshold_commits_every_confident_token_at_least_one_per_step():
+    # prompt of 2, answer of 8 in one block; confidences: 4 above 0.9, then 0.8, 0.7, 0.6, 0.5
+    prob = torch.tensor([0.5, 0.5, 0.99, 0.95, 0.8, 0.97, 0.7, 0.92, 0.6, 0.5])
+    core = FixedLogits(torch.arange(10) % 20, prob)
+    out = llada_generate(core, torch.tensor([[0, 1]]), mask_id=MASK, gen_length=8, steps=8, block_length=8,
+                         threshold=0.9, return_history=True)
+    assert out.sequences[0, 2:].tolist() == list(range(2, 10))
+    # step 0: the four > 0.9; then one per step in order of confidence 0.8, 0.7, 0.6, 0.5
+    assert out.commit_step[0].tolist() == [-1, -1, 0, 0, 1, 0, 2, 0, 3, 4] and out.nfe == 5
+    fixed = llada_generate(core, torch.tensor([[0, 1]]), mask_id=MASK, gen_length=8, steps=4, block_length=8,
+                           return_history=True)
+    assert fixed.nfe == 4 and fixed.commit_step[0].tolist() == [-1, -1, 0, 1, 2, 0, 2, 1, 3, 3]  # two per step
+
+
+def test_factor_rule_exact():
+    # sorted confidences 0.99, 0.95, 0.8, 0.6: thresholds 1 - 1/(i+1) = -, 0.667, 0.75, 0.8 -> commit 3
+    conf = torch.tensor([[0.8, 0.99, 0.6, 0.95, 0.3]], dtype=torch.float64)
+    still = torch.tensor([[True, True, True, True, False]])
+    assert factor_commits(conf, still, 1.0).tolist() == [[True, True, False, True, False]]
+    assert factor_commits(conf, still, 0.1).tolist() == [[False, True, False, False, False]]  # at least one
+    assert threshold_commits(conf, still, 0.99).tolist() == [[False, True, False, False, False]]
+
+
+def test_confidence_orders_and_filters_exact():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2], [0.4, 0.4, 0.2]]))
+    x0 = torch.tensor([0, 1])
+    assert confidence_scores(logits, x0, "low_confidence").tolist() == pytest.approx([0.5, 0.4])
+    assert confidence_scores(logits, x0, "margin").tolist() == pytest.approx([0.2, 0.0])
+    entropy = [-(0.5 * math.log(0.5) + 0.3 * math.log(0.3) + 0.2 * math.log(0.2)),
+               -(2 * 0.4 * math.log(0.4) + 0.2 * math.log(0.2))]
+    assert confidence_scores(logits, x0, "entropy").tolist() == pytest.approx([-e for e in entropy])
+    assert filter_logits(logits, top_k=1)[0].isinf().tolist() == [False, True, True]
+    assert filter_logits(logits, top_p=0.7)[0].isinf().tolist() == [False, False, True]  # 0.5 + 0.3 >= 0.7
+    assert filter_logits(logits, top_p=0.5)[0].isinf().tolist() == [False, True, True]
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_cache_windows_and_refresh_per_block(cache):
+    prob = torch.linspace(0.5, 0.99, 12)
+    core = FixedLogits(torch.arange(12) % 20, prob)
+    out = llada_generate(core, torch.tensor([[0, 1, 2, 3]]), mask_id=MASK, gen_length=8, steps=8, block_length=4,
+                         cache=cache)
+    assert out[0].tolist() == list(range(12))
+    # per block of 4 steps: one full pass that builds the cache, then 3 passes over the window only
+    first, second = ((4, 8), (8, 12)) if cache == "dual" else ((4, 12), (8, 12))
+    assert [c["window"] for c in core.calls] == [None, first, first, first, None, second, second, second]
+    assert [c["shape"][1] for c in core.calls] == [12] + [first[1] - first[0]] * 3 + [12] + [4] * 3
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_cached_sampling_with_one_block_equals_uncached_at_first_step(core, cache):
+    """Within a block only the first step is exact with a cache; with one step per block the caches are exact."""
+    prompt = prompts(2, 4)
+    plain = llada_generate(core, prompt, mask_id=MASK, gen_length=8, steps=2, block_length=4)
+    cached = llada_generate(core, prompt, mask_id=MASK, gen_length=8, steps=2, block_length=4, cache=cache)
+    assert torch.equal(plain, cached)
+    many = llada_generate(core, prompt, mask_id=MASK, gen_length=8, steps=8, block_length=4, cache=cache,
+                          return_history=True)
+    assert many.nfe == 8 and not (many.sequences == MASK).any()
+
+
+def test_cfg_matches_hand_guided_logits(core):
+    prompt = prompts(1, 4)
+    w = 1.5
+    got = llada_generate(core, prompt, mask_id=MASK, gen_length=4, steps=4, block_length=4, cfg_scale=w)
+
+    class Guided(nn.Module):  # applies the guidance formula by hand on full canvases
+        def check_ids(self, ids):
+            pass
+
+        def forward(self, x, logits_at=None, **kw):
+            uncond = x.clone()
+            uncond[:, :4] = MASK
+            c, u = core(x).logits, core(uncond).logits
+            full = u + (w + 1) * (c - u)
+            return type("Out", (), {"logits": full.gather(1, logits_at[..., None].expand(-1, -1, full.shape[-1])),
+                                    "cache": None})()
+
+    assert torch.equal(got, llada_generate(Guided(), prompt, mask_id=MASK, gen_length=4, steps=4, block_length=4))
+
+
+def test_eos_early_stop_fills_the_rest_and_skips_blocks():
+    EOS = LAYOUT.eos_id
+    target = torch.tensor([0, 1, 5, EOS, 6, 7, 8, 9, 10, 11])
+    core = FixedLogits(target, torch.full((10,), 0.9))
+    out = llada_generate(core, torch.tensor([[0, 1]]), mask_id=MASK, gen_length=8, steps=8, block_length=4,
+                         eos_early_stop=True, eos_id=EOS, return_history=True)
+    assert out.sequences[0].tolist() == [0, 1, 5, EOS, 6, 7] + [EOS] * 4  # committed tokens stay, masks -> EOS
+    assert out.nfe == 4  # the second block is never run
+    plain = llada_generate(core, torch.tensor([[0, 1]]), mask_id=MASK, gen_length=8, steps=8, block_length=4)
+    assert plain[0].tolist() == target.tolist()
+    banned = llada_generate(core, torch.tensor([[0, 1]]), mask_id=MASK, gen_length=8, steps=8, block_length=4,
+                            logits_eos_inf=True, eos_id=EOS)
+    assert EOS not in banned[0].tolist()
+
+
+def test_batch_of_two_equals_single_runs_on_the_fast_path(core):
+    prompt = prompts(2, 4, seed=9)
+    options = dict(mask_id=MASK, gen_length=8, steps=8, block_length=4, threshold=0.5, cache="dual")
+    both = llada_generate(core, prompt, **options)
+    for i in range(2):
+        assert torch.equal(both[i], llada_generate(core, prompt[i : i + 1], **options)[0])

@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from mmdiff.core.config import CoreConfig
 from mmdiff.registry import ARCHITECTURES
 
-__all__ = ["MaskedDiffusionTransformer", "CoreOutput", "RMSNorm", "rotary_embedding"]
+__all__ = ["MaskedDiffusionTransformer", "CoreOutput", "KVCache", "RMSNorm", "rotary_embedding"]
 
 
 class RMSNorm(nn.Module):
@@ -64,7 +64,13 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None) -> Tensor:
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, past: tuple[Tensor, Tensor] | None = None,
+        window: tuple[int, int] | None = None,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Attention of the L input positions; with `past` (keys, values of the whole canvas) the input is the window
+        [lo, hi) of that canvas and attends to the cached keys outside it. Returns the output and this call's
+        (keys, values) over all positions it attended to (post-RoPE)."""
         B, L, _ = x.shape
         q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, D)
         k = self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, L, D)
@@ -72,8 +78,12 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if past is not None:
+            lo, hi = window
+            k = torch.cat([past[0][:, :, :lo], k, past[0][:, :, hi:]], dim=2)  # (B, Hkv, L_canvas, D)
+            v = torch.cat([past[1][:, :, :lo], v, past[1][:, :, hi:]], dim=2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
-        return self.o_proj(out.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim))  # (B, L, d_model)
+        return self.o_proj(out.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim)), (k, v)  # (B, L, d)
 
 
 class SwiGLU(nn.Module):
@@ -98,18 +108,41 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg.d_model, cfg.mlp_hidden_size)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None) -> Tensor:
-        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, mask))
-        return x + self.dropout(self.mlp(self.mlp_norm(x)))
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, past: tuple[Tensor, Tensor] | None = None,
+        window: tuple[int, int] | None = None,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        attended, kv = self.attn(self.attn_norm(x), cos, sin, mask, past, window)
+        x = x + self.dropout(attended)
+        return x + self.dropout(self.mlp(self.mlp_norm(x))), kv
+
+
+@dataclass
+class KVCache:
+    """Keys and values (after RoPE) of every position of a canvas, per layer: keys[i], values[i] (B, H_kv, L, D).
+
+    Made by `core(..., use_cache=True)`; passed back as `core(window_ids, cache=..., cache_window=(lo, hi))` to run
+    only the positions [lo, hi) against the cached rest (Fast-dLLM's prefix cache: hi = L; dual cache: hi = the end
+    of the current block). Exact while the cached positions' inputs and everything they attend to are unchanged.
+    """
+
+    keys: list[Tensor]
+    values: list[Tensor]
+
+    @property
+    def length(self) -> int:
+        return self.keys[0].shape[2]
 
 
 @dataclass
 class CoreOutput:
     """logits: (B, L, V) for all positions, (N, V) for a boolean selection, (B, K, V) for an index selection, or
-    None; hidden: final normed hidden states (B, L, d_model) when asked for."""
+    None; hidden: final normed hidden states (B, L, d_model) when asked for; cache: the keys and values of the
+    canvas when `use_cache=True`."""
 
     logits: Tensor | None
     hidden: Tensor | None = None
+    cache: KVCache | None = None
 
 
 @ARCHITECTURES.register("masked_diffusion_transformer")
@@ -203,6 +236,9 @@ class MaskedDiffusionTransformer(nn.Module):
         vocab_range: tuple[int, int] | None = None,
         output_hidden: bool = False,
         check_inputs: bool = True,
+        use_cache: bool = False,
+        cache: KVCache | None = None,
+        cache_window: tuple[int, int] | None = None,
     ) -> CoreOutput:
         """Runs the core.
 
@@ -219,31 +255,63 @@ class MaskedDiffusionTransformer(nn.Module):
                 `start..stop-1`.
             output_hidden: also return the final normed hidden states (B, L, d_model).
             check_inputs: validate ids against the vocabulary (one host sync).
+            use_cache: also return the keys and values of every position (`CoreOutput.cache`).
+            cache: a `KVCache` of a canvas of length L_c; the input is then its window `cache_window` = (lo, hi),
+                `position_ids` default to lo..hi-1, `attention_mask` is the canvas's (B, L_c) key mask or a
+                (B, 1|H, L_c, L_c) mask (its rows lo..hi-1 are used), and `logits_at` indexes the window.
+            cache_window: (lo, hi) with 0 <= lo < hi <= L_c; required with `cache`.
         """
         if check_inputs and input_ids is not None:
             self.check_ids(input_ids)
         x = self.embed(input_ids, soft_embeds, soft_positions)
         B, L, _ = x.shape
-        if L > self.config.max_seq_len:
+        lo = self._check_cache(cache, cache_window, L)
+        canvas_length = cache.length if cache is not None else L
+        if canvas_length > self.config.max_seq_len:
             raise ValueError(
-                f"sequence length {L} exceeds max_seq_len={self.config.max_seq_len}; shorten the input or build "
-                "the model with a larger max_seq_len"
+                f"sequence length {canvas_length} exceeds max_seq_len={self.config.max_seq_len}; shorten the input or "
+                "build the model with a larger max_seq_len"
             )
         if position_ids is None:
-            position_ids = torch.arange(L, device=x.device)[None].expand(B, L)
+            position_ids = torch.arange(lo, lo + L, device=x.device)[None].expand(B, L)
         cos, sin = rotary_embedding(position_ids, self.config.head_dim, self.config.rope_theta)
         mask = attention_mask
         if mask is not None and mask.dim() == 2:
-            mask = mask.bool()[:, None, None, :]  # (B, 1, 1, L) key padding
-        for block in self.blocks:
-            if self.gradient_checkpointing and self.training:
-                x = checkpoint(block, x, cos, sin, mask, use_reentrant=False)
+            mask = mask.bool()[:, None, None, :]  # (B, 1, 1, L_canvas) key padding
+        elif mask is not None and cache is not None:
+            mask = mask[:, :, lo : lo + L]  # (B, 1|H, L, L_canvas): the window's query rows
+        keys, values = [], []
+        for i, block in enumerate(self.blocks):
+            past = (cache.keys[i], cache.values[i]) if cache is not None else None
+            if self.gradient_checkpointing and self.training and cache is None:
+                x, kv = checkpoint(block, x, cos, sin, mask, use_reentrant=False)
             else:
-                x = block(x, cos, sin, mask)
+                x, kv = block(x, cos, sin, mask, past, cache_window)
+            if use_cache:
+                keys.append(kv[0])
+                values.append(kv[1])
         hidden = self.norm(x) if output_hidden else None
         if self.config.logits_shift == "previous":
             x = torch.cat([x[:, :1], x[:, :-1]], dim=1)  # hidden i-1 predicts token i (Dream)
-        return CoreOutput(logits=self.head_logits(x, logits_at, vocab_range), hidden=hidden)
+        return CoreOutput(logits=self.head_logits(x, logits_at, vocab_range), hidden=hidden,
+                          cache=KVCache(keys, values) if use_cache else None)
+
+    def _check_cache(self, cache: KVCache | None, window: tuple[int, int] | None, length: int) -> int:
+        """Validates a cached call; returns the window start (0 without a cache)."""
+        if cache is None:
+            if window is not None:
+                raise ValueError("cache_window was given without a cache; pass cache=core(..., use_cache=True).cache")
+            return 0
+        if window is None:
+            raise ValueError("a cache needs cache_window=(lo, hi): the canvas positions of the input")
+        lo, hi = window
+        if not 0 <= lo < hi <= cache.length or hi - lo != length:
+            raise ValueError(f"cache_window {tuple(window)} must satisfy 0 <= lo < hi <= {cache.length} (the cached "
+                             f"length) and hi - lo = {length} (the input length)")
+        if self.config.logits_shift == "previous" and lo > 0:
+            raise ValueError("a cache window not starting at 0 cannot give shifted logits (logits_shift='previous' "
+                             "needs the hidden state left of the window); use cache=None with this model")
+        return lo
 
     def head_logits(
         self, hidden: Tensor, at: Tensor | None | bool, vocab_range: tuple[int, int] | None

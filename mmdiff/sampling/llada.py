@@ -1,22 +1,61 @@
-"""LLaDA-style sampling (Nie et al. 2025, "Large Language Diffusion Models", Algorithm: semi-autoregressive
-remasking): the answer is split into blocks decoded left to right; within a block each step predicts every masked
-position and commits the most confident ones (or random ones), the rest stay masked.
+"""LLaDA-style sampling (Nie et al. 2025, "Large Language Diffusion Models", semi-autoregressive remasking) with the
+Fast-dLLM accelerations (Wu et al. 2025, "Fast-dLLM: Training-free Acceleration of Diffusion LLM by Enabling KV
+Cache and Parallel Decoding"): the answer is split into blocks decoded left to right; within a block each step
+predicts every masked position and commits some of them, the rest stay masked.
 
-Differences from the reference `generate.py`: logits are computed for the current block only (the same numbers,
-fewer FLOPs in the head), the mask id is never predicted, and a left-padded batch gets RoPE positions counted from
-each row's first real token (so a padded row decodes like the same prompt alone).
+With the defaults the sampler reproduces the reference `generate.py` token for token at temperature 0 (the order
+of commits, the per-step counts floor(M/S) (+1 for the first M mod S steps), the float64 Gumbel-max, confidence
+= float64 softmax probability of the prediction, left-padded prompts with absolute positions and a key mask).
+What it does differently computes the same numbers with less work: logits only for the current block, selection
+vectorised over the batch (no Python loop over rows, no host syncs inside a step).
 
-Temperature > 0 samples through the Gumbel-max trick in float64, as the reference does.
+Options beyond the reference:
+- `cache="prefix"` / `"dual"` (Fast-dLLM): keys and values of the whole canvas are computed once per block; each
+  further step of the block runs only the block and everything right of it ("prefix") or only the block ("dual").
+  Approximate (the cached positions would see the newly committed tokens), refreshed at every block.
+- `threshold` (commit every masked position whose confidence exceeds it, at least one per row and step) and
+  `factor` (Fast-dLLM's rule: commit the n most confident while the i-th of them has confidence
+  >= 1 - factor / (i + 1), at least one); with either, `steps` no longer fixes the number of steps.
+- `remasking` orders: "low_confidence" (probability of the prediction), "margin" (top-1 minus top-2 probability),
+  "entropy" (negative entropy), "random".
+- `eos_early_stop`: after a block, a row whose answer holds an EOS with nothing left undecided before it is
+  finished: its remaining masks become EOS and later blocks skip it (and are skipped when every row is finished).
+- `infill`: mask ids inside the prompt are filled too (the decoded region starts at the first of them).
+- `positions="compact"`: RoPE positions counted from each row's first real token, so a left-padded row decodes
+  exactly like the same prompt alone (the reference counts from the padding; with RoPE the two differ only by
+  rounding).
+- `logits_mask_inf`: never predict the mask id (the reference may commit it, which leaves the position masked; so
+  does this sampler by default, for parity; models trained here never predict it).
+- `top_k` / `top_p` filtering before sampling; `return_history` for trajectory views.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmdiff.registry import SAMPLERS
+from mmdiff.sampling.output import GIVEN, SamplerOutput
 
-__all__ = ["llada_generate", "tokens_per_step", "gumbel_argmax", "commit_mask"]
+__all__ = [
+    "llada_generate",
+    "tokens_per_step",
+    "gumbel_argmax",
+    "commit_mask",
+    "confidence_scores",
+    "filter_logits",
+    "threshold_commits",
+    "factor_commits",
+    "REMASKING",
+    "CACHES",
+]
+
+REMASKING = ("low_confidence", "margin", "entropy", "random")
+CACHES = (None, "prefix", "dual")
+POSITIONS = ("absolute", "compact")
 
 
 def tokens_per_step(n_masked: Tensor, steps: int) -> Tensor:
@@ -40,6 +79,44 @@ def gumbel_argmax(logits: Tensor, temperature: float, generator: torch.Generator
     return (logits64.exp() / (-torch.log(u)) ** temperature).argmax(-1)
 
 
+def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+    """Sets logits outside the top-k and outside the smallest set of probability >= top_p (nucleus) to -inf.
+
+    >>> filter_logits(torch.tensor([[1.0, 3.0, 2.0]]), top_k=2).tolist()
+    [[-inf, 3.0, 2.0]]
+    """
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.float().softmax(-1).cumsum(-1)
+        drop_sorted = cumulative - sorted_logits.float().softmax(-1) >= top_p  # mass before this token already >= p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, -math.inf)
+    return logits
+
+
+def confidence_scores(logits: Tensor, x0: Tensor, remasking: str, generator: torch.Generator | None = None) -> Tensor:
+    """(..., V) logits and (...) predictions -> (...) confidence in float64 (higher = commit earlier).
+
+    >>> logits = torch.log(torch.tensor([[0.7, 0.2, 0.1]]))
+    >>> [round(float(confidence_scores(logits, torch.tensor([0]), r)), 4) for r in ("low_confidence", "margin")]
+    [0.7, 0.5]
+    """
+    if remasking == "random":
+        return torch.rand(x0.shape, generator=generator, device=x0.device, dtype=torch.float64)
+    p = F.softmax(logits.double(), dim=-1)
+    if remasking == "low_confidence":
+        return p.gather(-1, x0[..., None]).squeeze(-1)
+    if remasking == "margin":
+        top2 = p.topk(2, dim=-1).values
+        return top2[..., 0] - top2[..., 1]
+    if remasking == "entropy":
+        return (p * torch.log(p.clamp(min=1e-300))).sum(-1)  # negative entropy
+    raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
+
+
 def commit_mask(confidence: Tensor, k: Tensor) -> Tensor:
     """(B, N) confidences, (B,) counts -> bool (B, N) marking each row's k most confident positions.
 
@@ -50,6 +127,33 @@ def commit_mask(confidence: Tensor, k: Tensor) -> Tensor:
     arange = torch.arange(order.shape[1], device=order.device).expand_as(order)
     ranks = torch.empty_like(order).scatter_(1, order, arange)  # (B, N) rank of each position
     return ranks < k[:, None]
+
+
+def threshold_commits(confidence: Tensor, still_masked: Tensor, threshold: float) -> Tensor:
+    """Every still-masked position with confidence > threshold, plus each row's most confident one.
+
+    >>> threshold_commits(torch.tensor([[0.95, 0.5, 0.97]]), torch.tensor([[True, True, False]]), 0.9).tolist()
+    [[True, False, False]]
+    """
+    conf = confidence.masked_fill(~still_masked, -math.inf)
+    best = commit_mask(conf, still_masked.any(1).long())
+    return ((conf > threshold) | best) & still_masked
+
+
+def factor_commits(confidence: Tensor, still_masked: Tensor, factor: float) -> Tensor:
+    """Fast-dLLM's factor rule: the n most confident masked positions, n the longest prefix of the sorted
+    confidences c_1 >= c_2 >= ... with c_i >= 1 - factor / (i + 1) (c_1 always), per row.
+
+    >>> factor_commits(torch.tensor([[0.9, 0.6, 0.5]]), torch.ones(1, 3, dtype=torch.bool), 1.0).tolist()
+    [[True, True, False]]
+    """
+    conf = confidence.masked_fill(~still_masked, -math.inf)
+    ordered = conf.sort(dim=1, descending=True).values  # (B, N)
+    i = torch.arange(1, conf.shape[1] + 1, device=conf.device, dtype=ordered.dtype)
+    passes = ordered >= 1 - factor / (i + 1)
+    passes[:, 0] = True
+    n = passes.long().cumprod(1).sum(1)  # length of the passing prefix
+    return commit_mask(conf, torch.minimum(n, still_masked.sum(1))) & still_masked
 
 
 @SAMPLERS.register("llada")
@@ -65,44 +169,64 @@ def llada_generate(
     block_length: int = 32,
     temperature: float = 0.0,
     remasking: str = "low_confidence",
+    cfg_scale: float = 0.0,
+    threshold: float | None = None,
+    factor: float | None = None,
+    cache: str | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
     infill: bool = False,
+    eos_early_stop: bool = False,
+    logits_eos_inf: bool = False,
+    confidence_eos_eot_inf: bool = False,
+    logits_mask_inf: bool = False,
+    positions: str = "absolute",
+    eos_id: int | None = None,
+    eot_id: int | None = None,
+    return_history: bool = False,
     generator: torch.Generator | None = None,
-) -> Tensor:
+) -> Tensor | SamplerOutput:
     """Generates `gen_length` tokens after each prompt row; with `infill=True` also fills the mask ids of the prompt.
 
     The decoded region runs from the first column holding a mask id to fill (the end of the prompt when there is
     none) to the end of the canvas; it is cut into blocks of `block_length` from its start (the last one may be
-    shorter when the prompt holds masks), decoded left to right.
+    shorter when the prompt holds masks), decoded left to right with `steps / n_blocks` steps each.
 
     Args:
         core: a `MaskedDiffusionTransformer` (or anything with its call signature).
-        input_ids: (B, P) prompts, left-padded when lengths differ; mask ids anywhere are filled in.
+        input_ids: (B, P) prompts, left-padded when lengths differ.
         attention_mask: (B, P) True at real prompt tokens.
         mask_id: the mask token id.
         gen_length: answer length (0 with `infill` = only fill the masks of the prompt); with a mask-free prompt it
             must be a multiple of block_length.
-        steps: total denoising steps, split evenly over blocks.
+        steps: total denoising steps, split evenly over blocks (an upper bound with `threshold` / `factor`).
         block_length: semi-autoregressive block size.
-        temperature: 0 = greedy; > 0 samples with Gumbel noise.
-        remasking: "low_confidence" (commit the most probable predictions) or "random".
+        temperature: 0 = greedy; > 0 samples with Gumbel noise in float64.
+        remasking: commit order, one of `REMASKING`.
+        cfg_scale: classifier-free guidance w: logits = u + (w + 1)(c - u), u with the prompt masked out.
+        threshold: in (0, 1]: commit every position more confident than this (at least one per row and step).
+        factor: > 0: Fast-dLLM's factor rule instead of a fixed count (see `factor_commits`).
+        cache: None, "prefix" or "dual" (Fast-dLLM key/value caches, refreshed per block).
+        top_k, top_p: filter the logits before sampling.
         infill: fill mask ids found in the prompt (at real, non-padding positions); without it they are an error.
+        eos_early_stop: finish a row once its answer has an EOS with everything before it decoded.
+        logits_eos_inf: never predict EOS (needs `eos_id`).
+        confidence_eos_eot_inf: EOS / EOT predictions get confidence -inf, so they are committed last.
+        logits_mask_inf: never predict the mask id.
+        positions: "absolute" (the reference: positions count padding) or "compact" (from the first real token).
+        eos_id, eot_id: special ids (`DiffusionModel.generate` passes the vocabulary's).
+        return_history: return a `SamplerOutput` (sequences, commit step of each position, NFE) instead.
         generator: torch.Generator for reproducible sampling.
 
     Returns:
-        (B, P + gen_length) prompt then answer.
+        (B, P + gen_length) prompt then answer, or a `SamplerOutput` with `return_history`.
 
     >>> # out = llada_generate(model.core, prompt, mask_id=model.vocab.mask_id, gen_length=64, steps=64)
     """
-    if gen_length < 0 or block_length < 1 or steps < 1:
-        raise ValueError(f"need gen_length >= 0, block_length >= 1 and steps >= 1, got {gen_length}, {block_length}, "
-                         f"{steps}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be (batch, prompt_length), got shape {tuple(input_ids.shape)}")
-    if attention_mask is not None and attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(input_ids.shape)}")
-    B, P = input_ids.shape
+    B, P = input_ids.shape if input_ids.dim() == 2 else (0, 0)
+    _check_options(input_ids, attention_mask, gen_length, steps, block_length, temperature, remasking, threshold,
+                   factor, cache, top_k, top_p, positions, cfg_scale, logits_eos_inf, eos_early_stop,
+                   confidence_eos_eot_inf, eos_id, core)
     to_fill = input_ids == mask_id  # (B, P) prompt positions to infill; padding never is one
     if attention_mask is not None:
         to_fill &= attention_mask.bool()
@@ -120,37 +244,143 @@ def llada_generate(
     n_blocks = -(-(P + gen_length - start) // block_length)
     if steps % n_blocks:
         raise ValueError(f"steps={steps} must be a multiple of the number of blocks ({n_blocks})")
-    if remasking not in ("low_confidence", "random"):
-        raise ValueError(f"remasking must be 'low_confidence' or 'random', got {remasking!r}")
     core.check_ids(input_ids)
     steps_per_block = steps // n_blocks
-    device = input_ids.device
+    device, L = input_ids.device, P + gen_length
     x = torch.cat([input_ids, torch.full((B, gen_length), mask_id, dtype=input_ids.dtype, device=device)], dim=1)
-    open_ = torch.cat([to_fill, torch.ones(B, gen_length, dtype=torch.bool, device=device)], 1)  # still to decode
-    position_ids = None
+    fillable = torch.cat([to_fill, torch.ones(B, gen_length, dtype=torch.bool, device=device)], 1)  # (B, L)
+    open_ = fillable.clone()  # still masked; a committed mask id (reference behaviour) stays open
+    commit_step = torch.where(open_, 0, GIVEN)  # (B, L)
+    attention, position_ids = None, None
     if attention_mask is not None:
-        answer_mask = torch.ones(B, gen_length, dtype=torch.bool, device=device)
-        attention_mask = torch.cat([attention_mask.bool(), answer_mask], 1)  # (B, P + gen_length)
-        # left padding: the first real token of every row sits at RoPE position 0
-        position_ids = (attention_mask.long().cumsum(1) - 1).clamp(min=0)  # (B, P + gen_length)
-    for lo in range(start, P + gen_length, block_length):
-        hi = min(lo + block_length, P + gen_length)
-        block_idx = torch.arange(lo, hi, device=device).expand(B, -1)  # (B, K)
+        attention = torch.cat([attention_mask.bool(), torch.ones(B, gen_length, dtype=torch.bool, device=device)], 1)
+        if positions == "compact":  # the first real token of every row sits at RoPE position 0
+            position_ids = (attention.long().cumsum(1) - 1).clamp(min=0)  # (B, L)
+    if position_ids is None:
+        position_ids = torch.arange(L, device=device)[None].expand(B, L)
+    uncond_at = ~open_ if cfg_scale > 0 else None  # the prompt, masked out for the unconditional pass
+    banned = [i for i, on in ((mask_id, logits_mask_inf), (eos_id, logits_eos_inf)) if on and i is not None]
+    low_priority = [i for i in (eos_id, eot_id) if confidence_eos_eot_inf and i is not None]
+    model = _Forward(core, attention, position_ids, cfg_scale, uncond_at, mask_id)
+    nfe = 0
+    for lo in range(start, L, block_length):
+        hi = min(lo + block_length, L)
+        if not bool(open_[:, lo:hi].any()):
+            continue  # every row finished (EOS early stop) or nothing to decode here
         schedule = tokens_per_step(open_[:, lo:hi].sum(1), steps_per_block)  # (B, S)
-        for s in range(steps_per_block):
-            logits = core(
-                x, attention_mask=attention_mask, position_ids=position_ids, logits_at=block_idx, check_inputs=False
-            ).logits  # (B, K, V)
-            logits[..., mask_id] = -torch.inf  # committing the mask id would leave the position masked
-            block = x[:, lo:hi]
+        adaptive = threshold is not None or factor is not None  # steps until the block is decoded (at most K)
+        max_steps = hi - lo if adaptive else steps_per_block
+        step, window_cache = 0, None
+        while step < max_steps and (not adaptive or bool(open_[:, lo:hi].any())):
+            logits, window_cache = model(x, lo, hi, cache, window_cache)  # (B, K, V)
+            nfe += 1
+            if banned:
+                logits[..., banned] = -math.inf
+            if top_k is not None or top_p is not None:
+                logits = filter_logits(logits, top_k, top_p)
             still_masked = open_[:, lo:hi]
             x0 = gumbel_argmax(logits, temperature, generator)  # (B, K)
-            if remasking == "low_confidence":
-                conf = torch.softmax(logits.float(), -1).gather(-1, x0[..., None]).squeeze(-1)
+            conf = confidence_scores(logits, x0, remasking, generator)
+            if low_priority:
+                conf = conf.masked_fill(torch.isin(x0, torch.tensor(low_priority, device=device)), -math.inf)
+            if threshold is not None:
+                commit = threshold_commits(conf, still_masked, threshold)
+            elif factor is not None:
+                commit = factor_commits(conf, still_masked, factor)
             else:
-                conf = torch.rand(x0.shape, generator=generator, device=device)
-            conf = torch.where(still_masked, conf, torch.full_like(conf, -torch.inf))
-            commit = commit_mask(conf, schedule[:, s]) & still_masked
-            x[:, lo:hi] = torch.where(commit, x0, block)
-            open_[:, lo:hi] &= ~commit
+                conf = conf.masked_fill(~still_masked, -math.inf)
+                commit = commit_mask(conf, schedule[:, step]) & still_masked
+            x[:, lo:hi] = torch.where(commit, x0, x[:, lo:hi])
+            open_[:, lo:hi] = fillable[:, lo:hi] & (x[:, lo:hi] == mask_id)
+            commit_step[:, lo:hi] = torch.where(commit, nfe - 1, commit_step[:, lo:hi])
+            step += 1
+        if eos_early_stop:
+            _finish_rows_at_eos(x, open_, commit_step, start, hi, eos_id, nfe)
+    if return_history:
+        return SamplerOutput(sequences=x, commit_step=commit_step, nfe=nfe)
     return x
+
+
+class _Forward:
+    """One denoising forward pass: logits (B, K, V) of the block [lo, hi), with classifier-free guidance and the
+    Fast-dLLM caches (the cache is rebuilt at the first step of each block)."""
+
+    def __init__(self, core: nn.Module, attention: Tensor | None, position_ids: Tensor, cfg_scale: float,
+                 uncond_at: Tensor | None, mask_id: int) -> None:
+        self.core, self.cfg_scale, self.uncond_at, self.mask_id = core, cfg_scale, uncond_at, mask_id
+        guided = cfg_scale > 0
+        self.attention = torch.cat([attention, attention]) if guided and attention is not None else attention
+        self.position_ids = torch.cat([position_ids, position_ids]) if guided else position_ids
+
+    def __call__(self, x: Tensor, lo: int, hi: int, cache: str | None, kv: object) -> tuple[Tensor, object]:
+        if self.cfg_scale > 0:
+            x = torch.cat([x, x.masked_fill(self.uncond_at, self.mask_id)])  # (2B, L): conditional, unconditional
+        L = x.shape[1]
+        if cache is None or kv is None:
+            index = torch.arange(lo, hi, device=x.device).expand(x.shape[0], -1)  # (B', K)
+            out = self.core(x, attention_mask=self.attention, position_ids=self.position_ids, logits_at=index,
+                            check_inputs=False, use_cache=cache is not None)
+            logits, kv = out.logits, out.cache
+        else:
+            end = L if cache == "prefix" else hi  # prefix: the block and all right of it; dual: the block only
+            index = torch.arange(0, hi - lo, device=x.device).expand(x.shape[0], -1)
+            logits = self.core(x[:, lo:end], attention_mask=self.attention, position_ids=self.position_ids[:, lo:end],
+                               logits_at=index, check_inputs=False, cache=kv, cache_window=(lo, end)).logits
+        if self.cfg_scale > 0:
+            cond, uncond = logits.chunk(2)
+            logits = uncond + (self.cfg_scale + 1) * (cond - uncond)
+        return logits, kv
+
+
+def _finish_rows_at_eos(x: Tensor, open_: Tensor, commit_step: Tensor, start: int, hi: int, eos_id: int,
+                        nfe: int) -> None:
+    """Rows with an EOS in [start, hi) and nothing undecided before it: their remaining masks become EOS."""
+    region = x[:, start:hi]
+    is_eos = (region == eos_id) & ~open_[:, start:hi]
+    first_eos = torch.where(is_eos.any(1), is_eos.float().argmax(1), region.shape[1])  # (B,)
+    cols = torch.arange(region.shape[1], device=x.device)[None]
+    undecided_before = (open_[:, start:hi] & (cols < first_eos[:, None])).any(1)
+    done = is_eos.any(1) & ~undecided_before  # (B,)
+    fill = open_ & done[:, None]
+    fill[:, :start] = False
+    x[fill] = eos_id
+    commit_step[fill] = nfe - 1
+    open_ &= ~fill
+
+
+def _check_options(input_ids, attention_mask, gen_length, steps, block_length, temperature, remasking, threshold,
+                   factor, cache, top_k, top_p, positions, cfg_scale, logits_eos_inf, eos_early_stop,
+                   confidence_eos_eot_inf, eos_id, core) -> None:
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (batch, prompt_length), got shape {tuple(input_ids.shape)}")
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(input_ids.shape)}")
+    if gen_length < 0 or block_length < 1 or steps < 1:
+        raise ValueError(f"need gen_length >= 0, block_length >= 1 and steps >= 1, got {gen_length}, {block_length}, "
+                         f"{steps}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if remasking not in REMASKING:
+        raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
+    if threshold is not None and not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    if factor is not None and factor <= 0:
+        raise ValueError(f"factor must be > 0, got {factor}")
+    if threshold is not None and factor is not None:
+        raise ValueError("give threshold or factor, not both")
+    if cache not in CACHES:
+        raise ValueError(f"cache must be one of {CACHES}, got {cache!r}")
+    if cache is not None and getattr(getattr(core, "config", None), "logits_shift", "none") != "none":
+        raise ValueError(f"cache={cache!r} needs a core whose logit at i predicts token i; this core shifts logits "
+                         "(Dream layout): use cache=None")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+    if cfg_scale < 0:
+        raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
+    if (logits_eos_inf or eos_early_stop or confidence_eos_eot_inf) and eos_id is None:
+        raise ValueError("logits_eos_inf, confidence_eos_eot_inf and eos_early_stop need eos_id (the model's "
+                         "vocabulary has no EOS id)")
