@@ -32,7 +32,8 @@ __all__ = ["main", "build_parser", "DATA_MODULES"]
 # other `mmdiff.data` module).
 DATA_MODULES = ("mmdiff.data.shakespeare", "mmdiff.data.running_sums")
 # `generate` / `eval` flags (argparse dests = sampler argument names) that override sampler_config.json.
-SAMPLER_FLAGS = ("gen_length", "steps", "block_length", "temperature", "remasking")
+SAMPLER_FLAGS = ("sampler", "gen_length", "steps", "block_length", "temperature", "remasking", "threshold", "factor",
+                 "cache", "cfg_scale", "top_k", "top_p", "eos_early_stop")
 
 
 class CLIError(ValueError):
@@ -223,7 +224,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return _generate_problems(model, args)
     prompts = _read_prompts(args)
     ids, mask = _encode_prompts(model, prompts)
-    out = _generate(model, ids, mask, args)
+    show = args.show or args.show_png
+    out = _generate(model, ids, mask, args, **({"return_history": True} if show else {}))
+    if show:
+        _show_trajectories(model, out, mask, args)
+        out = out.sequences
     answers = [model.decode(row[ids.shape[1] :]) for row in out.cpu()]
     if args.json:
         print(json.dumps([{"prompt": p, "answer": a} for p, a in zip(prompts, answers, strict=True)], indent=2))
@@ -310,6 +315,33 @@ def _generate_problems(model: Any, args: argparse.Namespace) -> int:
               f"\n  {'correct' if r['exact'] else 'wrong'}")
     print(f"exact match: {sum(r['exact'] for r in results)}/{len(results)}")
     return 0
+
+
+def _show_trajectories(model: Any, history: Any, prompt_mask: Any, args: argparse.Namespace) -> None:
+    """Prints each row's denoising trajectory (to stderr when --json keeps stdout for JSON) and writes the PNGs."""
+    import torch
+
+    from mmdiff.sampling import SamplerOutput
+    from mmdiff.viz import trajectory_png, trajectory_text
+
+    B, P = prompt_mask.shape
+    hidden = {i for i in (model.vocab.pad_id, model.vocab.mask_id) if i is not None}
+
+    def token_text(i: int) -> str:
+        return "" if i in hidden else model.tokenizer.decode([i])
+
+    answer = torch.ones(history.sequences.shape[1] - P, dtype=torch.bool)
+    for row in range(B):
+        keep = torch.cat([prompt_mask[row].cpu().bool(), answer])  # drop the left padding
+        single = SamplerOutput(history.sequences[row : row + 1, keep].cpu(),
+                               history.commit_step[row : row + 1, keep].cpu(), history.nfe)
+        print(trajectory_text(single, 0, token_text), file=sys.stderr if args.json else sys.stdout)
+        if args.show_png:
+            base = Path(args.show_png)
+            base = base if base.suffix else base.with_suffix(".png")
+            path = base if B == 1 else base.with_name(f"{base.stem}-{row + 1}{base.suffix}")
+            trajectory_png(single, 0, path, token_text, title=f"{args.name}: prompt {row + 1}")
+            print(f"trajectory written to {path}", file=sys.stderr)
 
 
 def _render_masked(model: Any, canvas: Any) -> str:
@@ -421,7 +453,15 @@ def _add_sampler_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=_positive_int, help="denoising steps")
     g.add_argument("--block-length", type=_positive_int, help="semi-autoregressive block length")
     g.add_argument("--temperature", type=float, help="0 = greedy")
-    g.add_argument("--remasking", help="low_confidence or random")
+    g.add_argument("--sampler", help="sampler name (see mmdiff.registry.SAMPLERS), e.g. llada or dream")
+    g.add_argument("--remasking", help="commit order: low_confidence, margin, entropy or random")
+    g.add_argument("--threshold", type=float, help="commit every token more confident than this (parallel decoding)")
+    g.add_argument("--factor", type=float, help="Fast-dLLM factor rule for parallel decoding")
+    g.add_argument("--cache", choices=["prefix", "dual"], help="Fast-dLLM key/value cache, refreshed per block")
+    g.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (0 = off)")
+    g.add_argument("--top-k", type=_positive_int, help="sample only among the k most probable tokens")
+    g.add_argument("--top-p", type=float, help="nucleus sampling mass")
+    g.add_argument("--eos-early-stop", action="store_true", default=None, help="finish a row at its first EOS")
     g.add_argument("--preset", help="a sampler preset of the zoo card (see `mmdiff info NAME`)")
     g.add_argument("--seed", type=int, help="random seed, for reproducible sampling")
 
@@ -445,6 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--problems", type=_positive_int, help="solve N held-out problems of the model's data source")
     p.add_argument("--split", default="val", help="data split for --problems (default: val)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--show", action="store_true",
+                   help="print the denoising trajectory: each token coloured by the step that committed it")
+    p.add_argument("--show-png", metavar="PATH",
+                   help="also write the trajectory as a PNG heat map (PATH-1.png, PATH-2.png, ... for a batch)")
     _add_sampler_flags(p)
 
     p = sub.add_parser("train", help="train from a recipe: mmdiff train CONFIG.yaml [--section.key=value ...]")

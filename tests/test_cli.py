@@ -23,18 +23,24 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def left_padded(model, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Prompts encoded and left-padded by hand: ids and the attention mask (None when nothing is padded)."""
+    rows = [model.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[model.vocab.pad_id] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in rows])
+    return ids, (mask if not mask.all() else None)
+
+
 def expected_answers(folder, prompts: list[str], seed: int | None = None, **sampler) -> list[str]:
     """An independent re-computation of `mmdiff generate`: encode, left-pad by hand, sample, decode."""
     model = create_model(folder)
-    rows = [model.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
-    width = max(len(r) for r in rows)
-    pad = model.vocab.pad_id
-    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-    mask = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in rows])
+    ids, mask = left_padded(model, prompts)
+    width = ids.shape[1]
     if seed is not None:
         torch.manual_seed(seed)
         sampler["generator"] = torch.Generator().manual_seed(seed)
-    out = model.generate(ids, mask if not mask.all() else None, **sampler)
+    out = model.generate(ids, mask, **sampler)
     answers = []
     for row in out[:, width:].tolist():
         if model.vocab.eos_id in row:
@@ -111,6 +117,28 @@ def test_generate_batch_is_left_padded(capsys, make_checkpoint, tmp_path):
     code, out, _ = run(capsys, "generate", str(folder), "--prompt", "the", "--prompt", "sea of troubles")
     first, second = expected_answers(folder, ["the", "sea of troubles"])
     assert out == f"the{first}\n{'-' * 40}\nsea of troubles{second}\n"
+
+
+def test_generate_fast_path_flags_and_show(capsys, make_checkpoint, tmp_path):
+    from PIL import Image
+
+    folder = make_checkpoint(seed=4)
+    flags = ["--threshold", "0.3", "--cache", "dual", "--remasking", "margin", "--eos-early-stop"]
+    code, out, _ = run(capsys, "generate", str(folder), "--prompt", "To be", "--prompt", "or not", "--json", *flags)
+    assert code == 0
+    options = dict(threshold=0.3, cache="dual", remasking="margin", eos_early_stop=True)
+    assert [g["answer"] for g in json.loads(out)] == expected_answers(folder, ["To be", "or not"], **options)
+    code, out, err = run(capsys, "generate", str(folder), "--prompt", "To be", "--prompt", "or not", "--json",
+                         "--show", "--show-png", str(tmp_path / "traj"), *flags)
+    assert code == 0 and json.loads(out)[0]["answer"] == expected_answers(folder, ["To be"], **options)[0]
+    model = create_model(folder)
+    history = model.generate(*left_padded(model, ["To be", "or not"]), return_history=True, **options)
+    assert f"NFE {history.nfe}:" in err and err.count("step 0:") == 2  # one view per prompt, on stderr with --json
+    for i in (1, 2):
+        image = Image.open(tmp_path / f"traj-{i}.png")
+        assert image.size[0] > 100 and f"trajectory written to {tmp_path / f'traj-{i}.png'}" in err
+    code, _, err = run(capsys, "generate", str(folder), "--prompt", "To be", "--threshold", "2")
+    assert code == 2 and "threshold must be in (0, 1], got 2.0" in err
 
 
 def test_generate_is_deterministic_with_a_seed(capsys, make_checkpoint):

@@ -13,6 +13,7 @@ from torch import nn
 from mmdiff import CoreConfig, MaskedDiffusionTransformer, VocabLayout, llada_generate
 from mmdiff.sampling import commit_mask, gumbel_argmax, tokens_per_step
 from mmdiff.sampling.llada import confidence_scores, factor_commits, filter_logits, threshold_commits
+from mmdiff.sampling.reference import reference_generate
 
 LAYOUT = VocabLayout.build(text_size=20)  # mask 20, eos 21, pad 22, bos 23
 MASK, PAD = LAYOUT.mask_id, LAYOUT.pad_id
@@ -29,44 +30,6 @@ def core() -> MaskedDiffusionTransformer:
             if not name.endswith("norm.weight"):
                 p.copy_(torch.randn(p.shape, generator=g) * 2 / math.sqrt(p.shape[-1]))
     return core.eval()
-
-
-@torch.no_grad()
-def reference_generate(core, prompt, gen_length, steps, block_length, attention_mask=None, compact=False):
-    """LLaDA's reference loop, written out plainly (greedy): full-sequence logits, float64 softmax confidence, a
-    committed mask id leaves its position masked. With `compact`, a left-padded batch counts RoPE positions from each
-    row's first real token (mmdiff's positions="compact"); otherwise from the padding, as the reference does."""
-    B, P = prompt.shape
-    x = torch.full((B, P + gen_length), MASK, dtype=torch.long)
-    x[:, :P] = prompt
-    am = pos = None
-    if attention_mask is not None:
-        am = torch.cat([attention_mask.bool(), torch.ones(B, gen_length, dtype=torch.bool)], dim=1)
-        pos = (am.long().cumsum(1) - 1).clamp(min=0) if compact else None
-    n_blocks = gen_length // block_length
-    steps_per_block = steps // n_blocks
-    for nb in range(n_blocks):
-        end = P + (nb + 1) * block_length
-        mask_num = (x[:, end - block_length : end] == MASK).sum(1)
-        num_transfer = torch.zeros(B, steps_per_block, dtype=torch.long)
-        for j in range(B):
-            num_transfer[j] = mask_num[j] // steps_per_block
-            num_transfer[j, : mask_num[j] % steps_per_block] += 1
-        for i in range(steps_per_block):
-            mask_index = x == MASK
-            logits = core(x, attention_mask=am, position_ids=pos).logits.clone()  # (B, L, V)
-            x0 = logits.argmax(-1)
-            p = torch.softmax(logits.double(), dim=-1)
-            x0_p = torch.gather(p, -1, x0[..., None]).squeeze(-1)  # (B, L)
-            x0_p[:, end:] = -math.inf
-            x0 = torch.where(mask_index, x0, x)
-            confidence = torch.where(mask_index, x0_p, torch.tensor(-math.inf))
-            transfer = torch.zeros_like(x0, dtype=torch.bool)
-            for j in range(B):
-                _, select = torch.topk(confidence[j], k=int(num_transfer[j, i]))
-                transfer[j, select] = True
-            x[transfer] = x0[transfer]
-    return x
 
 
 def prompts(B: int, P: int, seed: int = 3) -> torch.Tensor:
@@ -109,8 +72,8 @@ def test_gumbel_argmax_greedy_and_distribution():
 )
 def test_matches_reference_loop(core, gen_length, steps, block_length):
     prompt = prompts(3, 5)
-    got = llada_generate(core, prompt, mask_id=MASK, gen_length=gen_length, steps=steps, block_length=block_length)
-    want = reference_generate(core, prompt, gen_length, steps, block_length)
+    options = dict(mask_id=MASK, gen_length=gen_length, steps=steps, block_length=block_length)
+    got, want = llada_generate(core, prompt, **options), reference_generate(core, prompt, **options)
     assert torch.equal(got, want)
     assert torch.equal(got[:, :5], prompt)
     assert not (got == MASK).any()
@@ -124,10 +87,10 @@ def test_left_padded_batch_matches_reference_and_single_rows(core):
         ids[i, 6 - len(r) :] = r
         mask[i, 6 - len(r) :] = True
     got = llada_generate(core, ids, mask, mask_id=MASK, gen_length=8, steps=8, block_length=4)
-    assert torch.equal(got, reference_generate(core, ids, 8, 8, 4, attention_mask=mask))  # absolute positions
+    want = reference_generate(core, ids, mask, mask_id=MASK, gen_length=8, steps=8, block_length=4)
+    assert torch.equal(got, want)  # absolute positions, as the reference
     assert torch.equal(got[:, :6], ids)
     compact = llada_generate(core, ids, mask, mask_id=MASK, gen_length=8, steps=8, block_length=4, positions="compact")
-    assert torch.equal(compact, reference_generate(core, ids, 8, 8, 4, attention_mask=mask, compact=True))
     for i, r in enumerate(rows):  # with compact positions each padded row decodes exactly like its prompt alone
         alone = llada_generate(core, r[None], mask_id=MASK, gen_length=8, steps=8, block_length=4)
         assert torch.equal(compact[i, 6:], alone[0, len(r) :]), i
@@ -271,6 +234,8 @@ class FixedLogits(nn.Module):
         self.calls.append({"shape": tuple(x.shape), "window": cache_window})
         lo = cache_window[0] if cache_window is not None else 0
         full = self.logits[None, lo : lo + x.shape[1]].expand(x.shape[0], -1, -1)
+        if logits_at is None:
+            return type("Out", (), {"logits": full.clone(), "cache": None})()
         out = full.gather(1, logits_at[..., None].expand(-1, -1, full.shape[-1]))
         return type("Out", (), {"logits": out.clone(), "cache": "kv" if kw.get("use_cache") else None})()
 
@@ -377,3 +342,21 @@ def test_batch_of_two_equals_single_runs_on_the_fast_path(core):
     both = llada_generate(core, prompt, **options)
     for i in range(2):
         assert torch.equal(both[i], llada_generate(core, prompt[i : i + 1], **options)[0])
+
+
+def test_reference_loop_hand_computed_and_infill():
+    """The plain reference loop on deterministic logits: 8 masks, 4 steps, one block -> 2 commits per step in
+    confidence order; infill decodes the masks in place from the first one."""
+    prob = torch.tensor([0.5, 0.5, 0.99, 0.95, 0.8, 0.97, 0.7, 0.92, 0.6, 0.5])
+    core = FixedLogits(torch.arange(10) % 20, prob)
+    wrapped = CountingCore(core)
+    out = reference_generate(wrapped, torch.tensor([[0, 1]]), mask_id=MASK, gen_length=8, steps=4, block_length=8)
+    assert out[0].tolist() == list(range(10))
+    # confidence order 2, 5, 3, 7, 4, 6, 8, 9: two per step
+    masked_after = [[int(v) for v in (x[0] == MASK).nonzero().flatten()] for x in wrapped.inputs[1:] + [out]]
+    assert masked_after == [[3, 4, 6, 7, 8, 9], [4, 6, 8, 9], [8, 9], []]
+    canvas = torch.tensor([[0, 1, MASK, 3, MASK, 5, 6, MASK, 8, MASK]])
+    filled = reference_generate(core, canvas, mask_id=MASK, gen_length=0, steps=4, block_length=4, infill=True)
+    assert filled[0].tolist() == list(range(10))
+    assert torch.equal(filled, llada_generate(core, canvas, mask_id=MASK, gen_length=0, steps=4, block_length=4,
+                                              infill=True))

@@ -1,0 +1,83 @@
+"""LLaDA's reference sampling loop (ML-GSAI/LLaDA `generate.py`), written out plainly: the yardstick of the `llada`
+sampler's parity tests and the "reference-equivalent" row of the sampler benchmark.
+
+Every step runs the full canvas and computes logits at every position, confidences are the float64 softmax
+probability of the argmax, positions right of the current block and already decoded ones get -inf, and a Python
+loop over rows commits each row's top-k (`torch.topk`). Greedy only (temperature 0), low-confidence remasking, no
+guidance, no cache. Like the reference, a committed mask id leaves its position masked. Extended only as far as the
+benchmark needs: a canvas may hold masks in place (`infill`), decoded block by block from the first of them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from mmdiff.registry import SAMPLERS
+
+__all__ = ["reference_generate"]
+
+
+@SAMPLERS.register("llada-reference")
+@torch.no_grad()
+def reference_generate(
+    core: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    mask_id: int,
+    gen_length: int = 128,
+    steps: int = 128,
+    block_length: int = 32,
+    infill: bool = False,
+) -> Tensor:
+    """Greedy LLaDA sampling exactly as the reference loop computes it (slow on purpose).
+
+    Args:
+        core: a `MaskedDiffusionTransformer`.
+        input_ids: (B, P) prompts (left-padded with `attention_mask`; absolute positions, as the reference).
+        attention_mask: (B, P) True at real tokens.
+        mask_id: the mask token id.
+        gen_length: tokens to generate after the prompt (0 with `infill`).
+        steps: total steps, split evenly over blocks.
+        block_length: block size; the region from the first mask is cut into blocks of this size.
+        infill: also decode the mask ids inside the prompt.
+
+    Returns:
+        (B, P + gen_length).
+
+    >>> # reference_generate(model.core, prompt, mask_id=model.vocab.mask_id, gen_length=64, steps=64)
+    """
+    B, P = input_ids.shape
+    x = torch.full((B, P + gen_length), mask_id, dtype=torch.long, device=input_ids.device)
+    x[:, :P] = input_ids
+    attention = None
+    if attention_mask is not None:
+        attention = torch.cat([attention_mask.bool(), torch.ones(B, gen_length, dtype=torch.bool, device=x.device)], 1)
+    decodable = x == mask_id if attention is None else (x == mask_id) & attention
+    if not infill:
+        decodable[:, :P] = False
+    start = int(decodable.any(0).nonzero()[0])
+    n_blocks = math.ceil((P + gen_length - start) / block_length)
+    steps_per_block = steps // n_blocks
+    for b in range(n_blocks):
+        lo, hi = start + b * block_length, min(start + (b + 1) * block_length, P + gen_length)
+        block_masks = (decodable & (x == mask_id))[:, lo:hi].sum(1)
+        counts = torch.zeros(B, steps_per_block, dtype=torch.long)
+        for j in range(B):  # floor(M / S) per step, the first M mod S steps one more
+            counts[j] = int(block_masks[j]) // steps_per_block
+            counts[j, : int(block_masks[j]) % steps_per_block] += 1
+        for i in range(steps_per_block):
+            masked = decodable & (x == mask_id)
+            logits = core(x, attention_mask=attention).logits  # (B, L, V): every position, every step
+            x0 = logits.argmax(-1)
+            p = torch.softmax(logits.double(), dim=-1)
+            x0_p = torch.gather(p, -1, x0[..., None]).squeeze(-1)  # (B, L)
+            x0_p[:, hi:] = -math.inf
+            confidence = torch.where(masked, x0_p, torch.tensor(-math.inf, dtype=x0_p.dtype))
+            for j in range(B):
+                _, select = torch.topk(confidence[j], k=int(counts[j, i]))
+                x[j, select] = x0[j, select]
+    return x
