@@ -12,7 +12,13 @@ from torch import nn
 
 from mmdiff import CoreConfig, MaskedDiffusionTransformer, VocabLayout, llada_generate
 from mmdiff.sampling import commit_mask, gumbel_argmax, tokens_per_step
-from mmdiff.sampling.llada import confidence_scores, factor_commits, filter_logits, threshold_commits
+from mmdiff.sampling.llada import (
+    confidence_scores,
+    cosine_tokens_per_step,
+    factor_commits,
+    filter_logits,
+    threshold_commits,
+)
 from mmdiff.sampling.reference import reference_generate
 
 LAYOUT = VocabLayout.build(text_size=20)  # mask 20, eos 21, pad 22, bos 23
@@ -360,3 +366,70 @@ def test_reference_loop_hand_computed_and_infill():
     assert filled[0].tolist() == list(range(10))
     assert torch.equal(filled, llada_generate(core, canvas, mask_id=MASK, gen_length=0, steps=4, block_length=4,
                                               infill=True))
+
+
+def test_cosine_schedule_and_gumbel_choice():
+    assert cosine_tokens_per_step(torch.tensor([16, 5, 0]), 4).tolist() == [[2, 3, 5, 6], [1, 1, 2, 1], [0, 0, 0, 0]]
+    # floor(16 cos(pi/8)) = 14, floor(16 cos(pi/4)) = 11, floor(16 cos(3 pi/8)) = 6 positions left after steps 1-3
+    prob = torch.linspace(0.3, 0.99, 18)
+    core = FixedLogits(torch.arange(18) % 20, prob)
+    out = llada_generate(core, torch.tensor([[0, 1]]), mask_id=MASK, gen_length=16, steps=4, block_length=16,
+                         schedule="cosine", return_history=True)
+    per_step = torch.bincount(out.commit_step[0, 2:], minlength=4).tolist()
+    assert per_step == [2, 3, 5, 6] and out.commit_step[0, -2:].tolist() == [0, 0]  # most confident first
+
+    def gumbel(seed):
+        return llada_generate(core, torch.tensor([[0, 1]]), mask_id=MASK, gen_length=16, steps=4, block_length=16,
+                              schedule="cosine", choice_temperature=5.0, return_history=True,
+                              generator=torch.Generator().manual_seed(seed)).commit_step
+    a = gumbel(0)
+    assert torch.equal(a, gumbel(0)) and torch.bincount(a[0, 2:], minlength=4).tolist() == [2, 3, 5, 6]
+    assert any(not torch.equal(a, gumbel(s)) for s in range(1, 4))  # the noise reorders commits
+
+
+class ChangingMind(nn.Module):
+    """Predicts token 3 everywhere (p = 0.9) on its first call, token 4 (p = 0.9) afterwards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def check_ids(self, ids):
+        pass
+
+    def forward(self, x, logits_at=None, **kw):
+        token = 3 if self.calls == 0 else 4
+        self.calls += 1
+        p = torch.full((*logits_at.shape, LAYOUT.size), 0.1 / (LAYOUT.size - 1))
+        p[..., token] = 0.9
+        return type("Out", (), {"logits": p.log(), "cache": None})()
+
+
+def test_secondary_remasking_and_constraints():
+    out = llada_generate(ChangingMind(), torch.tensor([[0, 1]]), mask_id=MASK, gen_length=4, steps=4, block_length=4,
+                         return_history=True)
+    assert out.sequences[0, 2:].tolist() == [3, 4, 4, 4]  # without remasking the first commit stays
+    out = llada_generate(ChangingMind(), torch.tensor([[0, 1]]), mask_id=MASK, gen_length=4, steps=4, block_length=4,
+                         remask_below=0.5, return_history=True)
+    assert out.sequences[0, 2:].tolist() == [4, 4, 4, 4] and out.nfe == 4
+    assert out.commit_step[0].tolist() == [-1, -1, 2, 1, 2, 3]  # remasked at step 1, decoded again at step 2
+    core = FixedLogits(torch.arange(10) % 20, torch.full((10,), 0.9))
+    allowed = llada_generate(core, torch.tensor([[0, 1]]), mask_id=MASK, gen_length=8, steps=8, block_length=8,
+                             allowed_token_ids=[7, 9])
+    assert set(allowed[0, 2:].tolist()) <= {7, 9} and allowed[0, 7].item() == 7 and allowed[0, 9].item() == 9
+
+    def only_even_positions_five(logits, canvas, lo, hi):
+        assert canvas.shape == (1, 10) and (lo, hi) == (2, 10)
+        logits = logits.clone()
+        logits[:, 0::2] = -math.inf
+        logits[:, 0::2, 5] = 0.0
+        return logits
+
+    hooked = llada_generate(core, torch.tensor([[0, 1]]), mask_id=MASK, gen_length=8, steps=8, block_length=8,
+                            logits_processor=only_even_positions_five)
+    assert hooked[0, 2::2].tolist() == [5, 5, 5, 5] and hooked[0, 3::2].tolist() == [3, 5, 7, 9]
+    for kw, message in [(dict(schedule="exp"), "schedule must be 'linear' or 'cosine'"),
+                        (dict(choice_temperature=-1.0), "choice_temperature must be >= 0"),
+                        (dict(remask_below=1.0), r"remask_below must be in \(0, 1\)")]:
+        with pytest.raises(ValueError, match=message):
+            llada_generate(core, torch.tensor([[0, 1]]), mask_id=MASK, gen_length=8, steps=8, block_length=8, **kw)

@@ -26,12 +26,16 @@ Options beyond the reference:
   rounding).
 - `logits_mask_inf`: never predict the mask id (the reference may commit it, which leaves the position masked; so
   does this sampler by default, for parity; models trained here never predict it).
+- `schedule="cosine"` with `choice_temperature` (MaskGIT: cosine commit counts, Gumbel top-k commit order; the
+  image tasks use it), `remask_below` (ReMDM-style secondary remasking of committed low-confidence tokens).
+- constraints: `allowed_token_ids`, a `logits_processor` hook, and pinned tokens anywhere (`infill`).
 - `top_k` / `top_p` filtering before sampling; `return_history` for trajectory views.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +47,7 @@ from mmdiff.sampling.output import GIVEN, SamplerOutput
 __all__ = [
     "llada_generate",
     "tokens_per_step",
+    "cosine_tokens_per_step",
     "gumbel_argmax",
     "commit_mask",
     "confidence_scores",
@@ -67,6 +72,20 @@ def tokens_per_step(n_masked: Tensor, steps: int) -> Tensor:
     base = torch.div(n_masked, steps, rounding_mode="floor")[:, None]  # (B, 1)
     extra = (torch.arange(steps, device=n_masked.device)[None] < (n_masked % steps)[:, None]).long()  # (B, S)
     return base + extra
+
+
+def cosine_tokens_per_step(n_masked: Tensor, steps: int) -> Tensor:
+    """MaskGIT's cosine schedule (Chang et al. 2022): after step s of S, floor(M cos(pi/2 (s+1)/S)) positions stay
+    masked; (B,) masked counts -> (B, steps) commits per step (few first, many last; all done after S steps).
+
+    >>> cosine_tokens_per_step(torch.tensor([16]), 4).tolist()
+    [[2, 3, 5, 6]]
+    """
+    s = torch.arange(1, steps + 1, device=n_masked.device, dtype=torch.float64)
+    left = torch.floor(n_masked[:, None].double() * torch.cos(math.pi / 2 * s / steps)).long()  # (B, S) still masked
+    left[:, -1] = 0
+    before = torch.cat([n_masked[:, None], left[:, :-1]], 1)
+    return before - left
 
 
 def gumbel_argmax(logits: Tensor, temperature: float, generator: torch.Generator | None = None) -> Tensor:
@@ -180,6 +199,11 @@ def llada_generate(
     logits_eos_inf: bool = False,
     confidence_eos_eot_inf: bool = False,
     logits_mask_inf: bool = False,
+    schedule: str = "linear",
+    choice_temperature: float = 0.0,
+    remask_below: float | None = None,
+    allowed_token_ids: Sequence[int] | None = None,
+    logits_processor: Callable[[Tensor, Tensor, int, int], Tensor] | None = None,
     positions: str = "absolute",
     eos_id: int | None = None,
     eot_id: int | None = None,
@@ -213,6 +237,16 @@ def llada_generate(
         logits_eos_inf: never predict EOS (needs `eos_id`).
         confidence_eos_eot_inf: EOS / EOT predictions get confidence -inf, so they are committed last.
         logits_mask_inf: never predict the mask id.
+        schedule: commits per step with a fixed step count: "linear" (the reference's even split) or "cosine"
+            (MaskGIT: few first, many last).
+        choice_temperature: MaskGIT's Gumbel top-k: log-confidence + T (1 - step/steps) Gumbel noise decides the
+            commit order (0 = deterministic).
+        remask_below: secondary remasking (ReMDM, Wang et al. 2025; Discrete Diffusion VLA): tokens this sampler
+            committed earlier in the block whose probability under the current step's logits fell below this
+            value are masked again (never on a block's last step, so every block ends decoded).
+        allowed_token_ids: constrain every generated token to these ids.
+        logits_processor: constraint hook `fn(logits (B, K, V), canvas (B, L), lo, hi) -> logits` applied to the
+            block's logits before sampling (e.g. per-position allowed sets, grammar masks).
         positions: "absolute" (the reference: positions count padding) or "compact" (from the first real token).
         eos_id, eot_id: special ids (`DiffusionModel.generate` passes the vocabulary's).
         return_history: return a `SamplerOutput` (sequences, commit step of each position, NFE) instead.
@@ -226,7 +260,7 @@ def llada_generate(
     B, P = input_ids.shape if input_ids.dim() == 2 else (0, 0)
     _check_options(input_ids, attention_mask, gen_length, steps, block_length, temperature, remasking, threshold,
                    factor, cache, top_k, top_p, positions, cfg_scale, logits_eos_inf, eos_early_stop,
-                   confidence_eos_eot_inf, eos_id, core)
+                   confidence_eos_eot_inf, eos_id, core, schedule, choice_temperature, remask_below)
     to_fill = input_ids == mask_id  # (B, P) prompt positions to infill; padding never is one
     if attention_mask is not None:
         to_fill &= attention_mask.bool()
@@ -262,12 +296,14 @@ def llada_generate(
     banned = [i for i, on in ((mask_id, logits_mask_inf), (eos_id, logits_eos_inf)) if on and i is not None]
     low_priority = [i for i in (eos_id, eot_id) if confidence_eos_eot_inf and i is not None]
     model = _Forward(core, attention, position_ids, cfg_scale, uncond_at, mask_id)
+    allowed = None if allowed_token_ids is None else torch.as_tensor(list(allowed_token_ids), device=device)
     nfe = 0
     for lo in range(start, L, block_length):
         hi = min(lo + block_length, L)
         if not bool(open_[:, lo:hi].any()):
             continue  # every row finished (EOS early stop) or nothing to decode here
-        schedule = tokens_per_step(open_[:, lo:hi].sum(1), steps_per_block)  # (B, S)
+        counts = (cosine_tokens_per_step if schedule == "cosine" else tokens_per_step)(
+            open_[:, lo:hi].sum(1), steps_per_block)  # (B, S) commits per step
         adaptive = threshold is not None or factor is not None  # steps until the block is decoded (at most K)
         max_steps = hi - lo if adaptive else steps_per_block
         step, window_cache = 0, None
@@ -276,6 +312,11 @@ def llada_generate(
             nfe += 1
             if banned:
                 logits[..., banned] = -math.inf
+            if allowed is not None:
+                keep = torch.zeros(logits.shape[-1], dtype=torch.bool, device=device).index_fill_(0, allowed, True)
+                logits = logits.masked_fill(~keep, -math.inf)
+            if logits_processor is not None:
+                logits = logits_processor(logits, x, lo, hi)
             if top_k is not None or top_p is not None:
                 logits = filter_logits(logits, top_k, top_p)
             still_masked = open_[:, lo:hi]
@@ -283,13 +324,24 @@ def llada_generate(
             conf = confidence_scores(logits, x0, remasking, generator)
             if low_priority:
                 conf = conf.masked_fill(torch.isin(x0, torch.tensor(low_priority, device=device)), -math.inf)
+            if choice_temperature > 0:
+                anneal = choice_temperature * (1 - step / max_steps)
+                u = torch.rand(conf.shape, generator=generator, device=device, dtype=torch.float64)
+                conf = torch.log(conf.clamp(min=1e-300)) + anneal * -torch.log(-torch.log(u.clamp(min=1e-300)))
             if threshold is not None:
                 commit = threshold_commits(conf, still_masked, threshold)
             elif factor is not None:
                 commit = factor_commits(conf, still_masked, factor)
             else:
                 conf = conf.masked_fill(~still_masked, -math.inf)
-                commit = commit_mask(conf, schedule[:, step]) & still_masked
+                commit = commit_mask(conf, counts[:, step]) & still_masked
+            if remask_below is not None and step < max_steps - 1:
+                # committed earlier by this sampler, now improbable: masked again (ReMDM-style secondary remasking)
+                own = fillable[:, lo:hi] & ~still_masked
+                p_own = torch.softmax(logits.double(), -1).gather(-1, x[:, lo:hi, None]).squeeze(-1)
+                again = own & (p_own < remask_below) & ~commit
+                x[:, lo:hi] = x[:, lo:hi].masked_fill(again, mask_id)
+                counts[:, step + 1] += again.sum(1)  # re-decoded next step at the latest
             x[:, lo:hi] = torch.where(commit, x0, x[:, lo:hi])
             open_[:, lo:hi] = fillable[:, lo:hi] & (x[:, lo:hi] == mask_id)
             commit_step[:, lo:hi] = torch.where(commit, nfe - 1, commit_step[:, lo:hi])
@@ -350,7 +402,7 @@ def _finish_rows_at_eos(x: Tensor, open_: Tensor, commit_step: Tensor, start: in
 
 def _check_options(input_ids, attention_mask, gen_length, steps, block_length, temperature, remasking, threshold,
                    factor, cache, top_k, top_p, positions, cfg_scale, logits_eos_inf, eos_early_stop,
-                   confidence_eos_eot_inf, eos_id, core) -> None:
+                   confidence_eos_eot_inf, eos_id, core, schedule, choice_temperature, remask_below) -> None:
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (batch, prompt_length), got shape {tuple(input_ids.shape)}")
     if attention_mask is not None and attention_mask.shape != input_ids.shape:
@@ -377,6 +429,12 @@ def _check_options(input_ids, attention_mask, gen_length, steps, block_length, t
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if schedule not in ("linear", "cosine"):
+        raise ValueError(f"schedule must be 'linear' or 'cosine', got {schedule!r}")
+    if choice_temperature < 0:
+        raise ValueError(f"choice_temperature must be >= 0, got {choice_temperature}")
+    if remask_below is not None and not 0 < remask_below < 1:
+        raise ValueError(f"remask_below must be in (0, 1), got {remask_below}")
     if positions not in POSITIONS:
         raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
     if cfg_scale < 0:

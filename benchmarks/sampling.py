@@ -1,0 +1,218 @@
+"""Sampler benchmark on the checkable zoo entry `running-sums-small`: accuracy, forward passes (NFE), generated
+tokens/s and peak memory of each decoding method, measured in one run on one machine.
+
+Task: fill in the n running sums of held-out problems (canvas `d1 s1 ... dn sn`, digits given) for canvases of 64
+(n = 32) and 256 (n = 128) tokens. Every sum depends on the previous one; the rows show what each method costs and
+buys.
+
+Methods (all greedy, semi-autoregressive blocks of `--block` canvas positions, one sum committed per step unless
+said otherwise):
+- reference-equivalent: LLaDA's reference loop (`mmdiff.sampling.reference_generate`: full forward and logits at
+  every position each step, a Python loop over rows, no cache);
+- llada: mmdiff's `llada` sampler with the same settings (logits for the block only, vectorised selection); its
+  outputs are compared token for token with the reference's ("= ref" column);
+- prefix cache, dual cache: Fast-dLLM's key/value caches, refreshed per block;
+- threshold 0.9: commit every sum more confident than 0.9 (at least one per step);
+- dual cache + threshold 0.9;
+- llada, k sums/step (k = 2, 4, 8): fixed parallel decoding; the model can add a few digits at once
+  (s_{k+1} = s_{k-1} + d_k + d_{k+1}), but not many, so large k must guess and loses accuracy;
+- AR baseline: the same core trained with causal attention and next-token loss on the same task and budget
+  (benchmarks/ar_baseline.py), decoded greedily with a KV cache (only when its folder exists: `--ar`).
+
+Generated tokens/s counts the sums filled in (the given digits are not generated), over the wall time of all
+batches after one warm-up batch. Peak memory: the extra memory at the peak of one batch over what was live before
+it (CUDA: max_memory_allocated; CPU: resident-set peak, see benchmarks/common.py).
+
+    python benchmarks/sampling.py                                  # 200 problems, lengths 64 and 256, batch 1 and 16
+    python benchmarks/sampling.py --problems 16 --lengths 64 --batch-sizes 4     # a smoke run
+
+Writes benchmarks/results/sampling.json and sampling.md and prints the markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/train.py
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS_DIR, fmt_table, machine_info, peak_memory_of, sync, write_results  # noqa: E402
+
+from mmdiff import create_model  # noqa: E402
+from mmdiff.data.running_sums import RunningSumsSource, grade_answer  # noqa: E402
+from mmdiff.tasks.text import left_pad  # noqa: E402
+
+REFERENCE = "reference-equivalent"
+
+
+def methods(block: int, parallel: list[int]) -> dict[str, dict[str, Any]]:
+    """Method name -> sampler keywords (steps are set per problem size: one sum per step unless noted)."""
+    base = {"block_length": block}
+    fixed = {f"llada, {k} sums/step": {**base, "sampler": "llada", "sums_per_step": k} for k in parallel}
+    return {
+        REFERENCE: {**base, "sampler": "llada-reference"},
+        "llada": {**base, "sampler": "llada"},
+        "prefix cache": {**base, "sampler": "llada", "cache": "prefix"},
+        "dual cache": {**base, "sampler": "llada", "cache": "dual"},
+        "threshold 0.9": {**base, "sampler": "llada", "threshold": 0.9},
+        "dual cache + threshold 0.9": {**base, "sampler": "llada", "cache": "dual", "threshold": 0.9},
+        **fixed,
+    }
+
+
+def canvases(source: RunningSumsSource, problems: list[list[int]], vocab: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded canvases with the sums masked, and their attention mask."""
+    rows = []
+    for digits in problems:
+        ex = source.example(digits, vocab)
+        rows.append(ex["ids"].masked_fill(ex["maskable"], vocab.mask_id))
+    return left_pad(rows, vocab.pad_id)
+
+
+def run_method(model: Any, source: RunningSumsSource, problems: list[list[int]], batch: int, options: dict[str, Any],
+               device: torch.device, ar_fill: Any = None) -> dict[str, Any]:
+    """Decodes all problems in batches; returns accuracy, NFE per batch, generated tokens/s, peak memory, outputs."""
+    n = len(problems[0])
+    options = dict(options)
+    per_step = options.pop("sums_per_step", 1)
+    sampler_kw = {**options, "gen_length": 0, "infill": True, "steps": n // per_step}
+
+    def decode(chunk: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        ids, attention = canvases(source, chunk, model.vocab)
+        ids, attention = ids.to(device), attention.to(device)
+        if ar_fill is not None:
+            out = ar_fill(model.core, ids, attention, mask_id=model.vocab.mask_id)
+            return out.sequences, attention, out.nfe
+        if options["sampler"] == "llada-reference":  # the reference loop returns sequences only
+            return model.generate(ids, attention, **sampler_kw), attention, n
+        out = model.generate(ids, attention, return_history=True, **sampler_kw)
+        return out.sequences, attention, out.nfe
+
+    chunks = [problems[i : i + batch] for i in range(0, len(problems), batch)]
+    with torch.inference_mode():
+        decode(chunks[0])  # warm-up
+        memory = peak_memory_of(lambda: decode(chunks[0]), device)
+        sync(device)
+        start = time.perf_counter()
+        results = [decode(chunk) for chunk in chunks]
+        sync(device)
+        seconds = time.perf_counter() - start
+    names = source.tokenizer().convert_ids_to_tokens(list(range(10)))
+    outputs, exact, nfe = [], 0, 0
+    for chunk, (seqs, attention, calls) in zip(chunks, results, strict=True):
+        nfe += calls
+        for digits, row, keep in zip(chunk, seqs.cpu(), attention.cpu(), strict=True):
+            tokens = row[keep].tolist()
+            outputs.append(tokens)
+            exact += grade_answer(digits, [names[t] if 0 <= t < 10 else f"<{t}>" for t in tokens]).exact
+    return {
+        "exact_match": exact / len(problems),
+        "nfe_per_batch": nfe / len(chunks),
+        "tokens_per_s": n * len(problems) / seconds,
+        "seconds": seconds,
+        "peak_mib": memory["peak_mib"],
+        "memory_method": memory["method"],
+        "outputs": outputs,
+    }
+
+
+def load_ar(path: Path | None, device: torch.device) -> tuple[Any, Any]:
+    """The AR baseline model and its decoding function, or (None, None) when the folder is missing."""
+    if path is None or not path.is_dir():
+        return None, None
+    from ar_baseline import ar_fill
+
+    return create_model(path, device=str(device)), ar_fill
+
+
+def bench(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+    model = create_model(args.model, device=str(device))
+    ar_model, ar_fill = load_ar(args.ar, device)
+    rows = []
+    for length in args.lengths:
+        n = length // 2
+        source = RunningSumsSource(n_min=n, n_max=n, val_size=args.problems)  # held out: the val stream
+        problems = source.val_problems
+        for batch in args.batch_sizes:
+            reference_out = None
+            runs = dict(methods(args.block, args.parallel))
+            if ar_model is not None:
+                runs["AR baseline (KV cache)"] = {}
+            for name, options in runs.items():
+                is_ar = name.startswith("AR")
+                result = run_method(ar_model if is_ar else model, source, problems, batch, options, device,
+                                    ar_fill if is_ar else None)
+                if name == REFERENCE:
+                    reference_out = result["outputs"]
+                same = None if is_ar or reference_out is None else sum(
+                    a == b for a, b in zip(result.pop("outputs"), reference_out, strict=True)) / len(problems)
+                result.pop("outputs", None)
+                rows.append({"length": length, "batch": batch, "method": name, "same_as_reference": same, **result})
+                print(f"length {length} batch {batch} {name}: exact {result['exact_match']:.3f} "
+                      f"{result['tokens_per_s']:.0f} tok/s", file=sys.stderr, flush=True)
+    for row in rows:  # speed-up over the reference-equivalent loop of the same length and batch
+        ref = next(r for r in rows if r["length"] == row["length"] and r["batch"] == row["batch"]
+                   and r["method"] == REFERENCE)
+        row["speedup"] = row["tokens_per_s"] / ref["tokens_per_s"]
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Namespace) -> str:
+    table = [{
+        "length": r["length"], "batch": r["batch"], "method": r["method"],
+        "exact match": f"{100 * r['exact_match']:.1f} %",
+        "= ref": "" if r["same_as_reference"] is None else f"{100 * r['same_as_reference']:.0f} %",
+        "NFE / batch": f"{r['nfe_per_batch']:.1f}", "tokens/s": f"{r['tokens_per_s']:.0f}",
+        "speed-up": f"{r['speedup']:.2f}x", "peak MiB": f"{r['peak_mib']:.1f}",
+    } for r in rows]
+    columns = ["length", "batch", "method", "exact match", "= ref", "NFE / batch", "tokens/s", "speed-up", "peak MiB"]
+    head = (f"Sampler benchmark: `{args.model}`, {args.problems} held-out problems per canvas length, blocks of "
+            f"{args.block}; device {info['device']} ({info.get('gpu', info['cpu'])}), torch {info['torch']}, "
+            f"{info['torch_threads']} threads. Command: `python benchmarks/sampling.py "
+            f"{' '.join(args.argv)}`.".replace("  ", " "))
+    return head + "\n\n" + fmt_table(table, columns) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="running-sums-small", help="zoo name or folder of the checkable entry")
+    parser.add_argument("--problems", type=int, default=200, help="held-out problems per canvas length")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[64, 256], help="canvas lengths (2 x digits)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--block", type=int, default=32, help="block length in canvas positions")
+    parser.add_argument("--parallel", type=int, nargs="*", default=[2, 4, 8],
+                        help="rows with this many sums committed per step (fixed parallel decoding)")
+    parser.add_argument("--ar", type=Path, default=Path("runs/ar-running-sums/final"),
+                        help="folder of the AR baseline (skipped when missing)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    for length in args.lengths:
+        if length % args.block or args.block % 2:
+            parser.error(f"canvas length {length} must hold whole blocks of {args.block} (an even block length)")
+    info = machine_info(device)
+    rows = bench(args, device)
+    md = markdown(rows, info, args)
+    payload = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}
+    json_path, md_path = write_results("sampling", payload, md, args.out)
+    print(md)
+    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
