@@ -363,7 +363,10 @@ def test_cached_window_with_a_4d_mask_and_a_changed_window():
     new = ids.clone()
     new[0, 6:] = torch.tensor([1, 2, 3, 4])
     part = core(new[:, 6:], attention_mask=mask, cache=cache, cache_window=(6, 10))
-    torch.testing.assert_close(part.logits, core(new, attention_mask=mask).logits[:, 6:], rtol=1e-5, atol=1e-5)
+    fresh = core(new, attention_mask=mask, use_cache=True)
+    torch.testing.assert_close(part.logits, fresh.logits[:, 6:], rtol=1e-5, atol=1e-5)
+    for mine, theirs in zip(cache.keys + cache.values, fresh.cache.keys + fresh.cache.values, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)  # the window was written in place
 
 
 def test_cache_errors():

@@ -78,10 +78,11 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if past is not None:
+        if past is not None:  # the window's fresh keys/values are written into the cache in place (no O(L) copy)
             lo, hi = window
-            k = torch.cat([past[0][:, :, :lo], k, past[0][:, :, hi:]], dim=2)  # (B, Hkv, L_canvas, D)
-            v = torch.cat([past[1][:, :, :lo], v, past[1][:, :, hi:]], dim=2)
+            past[0][:, :, lo:hi] = k
+            past[1][:, :, lo:hi] = v
+            k, v = past  # (B, Hkv, L_canvas, D)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
         return self.o_proj(out.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim)), (k, v)  # (B, L, d)
 
@@ -124,6 +125,8 @@ class KVCache:
     Made by `core(..., use_cache=True)`; passed back as `core(window_ids, cache=..., cache_window=(lo, hi))` to run
     only the positions [lo, hi) against the cached rest (Fast-dLLM's prefix cache: hi = L; dual cache: hi = the end
     of the current block). Exact while the cached positions' inputs and everything they attend to are unchanged.
+    A window call writes its fresh keys and values into the cache in place (the cache then describes the canvas
+    with the window's current tokens, as autoregressive decoding needs).
     """
 
     keys: list[Tensor]
