@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,41 @@ class DiffusionModel(nn.Module):
         self.core.check_ids(canvas.ids)
         return diffusion_loss(self.core, canvas, schedule, mask_id=self.vocab.mask_id, normalize=normalize,
                               complementary=complementary, t=t, generator=generator)
+
+    def log_likelihood(
+        self,
+        prompt: Sequence[int] | str | Sequence[Sequence[int] | str],
+        answer: Sequence[int] | str | Sequence[Sequence[int] | str],
+        *,
+        mc_samples: int = 128,
+        batch_size: int = 16,
+        cfg_scale: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> float | list[float]:
+        """Monte-Carlo ELBO estimate of log p(answer | prompt) in nats (LLaDA's estimator with stratified mask
+        counts; see `mmdiff.diffusion.likelihood`). Texts are encoded with the tokenizer; lists of prompts and answers
+        give a list of estimates.
+
+        >>> # model.log_likelihood("Q: 2+2? A:", " 4", mc_samples=64)
+        """
+        from mmdiff.diffusion.likelihood import elbo_log_likelihood
+
+        def ids(x: Any) -> list[int]:
+            return self.encode(x)[0] if isinstance(x, str) else [int(i) for i in x]
+
+        single = isinstance(prompt, str) or (len(prompt) > 0 and not isinstance(prompt[0], (str, Sequence, Tensor)))
+        prompts, answers = ([prompt], [answer]) if single else (list(prompt), list(answer))
+        if len(prompts) != len(answers):
+            raise ValueError(f"got {len(prompts)} prompts and {len(answers)} answers; give one answer per prompt")
+        was_training = self.training
+        self.eval()
+        try:
+            out = [elbo_log_likelihood(self.core, ids(p), ids(a), mask_id=self.vocab.mask_id, mc_samples=mc_samples,
+                                       batch_size=batch_size, cfg_scale=cfg_scale, generator=generator)
+                   for p, a in zip(prompts, answers, strict=True)]
+        finally:
+            self.train(was_training)
+        return out[0] if single else out
 
     @torch.no_grad()
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, **overrides: Any) -> Tensor:

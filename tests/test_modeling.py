@@ -4,6 +4,7 @@ and a tiny model trained inside the test that learns to reverse digit strings an
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import pytest
@@ -199,3 +200,56 @@ def test_tiny_model_learns_to_reverse():
         assert time.time() - start < 120  # loose: the machine is shared
     finally:
         torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------- log-likelihood
+def test_stratified_mask_counts_exact():
+    from mmdiff.diffusion import stratified_masks
+
+    masks, counts = stratified_masks(4, 10, torch.Generator().manual_seed(3))
+    assert counts.tolist() == masks.sum(1).tolist()
+    k = int(counts[0])
+    expected = [((round(k + i * 2.5) - 1) % 10) + 1 for i in range(4)]  # k, k + 10/4, ... wrapped into 1..10
+    assert counts.tolist() == expected
+
+
+def test_log_likelihood_exact_for_uniform_predictions():
+    """A core predicting the uniform distribution: every masked token costs ln V and each sample's sum is divided by
+    its masked fraction, so every sample gives exactly -A ln V."""
+    model = make_model()
+    torch.nn.init.zeros_(model.core.lm_head.weight)
+    V = model.core.config.vocab_size
+    got = model.log_likelihood([1, 2, 3], [4, 5, 6, 7], mc_samples=32, batch_size=8,
+                               generator=torch.Generator().manual_seed(0))
+    assert got == pytest.approx(-4 * math.log(V), rel=1e-6)
+
+
+def test_log_likelihood_converges_to_the_enumerated_elbo():
+    """For a 2-token answer the ELBO expectation can be enumerated: c ~ U{1, 2} masked tokens, uniformly placed."""
+    model = make_model(seed=3).eval()
+    prompt, answer = [5, 9, 2], [7, 11]
+    seq = torch.tensor([prompt + answer])
+    mask = model.vocab.mask_id
+
+    def ce_sum(positions):  # sum of CE at the masked answer positions (3 + i)
+        x = seq.clone()
+        for i in positions:
+            x[0, 3 + i] = mask
+        with torch.no_grad():
+            logp = torch.log_softmax(model.core(x).logits[0].double(), -1)
+        return -sum(float(logp[3 + i, answer[i]]) for i in positions)
+
+    one = (ce_sum([0]) + ce_sum([1])) / 2 / (1 / 2)  # c = 1: either position, weight 1 / (c / A)
+    two = ce_sum([0, 1]) / 1.0
+    exact = -(one + two) / 2
+    got = model.log_likelihood(prompt, answer, mc_samples=4096, batch_size=64,
+                               generator=torch.Generator().manual_seed(1))
+    assert got == pytest.approx(exact, abs=0.02 * abs(exact))
+    many = model.log_likelihood([prompt, prompt], [answer, [7]], mc_samples=64, batch_size=16)
+    assert isinstance(many, list) and len(many) == 2
+    with pytest.raises(ValueError, match="the answer is empty"):
+        model.log_likelihood(prompt, [])
+    with pytest.raises(ValueError, match=r"mc_samples \(10\) must be a positive multiple of batch_size \(4\)"):
+        model.log_likelihood(prompt, answer, mc_samples=10, batch_size=4)
+    with pytest.raises(ValueError, match="one answer per prompt"):
+        model.log_likelihood([prompt, prompt], [answer])
