@@ -79,6 +79,9 @@ class ZooCard:
         converter: foreign checkpoint layout name in `CONVERTERS` (hub checkpoints not in mmdiff's format).
         sampler: recommended sampler presets, preset name -> `generate` keyword arguments.
         tags: free-form search tags.
+        special_tokens: special-token name -> id of a foreign checkpoint (mask, eos, eot, pad, bos, ...), checked
+            against the loaded vocabulary.
+        chat_template: Jinja chat template used when the tokenizer files carry none (`mmdiff generate --chat`).
     """
 
     name: str
@@ -97,6 +100,8 @@ class ZooCard:
     converter: str | None = None
     sampler: dict[str, dict[str, Any]] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
+    special_tokens: dict[str, int] = field(default_factory=dict)
+    chat_template: str | None = None
     folder: Path | None = field(default=None, init=False, repr=False, compare=False)  # where card.yaml lives
 
     def __post_init__(self) -> None:
@@ -110,6 +115,9 @@ class ZooCard:
         for key, value in self.metrics.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{where}: metric {key!r} must be a number, got {value!r}")
+        for token, value in self.special_tokens.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{where}: special token {token!r} must be a non-negative id, got {value!r}")
         for preset, options in self.sampler.items():
             if not isinstance(options, Mapping):
                 raise ValueError(f"{where}: sampler preset {preset!r} must be a mapping of generate arguments")

@@ -31,7 +31,8 @@ def logits(model: torch.nn.Module) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------- cards
 def test_card_parses_every_field_and_round_trips_through_yaml(tmp_path, make_card_fields):
     data = make_card_fields("zz-round", shipped=True, weights="tiny-org/tiny-model", sampler={"fast": {"steps": 4}},
-                            tags=["tiny", "test"], revision="v1")
+                            tags=["tiny", "test"], revision="v1", special_tokens={"mask": 9, "eos": 8},
+                            chat_template="{{ messages[0]['content'] }}")
     card = ZooCard.from_dict(data)
     assert (card.name, card.task, card.weights, card.revision, card.params) == ("zz-round", "text",
                                                                                  "tiny-org/tiny-model", "v1", 1234)
@@ -39,10 +40,16 @@ def test_card_parses_every_field_and_round_trips_through_yaml(tmp_path, make_car
     assert card.key_metric == ("exact_match", 0.25)
     assert card.sampler == {"fast": {"steps": 4}} and card.tags == ["tiny", "test"]
     assert not card.shipped and card.converter is None
+    assert card.special_tokens == {"mask": 9, "eos": 8} and card.chat_template.startswith("{{")
     (tmp_path / "card.yaml").write_text(card.to_yaml())
     again = load_card(tmp_path)
     assert again == card and again.folder == tmp_path
     assert yaml.safe_load(card.to_yaml()) == data | {"converter": None}
+
+
+def test_card_special_tokens_must_be_ids(make_card_fields):
+    with pytest.raises(ValueError, match="special token 'mask' must be a non-negative id, got -1"):
+        ZooCard.from_dict(make_card_fields(special_tokens={"mask": -1}))
 
 
 def test_card_unknown_field_is_named(make_card_fields):
