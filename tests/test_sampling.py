@@ -457,3 +457,14 @@ def test_shipped_checkable_entry_fast_path_parity():
     for out in (fast, cached):
         answers = [[str(t) for t in row[keep].tolist()] for row, keep in zip(out, attention, strict=True)]
         assert all(grade_answer(p, a).exact for p, a in zip(source.val_problems, answers, strict=True))
+
+
+def test_confidence_eos_eot_inf_as_the_reference_applies_it():
+    EOT = 15  # any id; the reference removes it from the confidence softmax after predicting
+    core = FixedLogits(torch.tensor([0, 1, EOT, 5]), torch.tensor([0.5, 0.5, 0.9, 0.6]))
+    options = dict(mask_id=MASK, gen_length=2, steps=2, block_length=2, return_history=True)
+    plain = llada_generate(core, torch.tensor([[0, 1]]), **options)
+    assert plain.commit_step[0].tolist() == [-1, -1, 0, 1]  # EOT (0.9) first
+    late = llada_generate(core, torch.tensor([[0, 1]]), eot_id=EOT, confidence_eos_eot_inf=True, **options)
+    assert late.sequences[0].tolist() == [0, 1, EOT, 5]  # the prediction itself is unchanged
+    assert late.commit_step[0].tolist() == [-1, -1, 1, 0]  # its confidence became 0: committed last

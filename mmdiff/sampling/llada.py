@@ -5,7 +5,8 @@ predicts every masked position and commits some of them, the rest stay masked.
 
 With the defaults the sampler reproduces the reference `generate.py` token for token at temperature 0 (the order
 of commits, the per-step counts floor(M/S) (+1 for the first M mod S steps), the float64 Gumbel-max, confidence
-= float64 softmax probability of the prediction, left-padded prompts with absolute positions and a key mask).
+= softmax probability of the prediction in the logits' dtype, `logits_eos_inf` / `confidence_eos_eot_inf` /
+`cfg_scale` as it applies them, left-padded prompts with absolute positions and a key mask).
 What it does differently computes the same numbers with less work: logits only for the current block, selection
 vectorised over the batch (no Python loop over rows, no host syncs inside a step).
 
@@ -125,9 +126,9 @@ def confidence_scores(logits: Tensor, x0: Tensor, remasking: str, generator: tor
     """
     if remasking == "random":
         return torch.rand(x0.shape, generator=generator, device=x0.device, dtype=torch.float64)
+    if remasking == "low_confidence":  # the reference's softmax, in the logits' dtype
+        return F.softmax(logits, dim=-1).gather(-1, x0[..., None]).squeeze(-1).double()
     p = F.softmax(logits.double(), dim=-1)
-    if remasking == "low_confidence":
-        return p.gather(-1, x0[..., None]).squeeze(-1)
     if remasking == "margin":
         top2 = p.topk(2, dim=-1).values
         return top2[..., 0] - top2[..., 1]
@@ -236,7 +237,8 @@ def llada_generate(
         infill: fill mask ids found in the prompt (at real, non-padding positions); without it they are an error.
         eos_early_stop: finish a row once its answer has an EOS with everything before it decoded.
         logits_eos_inf: never predict EOS (needs `eos_id`).
-        confidence_eos_eot_inf: EOS / EOT predictions get confidence -inf, so they are committed last.
+        confidence_eos_eot_inf: as the reference does it: after the prediction, EOT's logit is set to -inf in the
+            softmax that gives the confidences (an EOT prediction gets confidence 0, the others are renormalised).
         logits_mask_inf: never predict the mask id.
         schedule: commits per step with a fixed step count: "linear" (the reference's even split) or "cosine"
             (MaskGIT: few first, many last).
@@ -296,7 +298,8 @@ def llada_generate(
         position_ids = torch.arange(L, device=device)[None].expand(B, L)
     uncond_at = ~open_ if cfg_scale > 0 else None  # the prompt, masked out for the unconditional pass
     banned = [i for i, on in ((mask_id, logits_mask_inf), (eos_id, logits_eos_inf)) if on and i is not None]
-    low_priority = [i for i in (eos_id, eot_id) if confidence_eos_eot_inf and i is not None]
+    # the reference removes EOT from the softmax that gives confidences (its EOS assignment there has no effect)
+    no_confidence_for = eot_id if confidence_eos_eot_inf and eot_id is not None else None
     model = _Forward(core, attention, position_ids, cfg_scale, uncond_at, mask_id)
     allowed = None if allowed_token_ids is None else torch.as_tensor(list(allowed_token_ids), device=device)
     nfe = 0
@@ -322,9 +325,9 @@ def llada_generate(
                 logits = filter_logits(logits, top_k, top_p)
             still_masked = open_[:, lo:hi]
             x0 = gumbel_argmax(logits, temperature, generator)  # (B, K)
+            if no_confidence_for is not None:
+                logits[..., no_confidence_for] = -math.inf
             conf = confidence_scores(logits, x0, remasking, generator)
-            if low_priority:
-                conf = conf.masked_fill(torch.isin(x0, torch.tensor(low_priority, device=device)), -math.inf)
             if choice_temperature > 0:
                 anneal = choice_temperature * (1 - step / max_steps)
                 u = torch.rand(conf.shape, generator=generator, device=device, dtype=torch.float64)

@@ -1,8 +1,8 @@
 """LLaDA's reference sampling loop (ML-GSAI/LLaDA `generate.py`), written out plainly: the yardstick of the `llada`
 sampler's parity tests and the "reference-equivalent" row of the sampler benchmark.
 
-Every step runs the full canvas and computes logits at every position, confidences are the float64 softmax
-probability of the argmax, positions right of the current block and already decoded ones get -inf, and a Python
+Every step runs the full canvas and computes logits at every position, confidences are the softmax probability
+of the argmax (in the logits' dtype), positions right of the current block and already decoded ones get -inf, and a Python
 loop over rows commits each row's top-k (`torch.topk`). Greedy only (temperature 0), low-confidence remasking, no
 guidance, no cache. Like the reference, a committed mask id leaves its position masked. Extended only as far as the
 benchmark needs: a canvas may hold masks in place (`infill`), decoded block by block from the first of them.
@@ -73,7 +73,7 @@ def reference_generate(
             masked = decodable & (x == mask_id)
             logits = core(x, attention_mask=attention).logits  # (B, L, V): every position, every step
             x0 = logits.argmax(-1)
-            p = torch.softmax(logits.double(), dim=-1)
+            p = torch.softmax(logits, dim=-1)
             x0_p = torch.gather(p, -1, x0[..., None]).squeeze(-1)  # (B, L)
             x0_p[:, hi:] = -math.inf
             confidence = torch.where(masked, x0_p, torch.tensor(-math.inf, dtype=x0_p.dtype))
