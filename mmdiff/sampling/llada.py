@@ -263,7 +263,7 @@ def llada_generate(
     B, P = input_ids.shape if input_ids.dim() == 2 else (0, 0)
     _check_options(input_ids, attention_mask, gen_length, steps, block_length, temperature, remasking, threshold,
                    factor, cache, top_k, top_p, positions, cfg_scale, logits_eos_inf, eos_early_stop,
-                   confidence_eos_eot_inf, eos_id, core, schedule, choice_temperature, remask_below)
+                   confidence_eos_eot_inf, eos_id, eot_id, core, schedule, choice_temperature, remask_below)
     to_fill = input_ids == mask_id  # (B, P) prompt positions to infill; padding never is one
     if attention_mask is not None:
         to_fill &= attention_mask.bool()
@@ -406,7 +406,8 @@ def _finish_rows_at_eos(x: Tensor, open_: Tensor, commit_step: Tensor, start: in
 
 def _check_options(input_ids, attention_mask, gen_length, steps, block_length, temperature, remasking, threshold,
                    factor, cache, top_k, top_p, positions, cfg_scale, logits_eos_inf, eos_early_stop,
-                   confidence_eos_eot_inf, eos_id, core, schedule, choice_temperature, remask_below) -> None:
+                   confidence_eos_eot_inf, eos_id, eot_id, core, schedule, choice_temperature,
+                   remask_below) -> None:
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (batch, prompt_length), got shape {tuple(input_ids.shape)}")
     if attention_mask is not None and attention_mask.shape != input_ids.shape:
@@ -443,6 +444,7 @@ def _check_options(input_ids, attention_mask, gen_length, steps, block_length, t
         raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
     if cfg_scale < 0:
         raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
-    if (logits_eos_inf or eos_early_stop or confidence_eos_eot_inf) and eos_id is None:
-        raise ValueError("logits_eos_inf, confidence_eos_eot_inf and eos_early_stop need eos_id (the model's "
-                         "vocabulary has no EOS id)")
+    if (logits_eos_inf or eos_early_stop) and eos_id is None:
+        raise ValueError("logits_eos_inf and eos_early_stop need eos_id (the model's vocabulary has no EOS id)")
+    if confidence_eos_eot_inf and eot_id is None:
+        raise ValueError("confidence_eos_eot_inf needs eot_id (the model's vocabulary has no EOT id)")

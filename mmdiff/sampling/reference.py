@@ -2,10 +2,10 @@
 sampler's parity tests and the "reference-equivalent" row of the sampler benchmark.
 
 Every step runs the full canvas and computes logits at every position, confidences are the softmax probability
-of the argmax (in the logits' dtype), positions right of the current block and already decoded ones get -inf, and a Python
-loop over rows commits each row's top-k (`torch.topk`). Greedy only (temperature 0), low-confidence remasking, no
-guidance, no cache. Like the reference, a committed mask id leaves its position masked. Extended only as far as the
-benchmark needs: a canvas may hold masks in place (`infill`), decoded block by block from the first of them.
+of the argmax (in the logits' dtype), positions right of the current block and already decoded ones get -inf, and a
+Python loop over rows commits each row's top-k (`torch.topk`). Greedy only (temperature 0), low-confidence
+remasking, no guidance, no cache. Like the reference, a committed mask id leaves its position masked. Extended only
+as far as the benchmark needs: a canvas may hold masks in place (`infill`), decoded block by block from the first.
 """
 
 from __future__ import annotations
