@@ -223,6 +223,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.problems:
         return _generate_problems(model, args)
     prompts = _read_prompts(args)
+    if args.chat:
+        try:
+            prompts = [model.chat_prompt(p) for p in prompts]
+        except ValueError as err:
+            raise CLIError(str(err)) from err
     ids, mask = _encode_prompts(model, prompts)
     show = args.show or args.show_png
     out = _generate(model, ids, mask, args, **({"return_history": True} if show else {}))
@@ -485,6 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--problems", type=_positive_int, help="solve N held-out problems of the model's data source")
     p.add_argument("--split", default="val", help="data split for --problems (default: val)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--chat", action="store_true",
+                   help="wrap each prompt as a user turn with the model's chat template (instruct models)")
     p.add_argument("--show", action="store_true",
                    help="print the denoising trajectory: each token coloured by the step that committed it")
     p.add_argument("--show-png", metavar="PATH",

@@ -234,6 +234,23 @@ class DiffusionModel(nn.Module):
         texts = [text] if isinstance(text, str) else text
         return [self.tokenizer.encode(t, add_special_tokens=False) for t in texts]
 
+    def chat_prompt(self, message: str | list[dict[str, str]]) -> str:
+        """The text of a chat turn to answer: `message` (a user message, or a list of {"role", "content"} turns)
+        rendered with the tokenizer's chat template, or the zoo card's `chat_template` when the tokenizer has none,
+        ending with the assistant's turn opened.
+
+        >>> # ids = model.encode(model.chat_prompt("What is 2 + 2?"))
+        """
+        self._need_tokenizer()
+        messages = [{"role": "user", "content": message}] if isinstance(message, str) else list(message)
+        card = getattr(self, "card", None)
+        template = getattr(self.tokenizer, "chat_template", None) or (card.chat_template if card else None)
+        if not template:
+            raise ValueError("this model has no chat template (neither its tokenizer files nor its zoo card give "
+                             "one); prompt it with plain text instead of --chat")
+        return self.tokenizer.apply_chat_template(messages, chat_template=template, add_generation_prompt=True,
+                                                  tokenize=False)
+
     def decode(self, ids: Tensor | list[int], *, stop_at_eos: bool = True) -> str:
         """Text of a 1-D id sequence; stops at the first EOS and drops other special ids."""
         self._need_tokenizer()

@@ -162,6 +162,18 @@ def test_generate_by_zoo_name_with_a_preset(capsys, isolated_zoo, make_card, mak
     assert code == 2 and err == "mmdiff: error: unknown sampler preset 'fast'; known presets: long\n"
 
 
+def test_generate_chat_applies_the_card_template(capsys, isolated_zoo, make_card, make_checkpoint):
+    folder = make_checkpoint(seed=5)
+    template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+                "{% if add_generation_prompt %}<a>{% endif %}")
+    register_model(make_card("zz-chat", shipped=True, chat_template=template), folder=folder)
+    code, out, _ = run(capsys, "generate", "zz-chat", "--prompt", "hi there", "--chat", "--json")
+    assert code == 0
+    assert json.loads(out)[0]["answer"] == expected_answers(folder, ["<user>hi there<a>"])[0]
+    code, _, err = run(capsys, "generate", str(folder), "--prompt", "hi", "--chat")  # a folder has no card
+    assert code == 2 and "this model has no chat template" in err
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
