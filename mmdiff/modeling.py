@@ -252,22 +252,30 @@ class DiffusionModel(nn.Module):
                                                   tokenize=False)
 
     def decode(self, ids: Tensor | list[int], *, stop_at_eos: bool = True) -> str:
-        """Text of a 1-D id sequence; stops at the first EOS and drops other special ids."""
+        """Text of a 1-D id sequence; stops at the first EOS (or EOT) and drops special ids."""
         self._need_tokenizer()
         ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
-        eos = self.vocab.eos_id
-        if stop_at_eos and eos is not None and eos in ids:
-            ids = ids[: ids.index(eos)]
+        if stop_at_eos:
+            stops = [ids.index(i) for i in (self.vocab.eos_id, self.vocab.get_id("eot")) if i is not None and i in ids]
+            ids = ids[: min(stops)] if stops else ids
         lo, hi = self.vocab.range("text")
-        return self.tokenizer.decode([i for i in ids if lo <= i < hi])
+        special = set(self.vocab.special.values())  # foreign layouts keep special ids inside the text range
+        return self.tokenizer.decode([i for i in ids if lo <= i < hi and i not in special])
 
     def _need_tokenizer(self) -> None:
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer; pass token ids, or load a checkpoint that ships one")
 
     # ------------------------------------------------------------------------------------------------ save / load
-    def save_pretrained(self, directory: str | os.PathLike, *, card: str | None = None) -> Path:
-        """Writes the checkpoint folder (each file atomically)."""
+    def save_pretrained(self, directory: str | os.PathLike, *, card: str | None = None,
+                        layout: str | None = None) -> Path:
+        """Writes the checkpoint folder (each file atomically): mmdiff's layout, or with `layout` ("llada", "dream",
+        "mmada") the original layout of that family (config.json + safetensors with its key names), so a converted
+        checkpoint round-trips bit for bit."""
+        if layout is not None:
+            from mmdiff.convert import save_foreign
+
+            return save_foreign(self, directory, layout)
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_json(directory / CONFIG_NAME, self.config.to_dict())

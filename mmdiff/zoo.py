@@ -310,23 +310,18 @@ def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
 
 
 def _load(folder: Path, card: ZooCard | None, *, pretrained: bool, device: Any, dtype: Any) -> DiffusionModel:
-    if card is not None and card.converter:
-        _import_converters()
-        convert = CONVERTERS.get(card.converter)
-        model = convert(folder, pretrained=pretrained, device=device, dtype=dtype)
+    from mmdiff.convert import detect_layout  # importing it registers the converters
+
+    layout = card.converter if card is not None and card.converter else detect_layout(folder)
+    if layout is not None:  # a foreign layout (LLaDA, Dream, MMaDA): converted natively, no remote code
+        specials = card.special_tokens if card is not None else None
+        model = CONVERTERS.get(layout).load(folder, pretrained=pretrained, device=device, dtype=dtype,
+                                            specials=specials or None)
     else:
         model = DiffusionModel.from_pretrained(folder, device=device, dtype=dtype, pretrained=pretrained)
     model.card = card
     model.checkpoint_folder = folder
     return model
-
-
-def _import_converters() -> None:
-    """Imports `mmdiff.convert` (when present) so its converters register themselves."""
-    import importlib.util
-
-    if importlib.util.find_spec("mmdiff.convert") is not None:
-        importlib.import_module("mmdiff.convert")
 
 
 def create_model(

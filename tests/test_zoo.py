@@ -261,14 +261,16 @@ def test_converter_cards_load_through_their_converter(isolated_zoo, fake_hub_cac
     snapshot = fake_hub_cache("tiny-org/foreign", seed=2)
     calls = []
 
-    def convert(folder, *, pretrained, device, dtype):
-        calls.append((folder, pretrained, device, dtype))
-        return zoo.DiffusionModel.from_pretrained(folder, pretrained=pretrained)
+    class Layout:  # the converter interface the zoo uses (mmdiff.convert.Converter.load)
+        def load(self, folder, *, pretrained, device, dtype, specials):
+            calls.append((folder, pretrained, device, dtype, specials))
+            return zoo.DiffusionModel.from_pretrained(folder, pretrained=pretrained)
 
-    zoo.CONVERTERS.add("zz-test-layout", convert, override=True)
-    register_model(make_card("zz-foreign", weights="tiny-org/foreign", converter="zz-test-layout"))
+    zoo.CONVERTERS.add("zz-test-layout", Layout(), override=True)
+    register_model(make_card("zz-foreign", weights="tiny-org/foreign", converter="zz-test-layout",
+                             special_tokens={"mask": 300}))
     model = create_model("zz-foreign", pretrained=False)
-    assert calls == [(snapshot, False, "cpu", None)] and model.card.converter == "zz-test-layout"
+    assert calls == [(snapshot, False, "cpu", None, {"mask": 300})] and model.card.converter == "zz-test-layout"
     register_model(make_card("zz-unknown-layout", weights="tiny-org/foreign", converter="zz-nope"))
     with pytest.raises(KeyError, match="unknown converter 'zz-nope'"):
         create_model("zz-unknown-layout")

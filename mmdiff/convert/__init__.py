@@ -1,0 +1,47 @@
+"""Foreign checkpoint layouts, loaded natively into the shared core and written back: LLaDA (Nie et al., 2025),
+MMaDA (Yang et al., 2025; its text side and vocabulary layout) and Dream (Ye et al., 2025).
+
+No `trust_remote_code`, no pickle: config.json fields and safetensors tensor names are translated by the
+converters registered in `mmdiff.registry.CONVERTERS` ("llada", "mmada", "dream").
+
+>>> from mmdiff.convert import detect_layout, load_foreign, save_foreign
+>>> # model = load_foreign("GSAI-ML--LLaDA-8B-Instruct")          # picks the converter from config.json
+>>> # save_foreign(model, "export/llada")                           # the original layout, bit for bit
+"""
+
+from mmdiff.convert.base import (
+    Converter,
+    CorruptCheckpointError,
+    TensorEntry,
+    converter_for,
+    detect_layout,
+    load_foreign,
+    load_foreign_tokenizer,
+    read_header,
+    read_tensors,
+    save_foreign,
+    scan_checkpoint,
+    write_safetensors,
+)
+from mmdiff.convert.dream import DREAM, DreamConverter
+from mmdiff.convert.llada import LLADA, MMADA, LLaDAConverter
+
+__all__ = [
+    "Converter",
+    "CorruptCheckpointError",
+    "TensorEntry",
+    "LLaDAConverter",
+    "DreamConverter",
+    "LLADA",
+    "MMADA",
+    "DREAM",
+    "converter_for",
+    "detect_layout",
+    "load_foreign",
+    "load_foreign_tokenizer",
+    "read_header",
+    "read_tensors",
+    "save_foreign",
+    "scan_checkpoint",
+    "write_safetensors",
+]
