@@ -18,7 +18,7 @@ so both models see the same problems in the same order. The autoregressive loss 
 diffusion loss scores the masked fraction t of them), which is the usual advantage of next-token training.
 
     python benchmarks/ar_baseline.py train --out runs/ar-running-sums            # the full two-stage budget
-    python benchmarks/ar_baseline.py train --out /tmp/ar-smoke --steps-scale 0.01
+    python benchmarks/ar_baseline.py train --out runs/ar-smoke --steps-scale 0.01
     python benchmarks/ar_baseline.py eval runs/ar-running-sums/final --limit 256 --batch-size 32
 
 >>> source = RunningSumsSource(n_min=2, n_max=3, val_size=4)
@@ -281,7 +281,7 @@ def train_ar(
         The saved model folder `out_dir/final` (load it with `DiffusionModel.from_pretrained`).
 
     >>> # train_ar("runs/ar-running-sums")                                     # the full budget
-    >>> # train_ar("/tmp/ar", stages=[s.scaled(0.01) for s in default_stages()])
+    >>> # train_ar("runs/ar-smoke", stages=[s.scaled(0.01) for s in default_stages()])
     """
     stages = list(default_stages() if stages is None else stages)
     if not stages:

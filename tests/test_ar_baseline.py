@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmdiff import CoreConfig, DiffusionModel, MaskedDiffusionTransformer, VocabLayout
+from mmdiff import DiffusionModel, MaskedDiffusionTransformer, VocabLayout
 from mmdiff.canvas import Canvas
 from mmdiff.core.masks import block_causal_mask
 from mmdiff.data.running_sums import RunningSumsSource, answer_tokens
@@ -23,6 +23,7 @@ from mmdiff.train.config import OptimSection
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import ar_baseline as ar  # noqa: E402
+import helpers  # noqa: E402
 
 SPECIALS = ("mask", "eos", "pad", "bos")
 VOCAB = VocabLayout.build(10, SPECIALS)  # digits 0..9, mask 10, eos 11, pad 12, bos 13
@@ -30,17 +31,8 @@ MASK, PAD, BOS = VOCAB.mask_id, VOCAB.pad_id, VOCAB.bos_id
 
 
 def random_core(seed: int = 0, **kw) -> MaskedDiffusionTransformer:
-    """A tiny core with every weight (norm gains too) random and O(1), so each part of the computation matters."""
-    options = {"d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "max_seq_len": 64, **kw}
-    core = MaskedDiffusionTransformer(CoreConfig(vocab=VOCAB, **options))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in core.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))
-    return core.eval()
+    """A tiny random GQA core over the running-sums vocabulary (see `helpers.random_core`)."""
+    return helpers.random_core(VOCAB, seed, **{"n_kv_heads": 2, **kw})
 
 
 def right_padded(rows: list[list[int]], targets: list[list[int]]) -> Canvas:

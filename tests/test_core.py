@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import random_core
 
 from mmdiff.core import CoreConfig, MaskedDiffusionTransformer, block_causal_mask, build_attention_mask, prefix_mask
 from mmdiff.vocab import VocabLayout
@@ -15,18 +16,8 @@ V_TEXT = 40  # layout size 44 with the four default specials
 
 
 def make_core(seed: int = 0, **kw) -> MaskedDiffusionTransformer:
-    """A tiny core with every weight (norm gains and biases too) random and O(1), so each part matters."""
-    options = dict(d_model=32, n_layers=2, n_heads=4, max_seq_len=64)
-    options.update(kw)
-    core = MaskedDiffusionTransformer(CoreConfig(vocab=VocabLayout.build(text_size=V_TEXT), **options))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in core.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))
-    return core.eval()
+    """A tiny random core with O(1) weights (see `helpers.random_core`)."""
+    return random_core(VocabLayout.build(text_size=V_TEXT), seed, **kw)
 
 
 # ------------------------------------------------------------------------------- independent reference (float64)

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from helpers import RecordingCore
 from torch import nn
 
 from mmdiff import CoreConfig, MaskedDiffusionTransformer, VocabLayout, llada_generate
@@ -102,25 +103,9 @@ def test_left_padded_batch_matches_reference_and_single_rows(core):
         assert torch.equal(compact[i, 6:], alone[0, len(r) :]), i
 
 
-class CountingCore(nn.Module):
-    """Wraps a core and records the canvas it was called with."""
-
-    def __init__(self, core: nn.Module) -> None:
-        super().__init__()
-        self.core = core
-        self.inputs: list[torch.Tensor] = []
-
-    def check_ids(self, ids: torch.Tensor) -> None:
-        self.core.check_ids(ids)
-
-    def forward(self, x, **kwargs):
-        self.inputs.append(x.clone())
-        return self.core(x, **kwargs)
-
-
 @pytest.mark.parametrize("remasking", ["low_confidence", "random"])
 def test_one_token_per_step_when_steps_equal_length(core, remasking):
-    wrapped = CountingCore(core)
+    wrapped = RecordingCore(core)
     prompt = prompts(2, 4)
     out = llada_generate(wrapped, prompt, mask_id=MASK, gen_length=8, steps=8, block_length=4, remasking=remasking,
                          generator=torch.Generator().manual_seed(0))
@@ -195,7 +180,7 @@ def test_infill_of_a_masked_tail_equals_generation(core):
 
 
 def test_infill_fills_only_the_masks_one_per_step_and_keeps_given_tokens(core):
-    wrapped = CountingCore(core)
+    wrapped = RecordingCore(core)
     canvas = prompts(2, 10)
     holes = torch.zeros(2, 10, dtype=torch.bool)
     holes[0, [3, 5, 9]] = True
@@ -355,7 +340,7 @@ def test_reference_loop_hand_computed_and_infill():
     confidence order; infill decodes the masks in place from the first one."""
     prob = torch.tensor([0.5, 0.5, 0.99, 0.95, 0.8, 0.97, 0.7, 0.92, 0.6, 0.5])
     core = FixedLogits(torch.arange(10) % 20, prob)
-    wrapped = CountingCore(core)
+    wrapped = RecordingCore(core)
     out = reference_generate(wrapped, torch.tensor([[0, 1]]), mask_id=MASK, gen_length=8, steps=4, block_length=8)
     assert out[0].tolist() == list(range(10))
     # confidence order 2, 5, 3, 7, 4, 6, 8, 9: two per step

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from helpers import RecordingCore
 from PIL import Image
 from torch import nn
 
@@ -198,22 +199,6 @@ def test_docstring_examples():
 
 LAYOUT = VocabLayout.build(text_size=20)  # mask 20, eos 21, pad 22, bos 23
 MASK = LAYOUT.mask_id
-
-
-class RecordingCore(nn.Module):
-    """Wraps a core and records the canvas of every forward pass."""
-
-    def __init__(self, core: nn.Module) -> None:
-        super().__init__()
-        self.core = core
-        self.inputs: list[torch.Tensor] = []
-
-    def check_ids(self, ids: torch.Tensor) -> None:
-        self.core.check_ids(ids)
-
-    def forward(self, x, **kwargs):
-        self.inputs.append(x.clone())
-        return self.core(x, **kwargs)
 
 
 def recorded_output(core: nn.Module, prompt: torch.Tensor, gen_length: int, block_length: int) -> SamplerOutput:
