@@ -14,6 +14,9 @@ said otherwise):
 - prefix cache, dual cache: Fast-dLLM's key/value caches, refreshed per block;
 - threshold t (0.9 and 0.99): commit every sum more confident than t (at least one per step);
 - dual cache + threshold t;
+- delayed cache + threshold t: the dual cache without its per-block full refresh, each step re-running the block
+  and the tokens committed at the step before (dKV-Cache's delayed caching); also with small blocks, which the
+  dual cache makes expensive (one full forward per block) and the delayed cache does not;
 - llada, k sums/step (k = 2, 4, 8): fixed parallel decoding; the model can add a few digits at once
   (s_{k+1} = s_{k-1} + d_k + d_{k+1}), but not many, so large k must guess and loses accuracy;
 - AR baseline: the same core trained with causal attention and next-token loss on the same task and budget
@@ -53,7 +56,7 @@ from mmdiff.tasks.text import left_pad  # noqa: E402
 REFERENCE = "reference-equivalent"
 
 
-def methods(block: int, parallel: list[int], thresholds: list[float]) -> dict[str, dict[str, Any]]:
+def methods(block: int, parallel: list[int], thresholds: list[float], small_block: int) -> dict[str, dict[str, Any]]:
     """Method name -> sampler keywords (steps are set per problem size: one sum per step unless noted)."""
     base = {"block_length": block, "sampler": "llada"}
     rows = {
@@ -65,6 +68,10 @@ def methods(block: int, parallel: list[int], thresholds: list[float]) -> dict[st
     for t in thresholds:
         rows[f"threshold {t}"] = {**base, "threshold": t}
         rows[f"dual cache + threshold {t}"] = {**base, "cache": "dual", "threshold": t}
+        rows[f"delayed cache + threshold {t}"] = {**base, "cache": "delayed", "threshold": t}
+    t = max(thresholds)
+    rows[f"delayed cache + threshold {t}, blocks of {small_block}"] = {
+        **base, "cache": "delayed", "threshold": t, "block_length": small_block}
     rows.update({f"llada, {k} sums/step": {**base, "sums_per_step": k} for k in parallel})
     return rows
 
@@ -147,7 +154,7 @@ def bench(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]
         problems = source.val_problems
         for batch in args.batch_sizes:
             reference_out = None
-            runs = dict(methods(args.block, args.parallel, args.thresholds))
+            runs = dict(methods(args.block, args.parallel, args.thresholds, args.small_block))
             if ar_model is not None:
                 runs["AR baseline (KV cache)"] = {}
             for name, options in runs.items():
@@ -199,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 256], help="canvas lengths (2 x digits)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--block", type=int, default=32, help="block length in canvas positions")
+    parser.add_argument("--small-block", type=int, default=8,
+                        help="block length of the delayed-cache row with small blocks (no refresh makes them cheap)")
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.99],
                         help="confidence thresholds of the threshold rows")
     parser.add_argument("--parallel", type=int, nargs="*", default=[2, 4, 8],

@@ -462,7 +462,9 @@ def _add_sampler_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--remasking", help="commit order: low_confidence, margin, entropy or random")
     g.add_argument("--threshold", type=float, help="commit every token more confident than this (parallel decoding)")
     g.add_argument("--factor", type=float, help="Fast-dLLM factor rule for parallel decoding")
-    g.add_argument("--cache", choices=["prefix", "dual"], help="Fast-dLLM key/value cache, refreshed per block")
+    g.add_argument("--cache", choices=["prefix", "dual", "delayed"],
+                   help="key/value cache: Fast-dLLM prefix or dual (refreshed per block), or delayed (dual cache "
+                        "without the refresh, decoded tokens cached one step later)")
     g.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (0 = off)")
     g.add_argument("--top-k", type=_positive_int, help="sample only among the k most probable tokens")
     g.add_argument("--top-p", type=float, help="nucleus sampling mass")

@@ -146,7 +146,7 @@ def test_errors(core):
            (dict(threshold=1.5), r"threshold must be in \(0, 1\], got 1.5"),
            (dict(factor=-1.0), "factor must be > 0"),
            (dict(threshold=0.9, factor=1.0), "give threshold or factor, not both"),
-           (dict(cache="full"), r"cache must be one of \(None, 'prefix', 'dual'\), got 'full'"),
+           (dict(cache="full"), r"cache must be one of \(None, 'prefix', 'dual', 'delayed'\), got 'full'"),
            (dict(top_k=0), "top_k must be >= 1"), (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
            (dict(positions="relative"), "positions must be one of"), (dict(cfg_scale=-1.0), "cfg_scale must be >= 0"),
            (dict(eos_early_stop=True), "need eos_id")]
@@ -278,6 +278,49 @@ def test_cache_windows_and_refresh_per_block(cache):
     first, second = ((4, 8), (8, 12)) if cache == "dual" else ((4, 12), (8, 12))
     assert [c["window"] for c in core.calls] == [None, first, first, first, None, second, second, second]
     assert [c["shape"][1] for c in core.calls] == [12] + [first[1] - first[0]] * 3 + [12] + [4] * 3
+
+
+def test_delayed_cache_runs_the_block_widened_to_tokens_committed_since_their_keys_were_computed():
+    prob = torch.linspace(0.5, 0.99, 12)  # a block commits right to left
+    core = FixedLogits(torch.arange(12) % 20, prob)
+    out = llada_generate(core, torch.tensor([[0, 1, 2, 3]]), mask_id=MASK, gen_length=8, steps=8, block_length=4,
+                         cache="delayed")
+    assert out[0].tolist() == list(range(12))
+    # one full pass, never refreshed; the first step of block 2 re-runs position 4, committed at the last step of
+    # block 1; the positions of block 1 committed earlier were re-run by block 1's own steps
+    assert [c["window"] for c in core.calls] == [None, (4, 8), (4, 8), (4, 8), (4, 12), (8, 12), (8, 12), (8, 12)]
+    assert [c["shape"][1] for c in core.calls] == [12, 4, 4, 4, 8, 4, 4, 4]
+
+
+class CausalCore(nn.Module):
+    """A real core run with causal attention: every position sees itself and the positions left of it."""
+
+    def __init__(self, core: nn.Module) -> None:
+        super().__init__()
+        self.core = core
+
+    def check_ids(self, ids):
+        self.core.check_ids(ids)
+
+    def forward(self, x, attention_mask=None, cache=None, **kw):
+        length = cache.length if cache is not None else x.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool).tril()[None, None].expand(x.shape[0], 1, -1, -1)
+        return self.core(x, attention_mask=causal, cache=cache, **kw)
+
+
+@pytest.mark.parametrize("options", [dict(steps=12, block_length=4), dict(steps=24, block_length=8, threshold=0.3),
+                                     dict(steps=24, block_length=3)])
+def test_delayed_cache_is_exact_with_causal_attention(core, options):
+    """Causal attention hides the stale keys right of the block, so every step of the delayed cache sees exactly
+    the canvas an uncached step sees: the outputs agree token for token (a position decoded but not re-run would
+    show its mask id to the next block and break this)."""
+    causal = CausalCore(core)
+    prompt = prompts(3, 4)
+    plain = llada_generate(causal, prompt, mask_id=MASK, gen_length=24, **options)
+    delayed = llada_generate(causal, prompt, mask_id=MASK, gen_length=24, cache="delayed", **options)
+    assert torch.equal(plain, delayed)
+    dual = llada_generate(causal, prompt, mask_id=MASK, gen_length=24, cache="dual", **options)
+    assert torch.equal(plain, dual)
 
 
 @pytest.mark.parametrize("cache", ["prefix", "dual"])
@@ -439,7 +482,9 @@ def test_shipped_checkable_entry_fast_path_parity():
     fast = model.generate(ids, attention, sampler="llada", **options)
     assert torch.equal(fast, reference)
     cached = model.generate(ids, attention, sampler="llada", threshold=0.9, cache="dual", **options)
-    for out in (fast, cached):
+    delayed = model.generate(ids, attention, sampler="llada", threshold=0.99, cache="delayed",
+                             **{**options, "block_length": 8})
+    for out in (fast, cached, delayed):
         answers = [[str(t) for t in row[keep].tolist()] for row, keep in zip(out, attention, strict=True)]
         assert all(grade_answer(p, a).exact for p, a in zip(source.val_problems, answers, strict=True))
 

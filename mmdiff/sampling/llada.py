@@ -14,6 +14,12 @@ Options beyond the reference:
 - `cache="prefix"` / `"dual"` (Fast-dLLM): keys and values of the whole canvas are computed once per block; each
   further step of the block runs only the block and everything right of it ("prefix") or only the block ("dual").
   Approximate (the cached positions would see the newly committed tokens), refreshed at every block.
+- `cache="delayed"`: the dual cache without the per-block refresh, with delayed caching of decoded tokens (Ma et
+  al. 2025, "dKV-Cache"): one full forward at the start; each step runs the block widened to every position whose
+  token changed since its keys and values were computed (the tokens committed at the previous step), so a decoded
+  token is cached one step after it is decoded. The positions right of the block keep their first keys and values.
+  Exact with causal attention; with bidirectional attention as approximate as the dual cache, and much cheaper: no
+  full forward per block, so small blocks cost little.
 - `threshold` (commit every masked position whose confidence exceeds it, at least one per row and step) and
   `factor` (Fast-dLLM's rule: commit the n most confident while the i-th of them has confidence
   >= 1 - factor / (i + 1), at least one); with either, `steps` no longer fixes the number of steps.
@@ -60,7 +66,7 @@ __all__ = [
 ]
 
 REMASKING = ("low_confidence", "margin", "entropy", "random")
-CACHES = (None, "prefix", "dual")
+CACHES = (None, "prefix", "dual", "delayed")
 POSITIONS = ("absolute", "compact")
 
 
@@ -232,7 +238,8 @@ def llada_generate(
         cfg_scale: classifier-free guidance w: logits = u + (w + 1)(c - u), u with the prompt masked out.
         threshold: in (0, 1]: commit every position more confident than this (at least one per row and step).
         factor: > 0: Fast-dLLM's factor rule instead of a fixed count (see `factor_commits`).
-        cache: None, "prefix" or "dual" (Fast-dLLM key/value caches, refreshed per block).
+        cache: None, "prefix" or "dual" (Fast-dLLM key/value caches, refreshed per block), or "delayed" (dual
+            cache with delayed caching of decoded tokens and no per-block refresh).
         top_k, top_p: filter the logits before sampling.
         infill: fill mask ids found in the prompt (at real, non-padding positions); without it they are an error.
         eos_early_stop: finish a row once its answer has an EOS with everything before it decoded.
@@ -302,7 +309,8 @@ def llada_generate(
     no_confidence_for = eot_id if confidence_eos_eot_inf and eot_id is not None else None
     model = _Forward(core, attention, position_ids, cfg_scale, uncond_at, mask_id)
     allowed = None if allowed_token_ids is None else torch.as_tensor(list(allowed_token_ids), device=device)
-    nfe = 0
+    nfe, window_cache = 0, None
+    stale = torch.zeros(B, L, dtype=torch.bool, device=device)  # "delayed" cache: keys/values computed before a change
     for lo in range(start, L, block_length):
         hi = min(lo + block_length, L)
         if not bool(open_[:, lo:hi].any()):
@@ -310,9 +318,14 @@ def llada_generate(
         counts = (cosine_tokens_per_step if schedule == "cosine" else tokens_per_step)(
             open_[:, lo:hi].sum(1), steps_per_block)  # (B, S) commits per step
         max_steps = hi - lo if adaptive else steps_per_block
-        step, window_cache = 0, None
+        step = 0
+        if cache != "delayed":
+            window_cache = None  # refreshed at the first step of every block
         while step < max_steps and (not adaptive or bool(open_[:, lo:hi].any())):
-            logits, window_cache = model(x, lo, hi, cache, window_cache)  # (B, K, V)
+            window = _recompute_window(stale, lo, hi) if cache == "delayed" else (lo, hi)
+            logits, window_cache = model(x, lo, hi, cache, window_cache, window)  # (B, K, V)
+            if cache == "delayed":
+                stale[:, : window[1]] = False  # the window is fresh; a first (full) forward refreshed all before it
             nfe += 1
             if banned:
                 logits[..., banned] = -math.inf
@@ -345,13 +358,16 @@ def llada_generate(
                 p_own = torch.softmax(logits.double(), -1).gather(-1, x[:, lo:hi, None]).squeeze(-1)
                 again = own & (p_own < remask_below) & ~commit
                 x[:, lo:hi] = x[:, lo:hi].masked_fill(again, mask_id)
+                stale[:, lo:hi] |= again
                 counts[:, step + 1] += again.sum(1)  # re-decoded next step at the latest
+            if cache == "delayed":  # keys and values of changed tokens are recomputed at the next step
+                stale[:, lo:hi] |= commit & (x0 != x[:, lo:hi])
             x[:, lo:hi] = torch.where(commit, x0, x[:, lo:hi])
             open_[:, lo:hi] = fillable[:, lo:hi] & (x[:, lo:hi] == mask_id)
             commit_step[:, lo:hi] = torch.where(commit, nfe - 1, commit_step[:, lo:hi])
             step += 1
         if eos_early_stop:
-            _finish_rows_at_eos(x, open_, commit_step, start, hi, eos_id, nfe)
+            stale |= _finish_rows_at_eos(x, open_, commit_step, start, hi, eos_id, nfe)
     if return_history:
         return SamplerOutput(sequences=x, commit_step=commit_step, nfe=nfe)
     return x
@@ -368,7 +384,8 @@ class _Forward:
         self.attention = torch.cat([attention, attention]) if guided and attention is not None else attention
         self.position_ids = torch.cat([position_ids, position_ids]) if guided else position_ids
 
-    def __call__(self, x: Tensor, lo: int, hi: int, cache: str | None, kv: object) -> tuple[Tensor, object]:
+    def __call__(self, x: Tensor, lo: int, hi: int, cache: str | None, kv: object,
+                 window: tuple[int, int]) -> tuple[Tensor, object]:
         if self.cfg_scale > 0:
             x = torch.cat([x, x.masked_fill(self.uncond_at, self.mask_id)])  # (2B, L): conditional, unconditional
         L = x.shape[1]
@@ -378,19 +395,32 @@ class _Forward:
                             check_inputs=False, use_cache=cache is not None)
             logits, kv = out.logits, out.cache
         else:
-            end = L if cache == "prefix" else hi  # prefix: the block and all right of it; dual: the block only
-            index = torch.arange(0, hi - lo, device=x.device).expand(x.shape[0], -1)
-            logits = self.core(x[:, lo:end], attention_mask=self.attention, position_ids=self.position_ids[:, lo:end],
-                               logits_at=index, check_inputs=False, cache=kv, cache_window=(lo, end)).logits
+            # prefix: the block and all right of it; dual: the block only; delayed: `window` (the block and the
+            # positions changed since their keys and values were computed)
+            start, end = window if cache == "delayed" else (lo, L if cache == "prefix" else hi)
+            index = torch.arange(lo - start, hi - start, device=x.device).expand(x.shape[0], -1)
+            logits = self.core(x[:, start:end], attention_mask=self.attention,
+                               position_ids=self.position_ids[:, start:end], logits_at=index, check_inputs=False,
+                               cache=kv, cache_window=(start, end)).logits
         if self.cfg_scale > 0:
             cond, uncond = logits.chunk(2)
             logits = uncond + (self.cfg_scale + 1) * (cond - uncond)
         return logits, kv
 
 
+def _recompute_window(stale: Tensor, lo: int, hi: int) -> tuple[int, int]:
+    """The canvas columns a "delayed"-cache step runs: the block [lo, hi) widened to every column whose cached
+    keys and values predate a change of its token (one host sync)."""
+    changed = stale.any(0).nonzero()
+    if not len(changed):
+        return lo, hi
+    return min(lo, int(changed[0])), max(hi, int(changed[-1]) + 1)
+
+
 def _finish_rows_at_eos(x: Tensor, open_: Tensor, commit_step: Tensor, start: int, hi: int, eos_id: int,
-                        nfe: int) -> None:
-    """Rows with an EOS in [start, hi) and nothing undecided before it: their remaining masks become EOS."""
+                        nfe: int) -> Tensor:
+    """Rows with an EOS in [start, hi) and nothing undecided before it: their remaining masks become EOS (returns
+    the (B, L) positions filled)."""
     region = x[:, start:hi]
     is_eos = (region == eos_id) & ~open_[:, start:hi]
     first_eos = torch.where(is_eos.any(1), is_eos.float().argmax(1), region.shape[1])  # (B,)
@@ -402,6 +432,7 @@ def _finish_rows_at_eos(x: Tensor, open_: Tensor, commit_step: Tensor, start: in
     x[fill] = eos_id
     commit_step[fill] = nfe - 1
     open_ &= ~fill
+    return fill
 
 
 def _check_options(input_ids, attention_mask, gen_length, steps, block_length, temperature, remasking, threshold,
