@@ -12,11 +12,11 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mmdiff.core.masks import build_attention_mask
 
-__all__ = ["Canvas"]
+__all__ = ["Canvas", "CanvasCore"]
 
 
 @dataclass
@@ -34,6 +34,8 @@ class Canvas:
         soft_embeds: (B, N, d_model) continuous tokens (image / audio features) placed at `soft_positions` (B, N).
         soft_positions: (B, N) long positions of the soft tokens.
         vocab_range: the head's id range [start, stop) for the targets; None = the whole vocabulary.
+        signals: raw modality inputs by modality (e.g. {"vision": (B, C, H, W) pixels}); the model's adapters turn
+            them into `soft_embeds` (in this order) for the `soft_positions` (`DiffusionModel.embed_signals`).
     """
 
     ids: Tensor
@@ -46,6 +48,7 @@ class Canvas:
     soft_embeds: Tensor | None = None
     soft_positions: Tensor | None = None
     vocab_range: tuple[int, int] | None = None
+    signals: dict[str, Tensor] | None = None
 
     def __post_init__(self) -> None:
         if self.ids.dim() != 2:
@@ -70,6 +73,8 @@ class Canvas:
         values: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
+            if isinstance(value, dict):
+                value = {k: fn(v) if isinstance(v, Tensor) else v for k, v in value.items()}
             values[f.name] = fn(value) if isinstance(value, Tensor) else value
         return Canvas(**values)
 
@@ -102,3 +107,73 @@ class Canvas:
             "position_ids": self.position_ids,
             "vocab_range": self.vocab_range,
         }
+
+
+class CanvasCore(nn.Module):
+    """A core bound to a prompt canvas's soft tokens and attention kind, with the plain core's call signature, so
+    every sampler runs multimodal prompts unchanged.
+
+    The sampler calls it with token ids of the whole canvas (prompt + answer) or of a cache window [lo, hi); each
+    call places the soft tokens whose positions fall inside the input and builds the canvas's attention mask
+    (e.g. "prefix": the prompt never attends to the answer, so a prompt key/value cache is exact) for the full
+    canvas length, padding included. The answer starts where the prompt canvas ends (its `prefix_len` is the
+    prompt length unless the canvas says otherwise).
+
+    >>> # out = llada_generate(CanvasCore(model.core, model.embed_signals(prompt_canvas)), prompt_canvas.ids, ...)
+    """
+
+    def __init__(self, core: nn.Module, canvas: Canvas) -> None:
+        super().__init__()
+        if canvas.signals:
+            raise ValueError("the canvas still carries raw signals; pass it through DiffusionModel.embed_signals")
+        self.core, self.canvas = core, canvas
+        self.prompt_length = canvas.length
+        self._mask: Tensor | None = None
+        self._mask_for: Tensor | None = None
+        self._mask_length = -1
+
+    @property
+    def config(self) -> Any:
+        return self.core.config
+
+    def check_ids(self, ids: Tensor) -> None:
+        self.core.check_ids(ids)
+
+    def forward(self, input_ids: Tensor, *, attention_mask: Tensor | None = None, cache: Any = None,
+                cache_window: tuple[int, int] | None = None, check_inputs: bool = True, **kwargs: Any) -> Any:
+        if check_inputs:
+            self.core.check_ids(input_ids)
+        length = cache.length if cache is not None else input_ids.shape[1]
+        lo = cache_window[0] if cache_window is not None else 0
+        embeds = self.core.embed(input_ids, None, None)  # (B', L_in, d_model)
+        if self.canvas.soft_embeds is not None:
+            embeds = self._place_soft(embeds, lo)
+        return self.core(None, soft_embeds=embeds, attention_mask=self._attention(attention_mask, length),
+                         cache=cache, cache_window=cache_window, check_inputs=False, **kwargs)
+
+    def _place_soft(self, embeds: Tensor, lo: int) -> Tensor:
+        soft, positions = self.canvas.soft_embeds, self.canvas.soft_positions  # (B, N, d), (B, N)
+        repeat = embeds.shape[0] // soft.shape[0]  # classifier-free guidance runs the batch twice
+        soft, positions = soft.repeat(repeat, 1, 1), positions.repeat(repeat, 1)
+        inside = (positions >= lo) & (positions < lo + embeds.shape[1])  # (B', N)
+        if not bool(inside.any()):
+            return embeds
+        rows, slots = inside.nonzero(as_tuple=True)
+        embeds = embeds.clone()
+        embeds[rows, positions[rows, slots] - lo] = soft[rows, slots].to(embeds.dtype)
+        return embeds
+
+    def _attention(self, padding: Tensor | None, length: int) -> Tensor | None:
+        """The (B', 1, L, L) mask of the canvas's attention kind over the full canvas (padding as given)."""
+        if self.canvas.attention == "full":
+            return padding
+        if self._mask_for is not padding or self._mask_length != length:  # one mask per generate call
+            batch = padding.shape[0] if padding is not None else self.canvas.batch_size
+            prefix = self.canvas.prefix_len
+            prefix = torch.full((batch,), self.prompt_length) if prefix is None else prefix.repeat(
+                batch // prefix.shape[0])
+            self._mask = build_attention_mask(self.canvas.attention, length, attention_mask=padding,
+                                              prefix_len=prefix.to(self.canvas.ids.device),
+                                              block_size=self.canvas.block_size, device=self.canvas.ids.device)
+            self._mask_for, self._mask_length = padding, length
+        return self._mask

@@ -505,6 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="start over instead of resuming from out_dir")
     p.add_argument("--max-steps", type=_positive_int, help="stop after this many steps (the schedule is unchanged)")
 
+    sub.add_parser("harness", add_help=False,
+                   help="lm-eval on local tasks: mmdiff harness --model_args model=NAME --include_path DIR --tasks T "
+                        "(lm-eval's arguments; needs pip install 'mmdiff[eval]')")
     p = sub.add_parser("eval", help="task metrics of a model on its own data source, as JSON")
     _add_model_flags(p)
     p.add_argument("--split", default="val", help="data split (default: val)")
@@ -522,6 +525,15 @@ def _message(err: BaseException) -> str:
     return str(err)
 
 
+def cmd_harness(extra: list[str]) -> int:
+    """lm-eval's command line with the mmdiff model class registered (`--model mmdiff` by default)."""
+    try:
+        from mmdiff.harness import main as harness_main
+    except ImportError as err:
+        raise CLIError(str(err)) from err
+    return harness_main(extra) or 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the `mmdiff` command line; returns the exit status (0 ok, 2 bad input).
 
@@ -532,10 +544,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
-        if extra and args.command != "train":
+        if extra and args.command not in ("train", "harness"):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if args.command == "train":
             return cmd_train(args, extra)
+        if args.command == "harness":
+            return cmd_harness(extra)
         return {"list": cmd_list, "info": cmd_info, "generate": cmd_generate, "eval": cmd_eval}[args.command](args)
     except SystemExit as exit_:  # argparse errors and --help
         return exit_.code if isinstance(exit_.code, int) else 2

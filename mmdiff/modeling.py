@@ -10,14 +10,14 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from mmdiff.canvas import Canvas
+from mmdiff.canvas import Canvas, CanvasCore
 from mmdiff.core.config import CoreConfig
 from mmdiff.dataclass_io import from_dict
 from mmdiff.diffusion.objective import LossOutput, diffusion_loss
@@ -35,6 +35,7 @@ from mmdiff.vocab import VocabLayout
 
 __all__ = ["DiffusionModel", "ModelConfig", "SamplerConfig", "CONFIG_NAME", "WEIGHTS_NAME", "SAMPLER_CONFIG_NAME"]
 
+ADAPTER_PREFIX = "adapters."  # adapter weights in model.safetensors: adapters.<modality>.<key>
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 SAMPLER_CONFIG_NAME = "sampler_config.json"
@@ -51,6 +52,9 @@ class ModelConfig:
         architecture: core class in `mmdiff.registry.ARCHITECTURES`.
         name: zoo name, if any.
         task_options: task-specific settings (e.g. prompt format of a synthetic task).
+        adapters: modality adapters by modality, each its config dict (`mmdiff.adapters.build_adapter` builds it),
+            e.g. {"vision": {"kind": "vision/timm", ...}}; their soft tokens take the canvas positions of the
+            modality's placeholder id.
     """
 
     core: CoreConfig
@@ -58,6 +62,7 @@ class ModelConfig:
     architecture: str = "masked_diffusion_transformer"
     name: str | None = None
     task_options: dict[str, Any] = field(default_factory=dict)
+    adapters: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +71,7 @@ class ModelConfig:
             "task": self.task,
             "name": self.name,
             "task_options": dict(self.task_options),
+            "adapters": {modality: dict(cfg) for modality, cfg in self.adapters.items()},
             "core": self.core.to_dict(),
         }
 
@@ -128,8 +134,21 @@ class DiffusionModel(nn.Module):
         super().__init__()
         self.config = config
         self.core = ARCHITECTURES.get(config.architecture)(config.core)
+        self.adapters = nn.ModuleDict()
+        if config.adapters:
+            from mmdiff.adapters import build_adapter
+
+            for modality, adapter_config in config.adapters.items():
+                self.adapters[modality] = build_adapter(adapter_config)
+                self._check_adapter_width(modality)
         self.tokenizer = tokenizer
         self.sampler_config = sampler_config or SamplerConfig()
+
+    def _check_adapter_width(self, modality: str) -> None:
+        width = getattr(self.adapters[modality], "d_model", self.config.core.d_model)
+        if width != self.config.core.d_model:
+            raise ValueError(f"the {modality} adapter projects to width {width} but the core has d_model="
+                             f"{self.config.core.d_model}; set the adapter's d_model to {self.config.core.d_model}")
 
     @property
     def vocab(self) -> VocabLayout:
@@ -153,8 +172,10 @@ class DiffusionModel(nn.Module):
         t: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> LossOutput:
-        """The masked-diffusion loss on a canvas (see `mmdiff.diffusion.diffusion_loss`)."""
+        """The masked-diffusion loss on a canvas (see `mmdiff.diffusion.diffusion_loss`); the canvas's raw modality
+        signals run through the adapters first."""
         self.core.check_ids(canvas.ids)
+        canvas = self.embed_signals(canvas)
         return diffusion_loss(self.core, canvas, schedule, mask_id=self.vocab.mask_id, normalize=normalize,
                               complementary=complementary, t=t, generator=generator)
 
@@ -179,7 +200,7 @@ class DiffusionModel(nn.Module):
         def ids(x: Any) -> list[int]:
             return self.encode(x)[0] if isinstance(x, str) else [int(i) for i in x]
 
-        single = isinstance(prompt, str) or (len(prompt) > 0 and not isinstance(prompt[0], (str, Sequence, Tensor)))
+        single = _is_one_text(answer) or (len(answer) == 0 and _is_one_text(prompt))  # a prompt may be empty
         prompts, answers = ([prompt], [answer]) if single else (list(prompt), list(answer))
         if len(prompts) != len(answers):
             raise ValueError(f"got {len(prompts)} prompts and {len(answers)} answers; give one answer per prompt")
@@ -193,12 +214,46 @@ class DiffusionModel(nn.Module):
             self.train(was_training)
         return out[0] if single else out
 
+    def embed_signals(self, canvas: Canvas) -> Canvas:
+        """The canvas with its raw modality signals (`canvas.signals`) turned into soft tokens by the adapters."""
+        if not canvas.signals:
+            return canvas
+        unknown = [m for m in canvas.signals if m not in self.adapters]
+        if unknown:
+            raise ValueError(f"the canvas carries {unknown} inputs but this model has adapters for "
+                             f"{list(self.adapters) or 'no modality'}; use a model built with such an adapter")
+        soft = [self.adapters[m](signal) for m, signal in canvas.signals.items()]  # each (B, N_m, d_model)
+        embeds = torch.cat(soft, dim=1) if len(soft) > 1 else soft[0]
+        if canvas.soft_positions is None or canvas.soft_positions.shape != embeds.shape[:2]:
+            got = None if canvas.soft_positions is None else tuple(canvas.soft_positions.shape)
+            raise ValueError(f"the adapters give {tuple(embeds.shape[:2])} soft tokens (batch, count) but the canvas "
+                             f"has soft_positions {got}; build the canvas with the task's collate / processor")
+        return replace(canvas, soft_embeds=embeds, signals=None)
+
+    # ------------------------------------------------------------------------------------------------ weights
+    def weights(self) -> dict[str, Tensor]:
+        """What `model.safetensors` holds: the core's state dict, then each adapter's under `adapters.<modality>.`."""
+        state = dict(self.core.state_dict())
+        state.update({f"{ADAPTER_PREFIX}{k}": v for k, v in self.adapters.state_dict().items()})
+        return state
+
+    def load_weights(self, state: dict[str, Tensor], *, source: str = "checkpoint") -> None:
+        """Strictly loads what `weights()` gives (every key and shape must match)."""
+        core = {k: v for k, v in state.items() if not k.startswith(ADAPTER_PREFIX)}
+        adapters = {k.removeprefix(ADAPTER_PREFIX): v for k, v in state.items() if k.startswith(ADAPTER_PREFIX)}
+        load_state_dict_strict(self.core, core, source=source)
+        load_state_dict_strict(self.adapters, adapters, source=f"{source} (adapter weights)")
+
+    # ------------------------------------------------------------------------------------------------ sampling
     @torch.no_grad()
-    def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, **overrides: Any) -> Tensor:
+    def generate(self, input_ids: Tensor | Canvas, attention_mask: Tensor | None = None, **overrides: Any) -> Tensor:
         """Samples answers after `input_ids` (B, P) with the checkpoint's sampler defaults, overridden by keywords.
 
         The sampler is `SAMPLERS.get(sampler)`, called as `sampler(core, input_ids, attention_mask, mask_id=...,
-        **options)`; a keyword it does not take is an error naming the ones it does.
+        **options)`; a keyword it does not take is an error naming the ones it does. A `Canvas` (a prompt built by a
+        task: soft tokens, raw signals for the adapters, an attention kind) can stand for `input_ids`: its ids and
+        padding mask are the prompt and the sampler runs a `CanvasCore` that places its soft tokens and applies its
+        attention kind at every forward pass.
 
         Returns:
             (B, P + gen_length): prompt then answer.
@@ -222,8 +277,14 @@ class DiffusionModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
+            core: nn.Module = self.core
+            if isinstance(input_ids, Canvas):
+                if attention_mask is not None:
+                    raise TypeError("a Canvas carries its own attention mask; do not pass attention_mask with it")
+                canvas = self.embed_signals(input_ids)
+                core, input_ids, attention_mask = CanvasCore(self.core, canvas), canvas.ids, canvas.attention_mask
             given = {k: v for k, v in special.items() if k == "mask_id" or k in params}
-            return sampler(self.core, input_ids, attention_mask, **given, **options)
+            return sampler(core, input_ids, attention_mask, **given, **options)
         finally:
             self.train(was_training)
 
@@ -280,7 +341,7 @@ class DiffusionModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         save_json(directory / CONFIG_NAME, self.config.to_dict())
         save_json(directory / SAMPLER_CONFIG_NAME, self.sampler_config.to_dict())
-        save_safetensors(directory / WEIGHTS_NAME, self.core.state_dict(), metadata={"format": "pt", "mmdiff": "core"})
+        save_safetensors(directory / WEIGHTS_NAME, self.weights(), metadata={"format": "pt", "mmdiff": "core"})
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(directory))
         if card is not None:
@@ -311,10 +372,19 @@ class DiffusionModel(nn.Module):
                 pickles = [p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES]
                 hint = f" (found pickle files {pickles}: they are refused; convert to safetensors)" if pickles else ""
                 raise FileNotFoundError(f"{weights} not found{hint}")
-            load_state_dict_strict(model.core, load_safetensors(weights), source=str(weights))
+            model.load_weights(load_safetensors(weights), source=str(weights))
         if dtype is not None:
             model.to(dtype)
         return model.to(device).eval()
+
+
+def _is_one_text(x: Any) -> bool:
+    """True for one text (a string, a 1-D tensor or a list of ids), False for a batch of them."""
+    if isinstance(x, str):
+        return True
+    if isinstance(x, Tensor):
+        return x.dim() == 1
+    return len(x) > 0 and not isinstance(x[0], (str, Sequence)) and not (isinstance(x[0], Tensor) and x[0].dim())
 
 
 def load_tokenizer(directory: str | os.PathLike) -> Any:

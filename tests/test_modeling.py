@@ -222,6 +222,11 @@ def test_log_likelihood_exact_for_uniform_predictions():
     got = model.log_likelihood([1, 2, 3], [4, 5, 6, 7], mc_samples=32, batch_size=8,
                                generator=torch.Generator().manual_seed(0))
     assert got == pytest.approx(-4 * math.log(V), rel=1e-6)
+    # an empty prompt is one text too, and a batch gives a list
+    empty = model.log_likelihood([], [4, 5], mc_samples=8, batch_size=8)
+    assert empty == pytest.approx(-2 * math.log(V), rel=1e-6)
+    both = model.log_likelihood([[], [1]], [[4, 5], torch.tensor([6])], mc_samples=8, batch_size=8)
+    assert both == pytest.approx([-2 * math.log(V), -math.log(V)], rel=1e-6)
 
 
 def test_log_likelihood_converges_to_the_enumerated_elbo():

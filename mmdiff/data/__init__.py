@@ -10,7 +10,7 @@ A data source is a class registered under a name; the trainer builds it from the
                                        (L,)} for split "train" or "val"
     source.evaluate(model, split, limit) -> dict of task metrics (optional; e.g. exact match of answers)
 
-The task (`TASKS.get(source.task)`) turns a list of examples into a `Canvas` with `collate(examples, vocab)`.
+The task (`TASKS.get(source.task)`) turns a list of examples into a `Canvas`: `task.collator(model)(examples)`.
 """
 
 from collections.abc import Sequence

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -51,3 +52,9 @@ class TextTask:
         ragged = bool((lengths != ids.shape[1]).any())
         attention_mask = torch.arange(ids.shape[1])[None] < lengths[:, None] if ragged else None
         return Canvas(ids=ids, maskable=maskable, attention_mask=attention_mask)
+
+    @classmethod
+    def collator(cls, model: Any) -> Callable[[Sequence[dict[str, Tensor]]], Canvas]:
+        """The trainer's collate function for `model`."""
+        vocab = model.vocab
+        return lambda examples: cls.collate(examples, vocab)

@@ -391,13 +391,14 @@ def write_model_files(folder: Path, model: Any, weights: Mapping[str, Tensor] | 
 
     Args:
         model: the (unwrapped) `DiffusionModel`.
-        weights: the core state dict to write (default `model.core.state_dict()`; FSDP passes the gathered one).
+        weights: the state dict to write (default `model.weights()`: core and adapters; FSDP passes the gathered
+            one).
     """
     from mmdiff.modeling import CONFIG_NAME, SAMPLER_CONFIG_NAME
 
     save_json(folder / CONFIG_NAME, model.config.to_dict())
     save_json(folder / SAMPLER_CONFIG_NAME, model.sampler_config.to_dict())
-    state = model.core.state_dict() if weights is None else weights
+    state = model.weights() if weights is None else weights
     save_safetensors(folder / WEIGHTS, {k: v.detach().cpu() for k, v in state.items()},
                      metadata={"format": "pt", "mmdiff": "core"})
     if model.tokenizer is not None:

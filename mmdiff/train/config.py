@@ -63,11 +63,14 @@ class ModelSection:
         init_from: a checkpoint folder (or, once the zoo knows it, a zoo name) to fine-tune; None trains from scratch.
         core: `CoreConfig` fields except `vocab` / `vocab_size`, which come from the data source.
         gradient_checkpointing: recompute block activations in the backward pass (less memory, more compute).
+        adapters: modality adapters by modality, each an adapter config dict without `d_model` (the core's is used),
+            e.g. {"vision": {"kind": "vision/timm", "model_name": "vit_tiny_patch16_224", ...}}.
     """
 
     init_from: str | None = None
     core: dict[str, Any] = field(default_factory=dict)
     gradient_checkpointing: bool = False
+    adapters: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.core = validate_core_options(self.core)

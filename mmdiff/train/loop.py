@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from mmdiff.canvas import Canvas
 from mmdiff.core.config import CoreConfig
 from mmdiff.diffusion.schedules import Schedule, get_schedule
-from mmdiff.io import atomic_write, load_state_dict_strict
+from mmdiff.io import atomic_write
 from mmdiff.modeling import DiffusionModel, ModelConfig
 from mmdiff.registry import DATASETS, TASKS
 from mmdiff.train import checkpoint as ckpt
@@ -133,7 +133,9 @@ def build_model(config: TrainConfig, source: Any = None) -> DiffusionModel:
     sampler = copy.deepcopy(config.sampler)
     if config.model.init_from is None:
         core = CoreConfig(vocab=vocab, **config.model.core)
-        model_config = ModelConfig(core=core, task=source.task, name=config.name, task_options=task_options)
+        adapters = {m: {**a, "d_model": core.d_model} for m, a in copy.deepcopy(config.model.adapters).items()}
+        model_config = ModelConfig(core=core, task=source.task, name=config.name, task_options=task_options,
+                                   adapters=adapters)
         return DiffusionModel(model_config, tokenizer=tokenizer, sampler_config=sampler)
     model = _load_init(config.model.init_from)
     _check_init_matches(config, model, vocab, source.task)
@@ -329,6 +331,11 @@ def resolve_mixed_precision(setting: str, device: torch.device) -> str:
 
 
 # --------------------------------------------------------------------------------------------- the loss module
+def _model_weights(loss_module_state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """`DiffusionModel.weights()` keys from the loss module's state dict (model.core.*, model.adapters.*)."""
+    return {k.removeprefix("model.").removeprefix("core."): v for k, v in loss_module_state.items()}
+
+
 class LossModule(nn.Module):
     """Wraps a `DiffusionModel` so that the loss runs inside `forward`: DDP / FSDP hooks and accelerate's autocast
     see it."""
@@ -391,10 +398,9 @@ class Trainer:
         self.model = build_model(cfg, self.source)
         self.model.core.set_gradient_checkpointing(cfg.model.gradient_checkpointing)
         if loaded is not None:
-            load_state_dict_strict(self.model.core, loaded.weights, source=str(loaded.folder / ckpt.WEIGHTS))
+            self.model.load_weights(loaded.weights, source=str(loaded.folder / ckpt.WEIGHTS))
         vocab = self.model.vocab
-        task = TASKS.get(self.source.task)
-        self.collate = lambda examples: task.collate(examples, vocab)
+        self.collate = TASKS.get(self.source.task).collator(self.model)
         self.val_set = self.source.dataset("val", vocab)
         self.stream = BatchStream(self.source.dataset("train", vocab), self.collate, batch_size=cfg.train.batch_size,
                                   seed=cfg.seed, rank=acc.process_index, world_size=acc.num_processes,
@@ -535,7 +541,7 @@ class Trainer:
         weights = None
         if self.sharded:
             full = acc.get_state_dict(self.loss_module)  # gathered on the main process
-            weights = {k.removeprefix("model.core."): v for k, v in full.items()}
+            weights = _model_weights(full)
         shared_optimizer = None if self.sharded else self.optimizer.state_dict()
         tokens_seen = self.tokens_seen()  # a collective: every process is here
         trainer_state = {
@@ -573,7 +579,7 @@ class Trainer:
         final = self.out_dir / FINAL_DIR
         weights = None
         if self.sharded:
-            weights = {k.removeprefix("model.core."): v for k, v in acc.get_state_dict(self.loss_module).items()}
+            weights = _model_weights(acc.get_state_dict(self.loss_module))
         tokens_seen = self.tokens_seen()
         if acc.is_main_process:
             model = acc.unwrap_model(self.loss_module).model
