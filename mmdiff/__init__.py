@@ -14,6 +14,7 @@ from mmdiff.diffusion import LossOutput, Schedule, diffusion_loss, forward_proce
 from mmdiff.modeling import DiffusionModel, ModelConfig, SamplerConfig
 from mmdiff.registry import ADAPTERS, ARCHITECTURES, HEADS, SAMPLERS, SCHEDULES, TASKS, Registry
 from mmdiff.sampling import llada_generate
+from mmdiff.tasks import pipeline
 from mmdiff.vocab import VocabLayout
 from mmdiff.zoo import create_model, list_models, model_info, register_model
 
@@ -41,6 +42,7 @@ __all__ = [
     "SCHEDULES",
     "TASKS",
     "llada_generate",
+    "pipeline",
     "VocabLayout",
     "create_model",
     "list_models",

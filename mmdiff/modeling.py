@@ -53,8 +53,8 @@ class ModelConfig:
         name: zoo name, if any.
         task_options: task-specific settings (e.g. prompt format of a synthetic task).
         adapters: modality adapters by modality, each its config dict (`mmdiff.adapters.build_adapter` builds it),
-            e.g. {"vision": {"kind": "vision/timm", ...}}; their soft tokens take the canvas positions of the
-            modality's placeholder id.
+            e.g. {"vision": {"adapter": "vision/timm", "model_name": ..., "d_model": ...}}; their soft tokens take
+            the canvas positions of the modality's placeholder id.
     """
 
     core: CoreConfig
@@ -130,7 +130,10 @@ class DiffusionModel(nn.Module):
     torch.Size([1, 7])
     """
 
-    def __init__(self, config: ModelConfig, *, tokenizer: Any = None, sampler_config: SamplerConfig | None = None):
+    def __init__(self, config: ModelConfig, *, tokenizer: Any = None, sampler_config: SamplerConfig | None = None,
+                 load_pretrained_adapters: bool | None = None):
+        """Builds the model; `load_pretrained_adapters=False` skips an adapter config's pretrained tower weights
+        (a checkpoint brings its own)."""
         super().__init__()
         self.config = config
         self.core = ARCHITECTURES.get(config.architecture)(config.core)
@@ -139,16 +142,15 @@ class DiffusionModel(nn.Module):
             from mmdiff.adapters import build_adapter
 
             for modality, adapter_config in config.adapters.items():
-                self.adapters[modality] = build_adapter(adapter_config)
-                self._check_adapter_width(modality)
+                adapter = build_adapter(adapter_config, load_pretrained=load_pretrained_adapters)
+                if adapter.modality != modality:
+                    raise ValueError(f"ModelConfig.adapters[{modality!r}] is a {adapter.modality!r} adapter "
+                                     f"({adapter.key}); put it under {adapter.modality!r}")
+                adapter.check_d_model(config.core.d_model)
+                self.adapters[modality] = adapter
+                config.adapters[modality] = adapter.config.to_dict()  # resolved (e.g. the tower's preprocessing)
         self.tokenizer = tokenizer
         self.sampler_config = sampler_config or SamplerConfig()
-
-    def _check_adapter_width(self, modality: str) -> None:
-        width = getattr(self.adapters[modality], "d_model", self.config.core.d_model)
-        if width != self.config.core.d_model:
-            raise ValueError(f"the {modality} adapter projects to width {width} but the core has d_model="
-                             f"{self.config.core.d_model}; set the adapter's d_model to {self.config.core.d_model}")
 
     @property
     def vocab(self) -> VocabLayout:
@@ -365,7 +367,8 @@ class DiffusionModel(nn.Module):
         sampler_path = directory / SAMPLER_CONFIG_NAME
         sampler_config = (from_dict(SamplerConfig, load_json(sampler_path), where=SAMPLER_CONFIG_NAME)
                           if sampler_path.is_file() else SamplerConfig())
-        model = cls(config, tokenizer=load_tokenizer(directory), sampler_config=sampler_config)
+        model = cls(config, tokenizer=load_tokenizer(directory), sampler_config=sampler_config,
+                    load_pretrained_adapters=False if pretrained else None)
         if pretrained:
             weights = directory / WEIGHTS_NAME
             if not weights.is_file():

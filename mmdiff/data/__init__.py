@@ -6,6 +6,8 @@ A data source is a class registered under a name; the trainer builds it from the
     source.task                     -> task name in TASKS ("text")
     source.tokenizer()              -> a transformers PreTrainedTokenizerFast for the text ids
     source.specials                 -> special tokens appended after the text ids, e.g. ("mask", "eos", "pad", "bos")
+    source.task_options             -> (optional) the task's settings for models trained on it, e.g. {"vlm":
+                                       {"answer_length": 2}}, saved in the model's config.json
     source.dataset(split, vocab)    -> a torch Dataset of examples {"ids": LongTensor (L,), "maskable": BoolTensor
                                        (L,)} for split "train" or "val"
     source.evaluate(model, split, limit) -> dict of task metrics (optional; e.g. exact match of answers)

@@ -423,6 +423,7 @@ class MnistGridSource:
 
     task = "vlm"
     specials = SPECIALS
+    task_options = {"vlm": {"answer_length": 2, "attention": "prefix"}}  # answers are 1-2 tokens ("12", "yes")
 
     def __init__(
         self,

@@ -64,7 +64,7 @@ class ModelSection:
         core: `CoreConfig` fields except `vocab` / `vocab_size`, which come from the data source.
         gradient_checkpointing: recompute block activations in the backward pass (less memory, more compute).
         adapters: modality adapters by modality, each an adapter config dict without `d_model` (the core's is used),
-            e.g. {"vision": {"kind": "vision/timm", "model_name": "vit_tiny_patch16_224", ...}}.
+            e.g. {"vision": {"adapter": "vision/timm", "model_name": "vit_tiny_patch16_224", ...}}.
     """
 
     init_from: str | None = None

@@ -129,7 +129,8 @@ def build_model(config: TrainConfig, source: Any = None) -> DiffusionModel:
     TASKS.get(source.task)
     tokenizer = source.tokenizer()
     vocab = VocabLayout.build(text_size=len(tokenizer), specials=source.specials)
-    task_options = {"data": {"name": config.data.name, "options": copy.deepcopy(config.data.options)}}
+    task_options = {"data": {"name": config.data.name, "options": copy.deepcopy(config.data.options)},
+                    **copy.deepcopy(getattr(source, "task_options", {}))}  # e.g. the VLM's answer length
     sampler = copy.deepcopy(config.sampler)
     if config.model.init_from is None:
         core = CoreConfig(vocab=vocab, **config.model.core)
