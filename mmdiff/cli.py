@@ -220,6 +220,10 @@ def _generate(model: Any, ids: Any, mask: Any, args: argparse.Namespace, **fixed
 
 def cmd_generate(args: argparse.Namespace) -> int:
     model = _load_model(args.name, args.device, args.dtype)
+    if model.config.task == "vlm":
+        return _answer_images(model, args)
+    if args.image:
+        raise CLIError(f"--image needs a VLM; {args.name} is a {model.config.task!r} model")
     if args.problems:
         return _generate_problems(model, args)
     prompts = _read_prompts(args)
@@ -320,6 +324,66 @@ def _generate_problems(model: Any, args: argparse.Namespace) -> int:
               f"\n  {'correct' if r['exact'] else 'wrong'}")
     print(f"exact match: {sum(r['exact'] for r in results)}/{len(results)}")
     return 0
+
+
+def _answer_images(model: Any, args: argparse.Namespace) -> int:
+    """VLM: answers --prompt questions about --image files, or (--problems N) questions about N held-out images of
+    the model's data source, shown in the terminal with the true answers."""
+    from mmdiff.tasks import pipeline
+
+    pipe = pipeline("vlm", model, **_sampler_overrides(args, model))
+    if args.problems:
+        return _answer_problems(model, pipe, args)
+    if not args.image:
+        raise CLIError("a VLM needs --image FILE (repeatable) and --prompt QUESTION (one, or one per image), or "
+                       "--problems N")
+    questions = _read_prompts(args)
+    if len(questions) == 1:
+        questions = questions * len(args.image)
+    if len(questions) != len(args.image):
+        raise CLIError(f"got {len(args.image)} images and {len(questions)} questions; give one question, or one "
+                       "per image")
+    answers = pipe(list(args.image), questions)
+    rows = [{"image": i, "question": q, "answer": a} for i, q, a in zip(args.image, questions, answers, strict=True)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        print(f"{r['image']}: {r['question']} -> {r['answer']}")
+    return 0
+
+
+def _answer_problems(model: Any, pipe: Any, args: argparse.Namespace) -> int:
+    import random
+
+    from mmdiff.viz import ascii_image
+
+    source = _data_source(model)
+    examples = source.examples(args.split, None if args.split == "val" else args.problems)
+    picked = random.Random(args.seed or 0).sample(examples, min(args.problems, len(examples)))
+    results = []
+    for ex in picked:
+        asked = source.questions_about(ex, seed=args.seed or 0) if hasattr(source, "questions_about") else [ex]
+        answers = pipe([ex["image"]] * len(asked), [q["question"] for q in asked])
+        results.append({"image": ex["image"], "qa": [{"question": q["question"], "answer": a, "reference": q["answer"],
+                                                      "exact": _same_answer(a, q["answer"])}
+                                                     for q, a in zip(asked, answers, strict=True)]})
+    qa = [item for r in results for item in r["qa"]]
+    if args.json:
+        print(json.dumps([r["qa"] for r in results], indent=2))
+        return 0
+    for i, r in enumerate(results):
+        print(f"image {i + 1}:\n{ascii_image(r['image'])}")
+        for item in r["qa"]:
+            mark = "correct" if item["exact"] else f"wrong (reference: {item['reference']})"
+            print(f"  {item['question']} -> {item['answer']}   {mark}")
+    print(f"exact match: {sum(item['exact'] for item in qa)}/{len(qa)}")
+    return 0
+
+
+def _same_answer(answer: str, reference: str) -> bool:
+    """Exact match after normalising case and whitespace."""
+    return "".join(answer.lower().split()) == "".join(reference.lower().split())
 
 
 def _show_trajectories(model: Any, history: Any, prompt_mask: Any, args: argparse.Namespace) -> None:
@@ -487,7 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate answers to prompts")
     _add_model_flags(p)
-    p.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
+    p.add_argument("--prompt", action="append", help="prompt text (repeat for a batch); a VLM's question")
+    p.add_argument("--image", action="append", help="VLM: an image file to ask about (repeat for a batch)")
     p.add_argument("--prompt-file", help="a file with one prompt per line")
     p.add_argument("--problems", type=_positive_int, help="solve N held-out problems of the model's data source")
     p.add_argument("--split", default="val", help="data split for --problems (default: val)")

@@ -27,6 +27,7 @@ from mmdiff.io import atomic_write
 from mmdiff.sampling.output import GIVEN, SamplerOutput
 
 __all__ = [
+    "ascii_image",
     "commit_order",
     "trajectory_text",
     "trajectory_png",
@@ -456,3 +457,41 @@ def trajectory_png(
     path = Path(path)
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
     return path
+
+
+ASCII_RAMP = " .:-=+*#%@"
+
+
+def ascii_image(image: Any, width: int = 28) -> str:
+    """A grey image as text for the terminal: `width` character pairs per row (squares look square), darker
+    characters for brighter pixels.
+
+    Args:
+        image: (H, W) or (1, H, W) uint8 / float array or tensor, or a PIL image.
+
+    >>> import numpy as np
+    >>> print(ascii_image(np.array([[0, 255], [255, 0]], dtype=np.uint8), width=2))
+      @@
+    @@
+    """
+    import numpy as np
+    from PIL import Image
+
+    pil = image if isinstance(image, Image.Image) else Image.fromarray(_grey_uint8(np.asarray(image)))
+    pil = pil.convert("L")
+    height = max(1, round(pil.height * width / pil.width))
+    pixels = np.asarray(pil.resize((width, height), Image.Resampling.BOX), dtype=np.float64) / 255
+    levels = np.minimum((pixels * len(ASCII_RAMP)).astype(int), len(ASCII_RAMP) - 1)
+    return "\n".join("".join(ASCII_RAMP[v] * 2 for v in row).rstrip() for row in levels)
+
+
+def _grey_uint8(array: Any) -> Any:
+    import numpy as np
+
+    array = np.squeeze(array)
+    if array.ndim != 2:
+        raise ValueError(f"ascii_image needs a grey (H, W) image, got shape {array.shape}")
+    if array.dtype != np.uint8:
+        array = np.clip(array * (255 if array.max() <= 1 else 1), 0, 255).astype(np.uint8)
+    return array
+

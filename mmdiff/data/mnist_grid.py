@@ -49,6 +49,9 @@ from mmdiff.vocab import VocabLayout
 __all__ = [
     "MnistGridSource",
     "MnistGridDataset",
+    "pretrain_grid_tower",
+    "quadrant_logits",
+    "quadrant_accuracy",
     "load_mnist_digits",
     "digit_split",
     "compose_grid",
@@ -231,7 +234,7 @@ def ask(kind: str, digits: Sequence[int], target: int) -> tuple[str, str]:
     if kind == "row_sum":
         line, (a, b) = list(LINES.items())[target]
         return f"what is the sum of the {line}?", str(digits[a] + digits[b])
-    article = "an" if DIGIT_WORDS[target][0] in "aeiou" else "a"
+    article = "an" if DIGIT_WORDS[target] == "eight" else "a"  # "a one", "an eight"
     return f"is there {article} {DIGIT_WORDS[target]}?", "yes" if target in digits else "no"
 
 
@@ -492,6 +495,20 @@ class MnistGridSource:
         """Majority-answer accuracy per kind (and "all") on `split` (see `chance_accuracy`)."""
         return chance_accuracy(self.examples(split, limit))
 
+    def questions_about(self, example: Mapping[str, Any], seed: int = 0) -> list[dict[str, str]]:
+        """One question of each kind about the example's grid (its own question for its kind; the others drawn
+        with `seed`): [{"kind", "question", "answer"}], in `kinds` order."""
+        rng = np.random.default_rng([self.seed, seed, *example["indices"]])
+        every = questions_for_grid(example["digits"])
+        out = []
+        for kind in self.kinds:
+            if kind == example["kind"]:
+                out.append({"kind": kind, "question": example["question"], "answer": example["answer"]})
+                continue
+            of_kind = [q for q in every if q["kind"] == kind]
+            out.append(of_kind[int(rng.integers(len(of_kind)))])
+        return out
+
     def evaluate(self, model: Any, split: str = "val", limit: int | None = None, *, batch_size: int = 128,
                  **sampler_overrides: Any) -> dict[str, float]:
         """Answers the questions of `split` with `model` (the VLM pipeline) and grades them by exact match.
@@ -551,3 +568,68 @@ class MnistGridSource:
             n = digits.count(c)
             chosen[c] = [int(i) for i in rng.choice(pool[c], size=n, replace=n > len(pool[c]))]
         return [chosen[d].pop() for d in digits]
+
+
+# ------------------------------------------------------------------------------------------ tower pre-training
+def quadrant_logits(tower: Any, head: torch.nn.Module, pixels: Tensor) -> Tensor:
+    """Digit logits of the four quadrants of grids: a timm tower's patch tokens averaged per quadrant, then `head`.
+
+    Returns:
+        (B, 4, n_classes) in row-major quadrant order (the order of `example()["digits"]`).
+    """
+    tokens = tower.forward_features(pixels)[:, getattr(tower, "num_prefix_tokens", 0):]  # (B, h*w, C) patches
+    B, N, C = tokens.shape
+    side = int(round(N**0.5))
+    if side * side != N or side % 2:
+        raise ValueError(f"the tower gives {N} patch tokens; quadrant pooling needs an even square grid")
+    grid = tokens.transpose(1, 2).reshape(B, C, side, side)
+    return head(torch.nn.functional.adaptive_avg_pool2d(grid, 2).flatten(2).transpose(1, 2))  # (B, 4, classes)
+
+
+def pretrain_grid_tower(tower: Any, spec: Any, source: MnistGridSource, *, steps: int, batch_size: int = 64,
+                        lr: float = 1e-3, log: Any = None) -> torch.nn.Linear:
+    """Trains a timm vision tower to name the four digits of train-split grids (cross-entropy per quadrant), as a
+    VLM's image encoder is pretrained before the VLM is: only train-pool digits are seen.
+
+    Args:
+        tower: a timm model with `forward_features` (patch tokens) and `num_features`.
+        spec: the `ImageSpec` the VLM's adapter preprocesses with.
+        source: the grids.
+        steps, batch_size, lr: AdamW with a one-cycle schedule.
+        log: optional `fn(step, loss)` called every 100 steps.
+
+    Returns:
+        The trained quadrant head (`quadrant_logits(tower, head, pixels)` classifies); the tower is trained in place.
+    """
+    from mmdiff.adapters.images import preprocess_images
+
+    head = torch.nn.Linear(tower.num_features, N_CLASSES)
+    optimizer = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=lr, weight_decay=0.05)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.1)
+    tower.train()
+    for step in range(steps):
+        examples = [source.example("train", step * batch_size + i) for i in range(batch_size)]
+        pixels = preprocess_images([e["image"] for e in examples], spec)
+        digits = torch.tensor([e["digits"] for e in examples])  # (B, 4)
+        loss = torch.nn.functional.cross_entropy(quadrant_logits(tower, head, pixels).flatten(0, 1), digits.flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if log is not None and (step % 100 == 0 or step == steps - 1):
+            log(step, loss.item())
+    tower.eval()
+    return head
+
+
+@torch.no_grad()
+def quadrant_accuracy(tower: Any, head: torch.nn.Module, spec: Any, source: MnistGridSource,
+                      limit: int = 1000) -> float:
+    """Fraction of held-out ("val") grid quadrants whose digit `quadrant_logits` names right."""
+    from mmdiff.adapters.images import preprocess_images
+
+    examples = source.examples("val", limit)
+    pixels = preprocess_images([e["image"] for e in examples], spec)
+    digits = torch.tensor([e["digits"] for e in examples])
+    return (quadrant_logits(tower, head, pixels).argmax(-1) == digits).float().mean().item()
+
