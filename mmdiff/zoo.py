@@ -330,14 +330,18 @@ def create_model(
     pretrained: bool = True,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str | None = None,
+    lora: str | os.PathLike | None = None,
 ) -> DiffusionModel:
     """Builds a model from a zoo name, a local checkpoint folder or a hub repo id.
 
     Args:
-        name_or_path: zoo name (`list_models()`), checkpoint folder, or hub repo id "org/name".
+        name_or_path: zoo name (`list_models()`), checkpoint folder, or hub repo id "org/name"; a LoRA folder
+            (`adapter_config.json`, no `config.json`) loads its recorded base with the LoRA on it.
         pretrained: load the trained weights; False builds the architecture from `config.json` with random init.
         device: where to put the model.
         dtype: parameter dtype (torch.dtype or its name, e.g. "bfloat16"); None keeps float32.
+        lora: a LoRA folder (PEFT's `adapter_config.json` + `adapter_model.safetensors`, see `mmdiff.lora`) to load
+            onto the model, strictly: a folder trained on another base is an error.
 
     Returns:
         The model in eval mode; `model.card` is its `ZooCard` (None for a folder or hub id without a card).
@@ -347,7 +351,27 @@ def create_model(
 
     >>> # model = create_model("shakespeare-tiny")
     >>> # model.card.metrics
+    >>> # tuned = create_model("mnist-grid-vlm", lora="runs/my-lora")
     """
+    from mmdiff.lora import is_lora_folder, load_lora, lora_base
+
+    _discover()
+    text = os.fspath(name_or_path)
+    if text not in _MODELS and not (Path(text) / CONFIG_NAME).is_file() and is_lora_folder(text):
+        if lora is not None:
+            raise ValueError(f"{text} is itself a LoRA folder; pass its base model as name_or_path")
+        base = lora_base(text)
+        if base is None:
+            raise ValueError(f"LoRA folder {text} records no base (base_model_name_or_path); pass the base: "
+                             f"create_model(base, lora={text!r})")
+        name_or_path, lora = base, text
+    if lora is not None and not pretrained:
+        raise ValueError("lora= needs pretrained=True: a LoRA adapts the base's trained weights")
+    model = _create(name_or_path, pretrained=pretrained, device=device, dtype=dtype)
+    return model if lora is None else load_lora(model, lora).eval()
+
+
+def _create(name_or_path: str | os.PathLike, *, pretrained: bool, device: Any, dtype: Any) -> DiffusionModel:
     dtype = _as_dtype(dtype)
     _discover()
     text = os.fspath(name_or_path)

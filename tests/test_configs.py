@@ -74,7 +74,7 @@ def test_recipe_parses_and_builds_its_model(path, no_data):
     assert model.config.name == cfg.name and model.config.task == source.task
     assert model.config.task_options["data"] == {"name": cfg.data.name, "options": cfg.data.options}
     assert model.sampler_config == cfg.sampler
-    assert sum(p.numel() for p in model.parameters()) == expected_parameters(model.config.core)
+    assert sum(p.numel() for p in model.core.parameters()) == expected_parameters(model.config.core)
 
     length = min(12, model.config.core.max_seq_len)
     ids = torch.randint(0, len(tokenizer), (2, length))

@@ -80,7 +80,8 @@ def test_card_parses_with_hub_id_converter_and_no_training_claims(name):
 
 
 def test_list_models_finds_the_families_by_pattern():
-    assert list_models("llada-*") == ["llada-1.5-8b", "llada-8b-base", "llada-8b-instruct"]
+    assert list_models("llada-[0-9]*") == ["llada-1.5-8b", "llada-8b-base", "llada-8b-instruct"]
+    assert list_models("llada-v") == ["llada-v"]
     assert list_models("dream-*") == ["dream-v0-base-7b", "dream-v0-instruct-7b"]
     assert list_models("mmada-*") == ["mmada-8b-base", "mmada-8b-mixcot"]
 

@@ -6,7 +6,7 @@ Registered here: "vision/timm", "vision/open_clip", "vision/siglip" (see `mmdiff
 >>> from mmdiff.adapters import build_adapter
 >>> from mmdiff.registry import ADAPTERS
 >>> ADAPTERS.list("vision/*")
-['vision/open_clip', 'vision/siglip', 'vision/timm']
+['vision/open_clip', 'vision/siglip', 'vision/siglip_anyres', 'vision/timm']
 """
 
 from mmdiff.adapters.base import (
@@ -49,3 +49,6 @@ __all__ = [
     "SiglipVisionAdapter",
     "pool_2x2",
 ]
+
+# registering imports: the discrete tokenizers and the anyres SigLIP adapter
+from mmdiff.adapters import anyres, diffusers_vq, vq  # noqa: E402, F401

@@ -24,6 +24,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from mmdiff.dataclass_io import from_dict, to_dict
@@ -32,6 +33,7 @@ from mmdiff.registry import ADAPTERS
 __all__ = [
     "AdapterConfig",
     "ContinuousAdapter",
+    "DiscreteAdapter",
     "build_adapter",
     "adapter_config_from_dict",
     "register_adapter",
@@ -146,8 +148,161 @@ class ContinuousAdapter(nn.Module, abc.ABC):
         return f"key={self.key!r}, d_model={self.d_model}"
 
 
+class DiscreteAdapter(nn.Module, abc.ABC):
+    """A tokenizer for a discrete modality: signals -> integer code grids -> signals, owning one vocabulary range.
+
+    Image tokenizers (VQ-VAE, van den Oord et al., 2017; VQGAN, Esser et al., 2021; MAGVIT-v2 LFQ, Yu et al.,
+    2023) map pixels (B, C, H, W) to codes (B, h, w) in `[0, codebook_size)` with h = H / downsample; the codes live
+    in the shared vocabulary as `vocab.range(vocab_range)[0] + code` (`to_vocab_ids` / `from_vocab_ids`), never at
+    hard-coded ids. Subclasses set `modality` and `config_class`, take `(config, *, load_pretrained=None)` in
+    `__init__`, and implement `codebook_size`, `downsample`, `preprocess`, `_encode`, `_decode` and
+    `postprocess`; `encode` / `decode` add the size and code-range checks.
+
+    Attributes:
+        config: the adapter's config dataclass (an `AdapterConfig`); `config.to_dict()` is what a checkpoint saves.
+    """
+
+    modality: ClassVar[str] = "image"
+    config_class: ClassVar[type] = AdapterConfig
+
+    def __init__(self, config: AdapterConfig) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}")
+        self.config = config
+
+    @property
+    def key(self) -> str:
+        """The registry key this adapter was built from, e.g. "image/vq"."""
+        return self.config.key
+
+    @property
+    @abc.abstractmethod
+    def codebook_size(self) -> int:
+        """Number of distinct codes; codes are in `[0, codebook_size)`."""
+
+    @property
+    @abc.abstractmethod
+    def downsample(self) -> int:
+        """Pixels per code along each side (the encoder's total stride)."""
+
+    @property
+    def vocab_range(self) -> str:
+        """Name of the `VocabLayout` range the codes occupy (default: the modality, "image")."""
+        return getattr(self.config, "vocab_range", self.modality)
+
+    @abc.abstractmethod
+    def preprocess(self, raw: Any) -> Tensor:
+        """Raw inputs (one or a list of PIL images / arrays / tensors) -> (B, C, H, W) float pixels, on the CPU."""
+
+    @abc.abstractmethod
+    def postprocess(self, pixels: Tensor) -> list:
+        """Decoded pixels (B, C, H, W), in the value range of `preprocess` -> a list of B PIL images."""
+
+    @abc.abstractmethod
+    def _encode(self, pixels: Tensor) -> Tensor:
+        """Checked pixels (B, C, H, W) -> codes (B, H / downsample, W / downsample) int64."""
+
+    @abc.abstractmethod
+    def _decode(self, codes: Tensor) -> Tensor:
+        """Checked codes (B, h, w) int64 -> pixels (B, C, h * downsample, w * downsample)."""
+
+    def grid_size(self, height: int, width: int) -> tuple[int, int]:
+        """The code grid (h, w) of an image of `height` x `width` pixels.
+
+        Raises:
+            ValueError: a side is not a positive multiple of `downsample`; names the nearest valid sizes.
+        """
+        d = self.downsample
+        for side, value in (("height", height), ("width", width)):
+            if value <= 0 or value % d:
+                below, above = (value // d) * d, (value // d + 1) * d
+                nearest = f"{below} or {above}" if below > 0 else f"{above}"
+                raise ValueError(
+                    f"image {side} {value} is not divisible by the {self.key} tokenizer's downsampling factor {d}; "
+                    f"resize or crop the image to a multiple of {d} (nearest valid {side}: {nearest})"
+                )
+        return height // d, width // d
+
+    @torch.no_grad()
+    def encode(self, pixels: Tensor) -> Tensor:
+        """Pixels (B, C, H, W) (from `preprocess`) -> codes (B, h, w) int64 in `[0, codebook_size)`."""
+        if not isinstance(pixels, Tensor) or pixels.dim() != 4:
+            shape = tuple(pixels.shape) if isinstance(pixels, Tensor) else type(pixels).__name__
+            raise ValueError(f"encode takes a (B, C, H, W) pixel tensor, got {shape}; call `preprocess` first")
+        self.grid_size(pixels.shape[-2], pixels.shape[-1])
+        param = next(self.parameters(), None)
+        if param is not None:
+            pixels = pixels.to(device=param.device, dtype=param.dtype)
+        return self._encode(pixels).long()
+
+    @torch.no_grad()
+    def decode(self, codes: Tensor) -> Tensor:
+        """Codes (B, h, w) -> pixels (B, C, h * downsample, w * downsample) in the range `preprocess` gives.
+
+        Raises:
+            ValueError: codes outside `[0, codebook_size)` (e.g. vocabulary ids not mapped back with
+                `from_vocab_ids`), or not a (B, h, w) integer tensor.
+        """
+        if not isinstance(codes, Tensor) or codes.dim() != 3 or codes.is_floating_point():
+            shape = tuple(codes.shape) if isinstance(codes, Tensor) else type(codes).__name__
+            raise ValueError(f"decode takes a (B, h, w) integer code tensor, got {shape}")
+        self.check_codes(codes)
+        param = next(self.parameters(), None)
+        return self._decode(codes.long().to(param.device if param is not None else codes.device))
+
+    def check_codes(self, codes: Tensor) -> None:
+        """Raises a ValueError naming the bad values and the fix when a code lies outside `[0, codebook_size)`."""
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
+            raise ValueError(
+                f"image codes must lie in [0, {self.codebook_size}) for the {self.key} tokenizer, got values in "
+                f"[{int(codes.min())}, {int(codes.max())}]; map vocabulary ids back with `from_vocab_ids(ids, vocab)`"
+            )
+
+    def to_vocab_ids(self, codes: Tensor, vocab: Any) -> Tensor:
+        """Codes -> ids of the shared vocabulary: `vocab.range(self.vocab_range)[0] + code`.
+
+        Raises:
+            ValueError: the vocabulary's range is smaller than the codebook, or a code is out of range.
+        """
+        start, stop = self._range(vocab)
+        self.check_codes(codes)
+        return codes.long() + start
+
+    def from_vocab_ids(self, ids: Tensor, vocab: Any) -> Tensor:
+        """Ids of the shared vocabulary -> codes in `[0, codebook_size)` (the inverse of `to_vocab_ids`).
+
+        Raises:
+            ValueError: an id outside the vocabulary's image range (a text, special or mask id), naming the range.
+        """
+        start, stop = self._range(vocab)
+        ids = torch.as_tensor(ids).long()
+        outside = (ids < start) | (ids >= stop)
+        if bool(outside.any()):
+            bad = sorted({int(v) for v in ids[outside].flatten()[:8]})
+            raise ValueError(
+                f"ids {bad} lie outside the {self.vocab_range!r} range [{start}, {stop}) of the vocabulary; only "
+                f"{self.vocab_range} ids can be decoded: replace mask / special / text ids (e.g. finish sampling) "
+                "before decoding"
+            )
+        return ids - start
+
+    def _range(self, vocab: Any) -> tuple[int, int]:
+        start, stop = vocab.range(self.vocab_range)
+        if stop - start != self.codebook_size:
+            raise ValueError(
+                f"the vocabulary's {self.vocab_range!r} range [{start}, {stop}) holds {stop - start} ids but the "
+                f"{self.key} tokenizer has {self.codebook_size} codes; build the layout with "
+                f"ranges={{{self.vocab_range!r}: {self.codebook_size}}}"
+            )
+        return start, stop
+
+    def extra_repr(self) -> str:
+        return f"key={self.key!r}, codebook_size={self.codebook_size}, downsample={self.downsample}"
+
+
 def register_adapter(key: str, *, override: bool = False, **meta: Any):
-    """Class decorator: registers a `ContinuousAdapter` subclass in `ADAPTERS` under "modality/name".
+    """Class decorator: registers a `ContinuousAdapter` or `DiscreteAdapter` subclass under "modality/name".
 
     >>> from mmdiff.adapters.base import register_adapter
     >>> callable(register_adapter("vision/my_tower"))
@@ -157,7 +312,10 @@ def register_adapter(key: str, *, override: bool = False, **meta: Any):
         raise ValueError(f"adapter keys are 'modality/name' (e.g. 'vision/timm'), got {key!r}")
 
     def decorator(cls: type) -> type:
-        ADAPTERS.add(key, cls, override=override, kind="continuous", **meta)
+        if not (isinstance(cls, type) and issubclass(cls, (ContinuousAdapter, DiscreteAdapter))):
+            raise TypeError(f"register_adapter takes a ContinuousAdapter or DiscreteAdapter subclass, got {cls!r}")
+        kind = "discrete" if issubclass(cls, DiscreteAdapter) else "continuous"
+        ADAPTERS.add(key, cls, override=override, kind=kind, **meta)
         return cls
 
     return decorator
@@ -183,7 +341,7 @@ def build_adapter(
     *,
     load_pretrained: bool | None = None,
     **fields: Any,
-) -> ContinuousAdapter:
+) -> ContinuousAdapter | DiscreteAdapter:
     """Builds a modality adapter from a registry key + fields, a config dict, or a config dataclass.
 
     Args:

@@ -25,6 +25,7 @@ from mmdiff.convert.base import (
 )
 from mmdiff.convert.dream import DREAM, DreamConverter
 from mmdiff.convert.llada import LLADA, MMADA, LLaDAConverter
+from mmdiff.convert.vlm import LAVIDA, LLADA_V, LLAVA_LLADA  # noqa: F401  (registers lavida, llada_v, llava_llada)
 
 __all__ = [
     "Converter",

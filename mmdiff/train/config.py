@@ -29,6 +29,7 @@ import yaml
 from mmdiff.core.config import CoreConfig
 from mmdiff.dataclass_io import apply_overrides, from_dict, load_yaml, parse_override_value, to_dict
 from mmdiff.io import atomic_write
+from mmdiff.lora import LoraSettings, check_groups
 from mmdiff.modeling import SamplerConfig
 from mmdiff.vocab import VocabLayout
 
@@ -65,15 +66,30 @@ class ModelSection:
         gradient_checkpointing: recompute block activations in the backward pass (less memory, more compute).
         adapters: modality adapters by modality, each an adapter config dict without `d_model` (the core's is used),
             e.g. {"vision": {"adapter": "vision/timm", "model_name": "vit_tiny_patch16_224", ...}}.
+        lora: LoRA through PEFT (`mmdiff.lora.LoraSettings`: r, alpha, dropout, target_modules, scope; default
+            targets the core's q/k/v/o projections); needs `init_from`. The run's final folder is then the LoRA
+            folder (adapter_config.json + adapter_model.safetensors), loaded with `create_model(init_from, lora=...)`.
+        trainable: which parameter groups train (`mmdiff.lora.TRAINABLE_GROUPS`: projector, tower, adapters, core,
+            norms, embeddings, head, all, or dotted module paths), the rest is frozen; null = everything (only the
+            LoRA weights with `lora`). With `lora`, the groups are trained in full and saved with the LoRA.
     """
 
     init_from: str | None = None
     core: dict[str, Any] = field(default_factory=dict)
     gradient_checkpointing: bool = False
     adapters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    lora: LoraSettings | None = None
+    trainable: list[str] | None = None
 
     def __post_init__(self) -> None:
         self.core = validate_core_options(self.core)
+        try:
+            check_groups(self.trainable)
+        except ValueError as err:
+            raise ConfigError(f"TrainConfig.model.trainable: {err}") from err
+        if self.lora is not None and self.init_from is None:
+            raise ConfigError("TrainConfig.model.lora needs model.init_from: LoRA fine-tunes a trained base (a zoo "
+                              "name or checkpoint folder); train from scratch without model.lora")
 
 
 @dataclass

@@ -43,10 +43,11 @@ from mmdiff.canvas import Canvas
 from mmdiff.core.config import CoreConfig
 from mmdiff.diffusion.schedules import Schedule, get_schedule
 from mmdiff.io import atomic_write
+from mmdiff.lora import apply_lora, has_lora, save_lora, set_trainable
 from mmdiff.modeling import DiffusionModel, ModelConfig
 from mmdiff.registry import DATASETS, TASKS
 from mmdiff.train import checkpoint as ckpt
-from mmdiff.train.config import ConfigError, DataSection, OptimSection, TrainConfig
+from mmdiff.train.config import ConfigError, DataSection, ModelSection, OptimSection, TrainConfig
 from mmdiff.vocab import VocabLayout
 
 __all__ = [
@@ -137,14 +138,30 @@ def build_model(config: TrainConfig, source: Any = None) -> DiffusionModel:
         adapters = {m: {**a, "d_model": core.d_model} for m, a in copy.deepcopy(config.model.adapters).items()}
         model_config = ModelConfig(core=core, task=source.task, name=config.name, task_options=task_options,
                                    adapters=adapters)
-        return DiffusionModel(model_config, tokenizer=tokenizer, sampler_config=sampler)
+        return _fine_tuning(config.model, DiffusionModel(model_config, tokenizer=tokenizer, sampler_config=sampler))
     model = _load_init(config.model.init_from)
     _check_init_matches(config, model, vocab, source.task)
     model.config.name = config.name
     model.config.task_options = {**model.config.task_options, **task_options}
     model.sampler_config = sampler
     model.tokenizer = model.tokenizer if model.tokenizer is not None else tokenizer
-    return model.train()
+    return _fine_tuning(config.model, model).train()
+
+
+def _fine_tuning(section: ModelSection, model: DiffusionModel) -> DiffusionModel:
+    """`model.lora` (LoRA layers through PEFT) and `model.trainable` (the rest frozen), see `mmdiff.lora`."""
+    if section.lora is None and section.trainable is None:
+        return model
+    if section.lora is not None:
+        try:
+            apply_lora(model, section.lora, base=section.init_from)
+        except ValueError as err:
+            raise ConfigError(f"TrainConfig.model.lora: {err}") from err
+    try:
+        set_trainable(model, section.trainable)
+    except ValueError as err:
+        raise ConfigError(f"TrainConfig.model.trainable: {err}") from err
+    return model
 
 
 def _load_init(ref: str) -> DiffusionModel:
@@ -575,7 +592,8 @@ class Trainer:
                                     keep_last=cfg.train.keep_checkpoints)
 
     def save_final(self) -> Path:
-        """`out_dir/final`: the model folder (`save_pretrained`) with a model card; written under a temp name."""
+        """`out_dir/final`: the model folder (`save_pretrained`), or with `model.lora` the LoRA folder
+        (`mmdiff.lora.save_lora`), with a model card; written under a temp name."""
         acc = self.accelerator
         final = self.out_dir / FINAL_DIR
         weights = None
@@ -587,9 +605,14 @@ class Trainer:
             tmp = self.out_dir / f".tmp-{FINAL_DIR}"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            ckpt.write_model_files(tmp, model, weights)
-            (tmp / "README.md").write_text(model_card(self.config, self.step, self.last_eval, tokens_seen,
-                                                      self.elapsed, model))
+            card = model_card(self.config, self.step, self.last_eval, tokens_seen, self.elapsed, model)
+            if has_lora(model):  # the LoRA folder instead of the full model
+                base = self.config.model.init_from
+                save_lora(model, tmp, base=base, weights=weights)
+                card += f"\n## LoRA\n\nLoad it onto its base: `mmdiff.create_model({base!r}, lora=<this folder>)`.\n"
+            else:
+                ckpt.write_model_files(tmp, model, weights)
+            (tmp / "README.md").write_text(card)
             ckpt.replace_dir(tmp, final)
         acc.wait_for_everyone()
         return final
