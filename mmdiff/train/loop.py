@@ -121,8 +121,8 @@ def build_model(config: TrainConfig, source: Any = None) -> DiffusionModel:
 
     >>> from mmdiff.train.config import DataSection
     >>> cfg = TrainConfig("demo", DataSection("running-sums", {"n_min": 4, "n_max": 8}))
-    >>> build_model(cfg).vocab.size   # 11 text ids (digits and "=") + mask, eos, pad, bos
-    15
+    >>> build_model(cfg).vocab.size   # 10 text ids (digits) + mask, eos, pad, bos
+    14
     """
     import mmdiff.tasks  # noqa: F401  (registers the built-in tasks)
 
