@@ -83,7 +83,24 @@ class AdapterConfig:
         return from_dict(cls, data, where=f"adapter config {key!r}")
 
 
-class ContinuousAdapter(nn.Module, abc.ABC):
+class _Adapter(nn.Module, abc.ABC):
+    """What every modality adapter shares: its config dataclass (type-checked) and the registry key it names."""
+
+    config_class: ClassVar[type] = AdapterConfig
+
+    def __init__(self, config: AdapterConfig) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}")
+        self.config = config
+
+    @property
+    def key(self) -> str:
+        """The registry key this adapter was built from, e.g. "vision/timm"."""
+        return self.config.key
+
+
+class ContinuousAdapter(_Adapter):
     """Encoder + projector: raw signals -> (B, N, d_model) soft tokens for the canvas.
 
     Subclasses set `modality` and `config_class`, take `(config, *, load_pretrained=None)` in `__init__` (the
@@ -97,21 +114,10 @@ class ContinuousAdapter(nn.Module, abc.ABC):
     modality: ClassVar[str] = ""
     config_class: ClassVar[type] = AdapterConfig
 
-    def __init__(self, config: AdapterConfig) -> None:
-        super().__init__()
-        if not isinstance(config, self.config_class):
-            raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}")
-        self.config = config
-
     @property
     def d_model(self) -> int:
         """Width of the soft tokens (the core's d_model)."""
         return self.config.d_model  # type: ignore[attr-defined]
-
-    @property
-    def key(self) -> str:
-        """The registry key this adapter was built from, e.g. "vision/timm"."""
-        return self.config.key
 
     @abc.abstractmethod
     def preprocess(self, raw: Any) -> Tensor:
@@ -148,7 +154,7 @@ class ContinuousAdapter(nn.Module, abc.ABC):
         return f"key={self.key!r}, d_model={self.d_model}"
 
 
-class DiscreteAdapter(nn.Module, abc.ABC):
+class DiscreteAdapter(_Adapter):
     """A tokenizer for a discrete modality: signals -> integer code grids -> signals, owning one vocabulary range.
 
     Image tokenizers (VQ-VAE, van den Oord et al., 2017; VQGAN, Esser et al., 2021; MAGVIT-v2 LFQ, Yu et al.,
@@ -164,17 +170,6 @@ class DiscreteAdapter(nn.Module, abc.ABC):
 
     modality: ClassVar[str] = "image"
     config_class: ClassVar[type] = AdapterConfig
-
-    def __init__(self, config: AdapterConfig) -> None:
-        super().__init__()
-        if not isinstance(config, self.config_class):
-            raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}")
-        self.config = config
-
-    @property
-    def key(self) -> str:
-        """The registry key this adapter was built from, e.g. "image/vq"."""
-        return self.config.key
 
     @property
     @abc.abstractmethod

@@ -320,6 +320,7 @@ class Converter:
 
     name: str = ""
     label: str = ""  # human name in messages ("LLaDA")
+    target_names: str = "core"  # what the mapped-to key names are, in mismatch reports
     model_types: tuple[str, ...] = ()
     config_specials: dict[str, str] = {"mask": "mask_token_id", "eos": "eos_token_id", "pad": "pad_token_id",
                                        "bos": "bos_token_id"}
@@ -487,14 +488,14 @@ class Converter:
         lines = [f"the {self.label} checkpoint in {folder} does not match its config.json:"]
         if missing:
             lines.append(f"  missing tensors ({len(missing)}):")
-            lines += [f"    {f} (core {c}), expected shape {list(expected[c])}" for f, c in missing]
+            lines += [f"    {f} ({self.target_names} {c}), expected shape {list(expected[c])}" for f, c in missing]
         if unexpected:
             lines.append(f"  unexpected tensors ({len(unexpected)}):")
             lines += [f"    {f} in {entries[f].file.name}, shape {list(entries[f].shape)}" for f in sorted(unexpected)]
         if shapes:
             lines.append(f"  mis-shaped tensors ({len(shapes)}):")
-            lines += [f"    {f} (core {c}): checkpoint has shape {list(got)}, config.json implies {list(want)}"
-                      for f, c, got, want in shapes]
+            lines += [f"    {f} ({self.target_names} {c}): checkpoint has shape {list(got)}, config.json implies "
+                      f"{list(want)}" for f, c, got, want in shapes]
         lines.append("  check that config.json belongs to these weights and that the download is complete")
         return "\n".join(lines)
 

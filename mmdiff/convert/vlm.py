@@ -184,6 +184,7 @@ class LlavaLladaConverter(Converter):
     """
 
     eot_tokens = ("<|eot_id|>",)
+    target_names = "mmdiff"  # keys of DiffusionModel.weights(): core and adapters.vision.*
     tokenizer_fallback = "PreTrainedTokenizerFast"
     architecture = ""
     attention = "prefix"
@@ -413,22 +414,6 @@ class LlavaLladaConverter(Converter):
         for foreign, target in kmap.items():
             plan.setdefault(entries[foreign].file, {})[foreign] = target
         return plan, unused
-
-    def report(self, folder: Path, missing: list, unexpected: list, shapes: list,
-               entries: Mapping[str, TensorEntry], expected: Mapping[str, tuple[int, ...]]) -> str:
-        lines = [f"the {self.label} checkpoint in {folder} does not match its config.json:"]
-        if missing:
-            lines.append(f"  missing tensors ({len(missing)}):")
-            lines += [f"    {f} (mmdiff {c}), expected shape {list(expected[c])}" for f, c in missing]
-        if unexpected:
-            lines.append(f"  unexpected tensors ({len(unexpected)}):")
-            lines += [f"    {f} in {entries[f].file.name}, shape {list(entries[f].shape)}" for f in sorted(unexpected)]
-        if shapes:
-            lines.append(f"  mis-shaped tensors ({len(shapes)}):")
-            lines += [f"    {f} (mmdiff {c}): checkpoint has shape {list(got)}, config.json implies {list(want)}"
-                      for f, c, got, want in shapes]
-        lines.append("  check that config.json belongs to these weights and that the download is complete")
-        return "\n".join(lines)
 
     # -------------------------------------------------------------------------------- export
     def export_config(self, model: DiffusionModel) -> dict[str, Any]:
