@@ -32,6 +32,9 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+_YAML_BOOL_WORDS = {False: ("no", "off", "false"), True: ("yes", "on", "true")}
+
+
 def _convert(value: Any, annotation: Any, where: str) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
@@ -56,6 +59,8 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
             return annotation.from_dict(value)
         return from_dict(annotation, value, where=where)
     if origin is typing.Literal:
+        if isinstance(value, bool) and value not in args:  # YAML 1.1 reads a bare no / off / yes / on as a bool
+            value = next((a for a in args if isinstance(a, str) and a.lower() in _YAML_BOOL_WORDS[value]), value)
         if value not in args:
             raise ValueError(f"{where} must be one of {list(args)}, got {value!r}")
         return value

@@ -177,6 +177,15 @@ def test_bad_overrides_name_the_field(tmp_path, override, named):
     assert named in str(err.value) and "recipe.yaml" in str(err.value)
 
 
+def test_yaml_bare_no_reads_as_the_word_no(tmp_path):
+    """YAML 1.1 reads `no` as False; a choice spelled "no" still gets it (from a recipe file and from the CLI)."""
+    assert load_train_config(write_recipe(tmp_path), ["--train.mixed_precision=no"]).train.mixed_precision == "no"
+    recipe = write_recipe(tmp_path, RECIPE.replace("train:\n", "train:\n  mixed_precision: no\n"))
+    assert load_train_config(recipe).train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="must be one of"):
+        load_train_config(write_recipe(tmp_path), ["--train.mixed_precision=yes"])
+
+
 def test_missing_fields_and_malformed_input_are_named(tmp_path):
     with pytest.raises(ConfigError, match=r"missing required field TrainConfig\.data\.name"):
         load_train_config(write_recipe(tmp_path, RECIPE.replace("  name: test-copy\n", "")))

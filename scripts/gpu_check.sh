@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Everything only a GPU shows, in one call on a lent CUDA machine (see benchmarks/README.md, "On a GPU"):
+#   1. the `cuda` tests (tests/test_cuda.py): CUDA vs CPU logits and decoding, bf16, SDPA kernels, bf16 training;
+#   2. the training-step benchmark on the GPU (bf16 autocast);
+#   3. the sampler benchmark on the GPU (200 held-out problems, lengths 64 and 256, batch 16).
+#
+#   scripts/gpu_check.sh OUT_DIR          # from the repository root; works from an installed checkout or a bare copy
+#
+# A bare copy (no `pip install -e .`) gets the zoo entries through a `mmdiff/zoo_entries` link, as the install does.
+# Each stage has its own time limit so that one slow stage cannot eat the others; logs and JSON land in OUT_DIR.
+set -u
+OUT=${1:?usage: scripts/gpu_check.sh OUT_DIR}
+mkdir -p "$OUT"
+PY=${PY:-python3}
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+$PY -c "import mmdiff.zoo_entries" 2>/dev/null || ln -sfn ../zoo mmdiff/zoo_entries
+
+stage() {  # stage NAME SECONDS COMMAND...: runs, keeps the whole log, prints its tail
+    local name=$1 limit=$2
+    shift 2
+    local start=$SECONDS
+    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    local rc=$?
+    echo "== $name: rc $rc, $((SECONDS - start)) s"
+    tail -n "${TAIL:-25}" "$OUT/$name.log" | cut -c1-220
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+$PY -c "import torch, transformers, timm; print('torch', torch.__version__, 'transformers', transformers.__version__,
+'timm', timm.__version__)" | tee -a "$OUT/gpu.txt"
+TAIL=12 stage cuda-tests 200 $PY -m pytest -m cuda tests/test_cuda.py -q -rs -p no:cacheprovider
+TAIL=14 stage train-bench 150 $PY benchmarks/train.py --device cuda --out "$OUT"
+TAIL=40 stage sampling-bench 240 $PY benchmarks/sampling.py --device cuda --batch-sizes 16 --out "$OUT"
