@@ -258,7 +258,7 @@ class DiffusionModel(nn.Module):
         attention kind at every forward pass.
 
         Returns:
-            (B, P + gen_length): prompt then answer.
+            (B, P + gen_length): prompt then answer, on the model's device (inputs are moved there).
         """
         options = {**self.sampler_config.defaults(), **overrides}
         name = options.pop("sampler")
@@ -276,6 +276,11 @@ class DiffusionModel(nn.Module):
             raise TypeError(f"sampler {name!r} does not take {unknown}; it accepts: {', '.join(accepted)}")
         # checkpoint defaults the sampler does not take are dropped; explicit overrides always reach a **kwargs sampler
         options = {k: v for k, v in options.items() if k in accepted or (k in overrides and takes_any)}
+        # inputs follow the model: a CPU prompt works with a model on the GPU (the output is on the model's device)
+        device = self.device
+        input_ids = input_ids.to(device)
+        attention_mask = attention_mask.to(device) if attention_mask is not None else None
+        options = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in options.items()}
         was_training = self.training
         self.eval()
         try:

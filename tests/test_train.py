@@ -77,7 +77,7 @@ class CopySource:
     def evaluate(self, model: DiffusionModel, split: str = "val", limit: int | None = None) -> dict[str, float]:
         prompts = self.digits(split)[:limit]
         out = model.generate(prompts, gen_length=self.length, steps=self.length, block_length=self.length)
-        right = out[:, self.length :] == prompts  # (N, length)
+        right = out[:, self.length :].cpu() == prompts  # (N, length)
         return {"exact_match": right.all(1).float().mean().item(), "token_accuracy": right.float().mean().item()}
 
 
