@@ -146,7 +146,9 @@ class DiffusionModel(nn.Module):
                 if adapter.modality != modality:
                     raise ValueError(f"ModelConfig.adapters[{modality!r}] is a {adapter.modality!r} adapter "
                                      f"({adapter.key}); put it under {adapter.modality!r}")
-                adapter.check_d_model(config.core.d_model)
+                adapter.check_fits(config.core)
+                if adapter.trains_with_core is False:  # a discrete tokenizer: no gradient reaches it, EMA stays put
+                    adapter.requires_grad_(False)
                 self.adapters[modality] = adapter
                 config.adapters[modality] = adapter.config.to_dict()  # resolved (e.g. the tower's preprocessing)
         self.tokenizer = tokenizer

@@ -392,6 +392,38 @@ def test_cfg_forms_and_negative_prompts_match_hand_guided_logits(core, form):
         llada_generate(core, prompt, cfg_scale=w, cfg_form="ho", **options)
 
 
+def test_cfg_with_infilled_positions_shares_them_with_the_unconditional_canvas(core):
+    """The T2I layout: caption, masks to fill, an end marker after them. The unconditional canvas (caption padded
+    away) must see the tokens committed so far in the filled region, not the masks it started with."""
+    prompt = prompts(2, 8)
+    prompt[:, 3:7] = MASK  # region to fill; column 7 is a given end marker
+    caption = torch.tensor([[True, True, True] + [True] * 5, [False, True, True] + [True] * 5])
+    empty = prompt.clone()
+    empty[:, :3] = LAYOUT.pad_id
+    empty_mask = caption.clone()
+    empty_mask[:, :3] = False
+    w = 2.0
+    options = dict(mask_id=MASK, gen_length=0, infill=True, steps=4, block_length=4, logits_mask_inf=True)
+    got = llada_generate(core, prompt, caption, cfg_scale=w, uncond_input_ids=empty, uncond_attention_mask=empty_mask,
+                         **options)
+
+    class Guided(nn.Module):  # by hand: the unconditional canvas is the current canvas with its caption padded away
+        def check_ids(self, ids):
+            pass
+
+        def forward(self, x, logits_at=None, **kw):
+            uncond = x.clone()
+            uncond[:, :3] = LAYOUT.pad_id
+            c = core(x, attention_mask=caption).logits
+            u = core(uncond, attention_mask=empty_mask).logits
+            full = u + (w + 1) * (c - u)
+            return type("Out", (), {"logits": full.gather(1, logits_at[..., None].expand(-1, -1, full.shape[-1])),
+                                    "cache": None})()
+
+    assert torch.equal(got, llada_generate(Guided(), prompt, **options))
+    assert torch.equal(got[:, 7], prompt[:, 7]) and not (got == MASK).any()
+
+
 def test_eos_early_stop_fills_the_rest_and_skips_blocks():
     EOS = LAYOUT.eos_id
     target = torch.tensor([0, 1, 5, EOS, 6, 7, 8, 9, 10, 11])

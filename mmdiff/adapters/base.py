@@ -87,6 +87,7 @@ class _Adapter(nn.Module, abc.ABC):
     """What every modality adapter shares: its config dataclass (type-checked) and the registry key it names."""
 
     config_class: ClassVar[type] = AdapterConfig
+    trains_with_core: ClassVar[bool] = True  # False: the diffusion loss never reaches it (a discrete tokenizer)
 
     def __init__(self, config: AdapterConfig) -> None:
         super().__init__()
@@ -98,6 +99,9 @@ class _Adapter(nn.Module, abc.ABC):
     def key(self) -> str:
         """The registry key this adapter was built from, e.g. "vision/timm"."""
         return self.config.key
+
+    def check_fits(self, core_config: Any) -> None:
+        """Raises a ValueError naming the fix when this adapter cannot serve a core of `core_config`."""
 
 
 class ContinuousAdapter(_Adapter):
@@ -150,6 +154,9 @@ class ContinuousAdapter(_Adapter):
 
         check_projector_width(self.d_model, d_model, what=f"{self.key} adapter")
 
+    def check_fits(self, core_config: Any) -> None:
+        self.check_d_model(core_config.d_model)
+
     def extra_repr(self) -> str:
         return f"key={self.key!r}, d_model={self.d_model}"
 
@@ -170,6 +177,7 @@ class DiscreteAdapter(_Adapter):
 
     modality: ClassVar[str] = "image"
     config_class: ClassVar[type] = AdapterConfig
+    trains_with_core: ClassVar[bool] = False
 
     @property
     @abc.abstractmethod
@@ -253,6 +261,10 @@ class DiscreteAdapter(_Adapter):
                 f"image codes must lie in [0, {self.codebook_size}) for the {self.key} tokenizer, got values in "
                 f"[{int(codes.min())}, {int(codes.max())}]; map vocabulary ids back with `from_vocab_ids(ids, vocab)`"
             )
+
+    def check_fits(self, core_config: Any) -> None:
+        """The core's vocabulary must hold this tokenizer's range with one id per code."""
+        self._range(core_config.vocab)
 
     def to_vocab_ids(self, codes: Tensor, vocab: Any) -> Tensor:
         """Codes -> ids of the shared vocabulary: `vocab.range(self.vocab_range)[0] + code`.

@@ -72,6 +72,9 @@ class VQConfig(AdapterConfig):
         ema_decay: decay of the EMA codebook statistics.
         dead_threshold: EMA usage (assignments per batch) below which a code is restarted during training.
         vocab_range: the vocabulary range the codes occupy.
+        pretrained: a tokenizer folder (`save_vq_tokenizer`, `scripts/train_vq_tokenizer.py`) whose weights are
+            loaded when the adapter is built (its config must match this one); a checkpoint that carries the
+            tokenizer's weights itself builds it with `load_pretrained=False` and never reads the folder.
         tokenizer: the registry name ("vq").
     """
 
@@ -89,6 +92,7 @@ class VQConfig(AdapterConfig):
     ema_decay: float = 0.95
     dead_threshold: float = 0.03
     vocab_range: str = "image"
+    pretrained: str | None = None
     tokenizer: str = "vq"
 
     def __post_init__(self) -> None:
@@ -241,6 +245,22 @@ class VQTokenizer(DiscreteAdapter):
         self.quantizer = VectorQuantizer(config.codebook_size, config.code_dim, ema_decay=config.ema_decay,
                                          dead_threshold=config.dead_threshold)
         self.decoder = _decoder(config)
+        if config.pretrained is not None and load_pretrained is not False:
+            self._load_folder(Path(config.pretrained))
+
+    def _load_folder(self, folder: Path) -> None:
+        """Loads the weights of a tokenizer folder whose config equals this one (up to `pretrained`)."""
+        if not (folder / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"the image/vq tokenizer's pretrained folder {folder} holds no {CONFIG_NAME}; "
+                                    "train one with scripts/train_vq_tokenizer.py or fix the path")
+        theirs = VQConfig.from_dict(load_json(folder / CONFIG_NAME))
+        mine = {k: v for k, v in self.config.to_dict().items() if k != "pretrained"}
+        other = {k: v for k, v in theirs.to_dict().items() if k != "pretrained"}
+        if mine != other:
+            diff = {k: (mine.get(k), other.get(k)) for k in mine.keys() | other.keys() if mine.get(k) != other.get(k)}
+            raise ValueError(f"the tokenizer in {folder} was built with other settings (this config, folder): {diff}; "
+                             "copy its config.json fields into the adapter config")
+        load_state_dict_strict(self, load_safetensors(folder / WEIGHTS_NAME), source=str(folder / WEIGHTS_NAME))
 
     @property
     def codebook_size(self) -> int:

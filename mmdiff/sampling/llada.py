@@ -244,7 +244,9 @@ def llada_generate(
         cfg_form: "llada": logits = u + (w + 1)(c - u) = (1 + w)c - w u (LLaDA, MMaDA; w = 0 is no guidance);
             "standard": u + w (c - u) (Ho & Salimans 2022; w = 1 is no guidance).
         uncond_input_ids: (B, P) the unconditional prompt (a negative prompt, or an empty caption left-padded to P);
-            the generated part is shared with the conditional canvas. `uncond_attention_mask`: its padding.
+            the generated part is shared with the conditional canvas, including the prompt positions filled with
+            `infill` (whatever `uncond_input_ids` holds there is replaced by the current tokens).
+            `uncond_attention_mask`: its padding.
         threshold: in (0, 1]: commit every position more confident than this (at least one per row and step).
         factor: > 0: Fast-dLLM's factor rule instead of a fixed count (see `factor_commits`).
         cache: None, "prefix" or "dual" (Fast-dLLM key/value caches, refreshed per block), or "delayed" (dual
@@ -320,7 +322,8 @@ def llada_generate(
     banned = [i for i, on in ((mask_id, logits_mask_inf), (eos_id, logits_eos_inf)) if on and i is not None]
     # the reference removes EOT from the softmax that gives confidences (its EOS assignment there has no effect)
     no_confidence_for = eot_id if confidence_eos_eot_inf and eot_id is not None else None
-    model = _Forward(core, attention, position_ids, cfg_scale if guided else None, cfg_form, uncond)
+    model = _Forward(core, attention, position_ids, cfg_scale if guided else None, cfg_form, uncond,
+                     shared=to_fill if guided and bool(to_fill.any()) else None)
     allowed = None if allowed_token_ids is None else torch.as_tensor(list(allowed_token_ids), device=device)
     nfe, window_cache = 0, None
     stale = torch.zeros(B, L, dtype=torch.bool, device=device)  # "delayed" cache: keys/values computed before a change
@@ -391,9 +394,10 @@ class _Forward:
     Fast-dLLM caches (the cache is rebuilt at the first step of each block)."""
 
     def __init__(self, core: nn.Module, attention: Tensor | None, position_ids: Tensor, cfg_scale: float | None,
-                 cfg_form: str, uncond: tuple[Tensor, Tensor | None, Tensor] | None) -> None:
+                 cfg_form: str, uncond: tuple[Tensor, Tensor | None, Tensor] | None,
+                 shared: Tensor | None = None) -> None:
         self.core, self.cfg_scale, self.cfg_form = core, cfg_scale, cfg_form
-        self.uncond_prompt = None
+        self.uncond_prompt, self.shared = None, shared  # shared: (B, P) prompt positions being filled (infill)
         self.attention, self.position_ids = attention, position_ids
         if uncond is not None:  # rows B..2B-1 are the unconditional canvases
             self.uncond_prompt, uncond_attention, uncond_positions = uncond
@@ -405,9 +409,12 @@ class _Forward:
 
     def __call__(self, x: Tensor, lo: int, hi: int, cache: str | None, kv: object,
                  window: tuple[int, int]) -> tuple[Tensor, object]:
-        if self.uncond_prompt is not None:  # (2B, L): conditional, unconditional (same answer part)
+        if self.uncond_prompt is not None:  # (2B, L): conditional, unconditional (same generated part)
             P = self.uncond_prompt.shape[1]
-            x = torch.cat([x, torch.cat([self.uncond_prompt, x[:, P:]], dim=1)])
+            prompt = self.uncond_prompt
+            if self.shared is not None:  # infilled prompt positions are generated: both canvases share them
+                prompt = torch.where(self.shared, x[:, :P], prompt)
+            x = torch.cat([x, torch.cat([prompt, x[:, P:]], dim=1)])
         L = x.shape[1]
         if cache is None or kv is None:
             index = torch.arange(lo, hi, device=x.device).expand(x.shape[0], -1)  # (B', K)

@@ -4,17 +4,18 @@ tasks that answer inputs end to end give a pipeline (`mmdiff.pipeline(task, mode
 from typing import Any
 
 from mmdiff.registry import TASKS
+from mmdiff.tasks.t2i import T2IPipeline, T2ITask
 from mmdiff.tasks.text import TextTask, left_pad, right_pad
 from mmdiff.tasks.vlm import VLMPipeline, VLMTask
 
-__all__ = ["TextTask", "VLMTask", "VLMPipeline", "left_pad", "right_pad", "pipeline"]
+__all__ = ["TextTask", "VLMTask", "VLMPipeline", "T2ITask", "T2IPipeline", "left_pad", "right_pad", "pipeline"]
 
 
 def pipeline(task: str, model: Any, **options: Any) -> Any:
     """A callable that runs `task` end to end with `model` (a zoo name, hub id, folder or a `DiffusionModel`).
 
     Args:
-        task: a task name in `TASKS` that has a pipeline ("vlm").
+        task: a task name in `TASKS` that has a pipeline ("vlm"; "text-to-image", also called "t2i").
         model: what `create_model` loads, or a model.
         options: the pipeline's options (e.g. sampler keywords, `batch_size`).
 
@@ -28,6 +29,6 @@ def pipeline(task: str, model: Any, **options: Any) -> Any:
         from mmdiff.zoo import create_model
 
         model = create_model(model)
-    if model.config.task != task:
+    if TASKS.get(model.config.task) is not cls:
         raise ValueError(f"model {model.config.name!r} is a {model.config.task!r} model, not a {task!r} model")
     return cls.pipeline(model, **options)

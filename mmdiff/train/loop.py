@@ -129,13 +129,13 @@ def build_model(config: TrainConfig, source: Any = None) -> DiffusionModel:
     source = build_source(config.data) if source is None else source
     TASKS.get(source.task)
     tokenizer = source.tokenizer()
-    vocab = VocabLayout.build(text_size=len(tokenizer), specials=source.specials)
+    adapters, ranges = _adapter_settings(config.model.adapters, config.model.core.get("d_model"))
+    vocab = VocabLayout.build(text_size=len(tokenizer), specials=source.specials, ranges=ranges)
     task_options = {"data": {"name": config.data.name, "options": copy.deepcopy(config.data.options)},
                     **copy.deepcopy(getattr(source, "task_options", {}))}  # e.g. the VLM's answer length
     sampler = copy.deepcopy(config.sampler)
     if config.model.init_from is None:
         core = CoreConfig(vocab=vocab, **config.model.core)
-        adapters = {m: {**a, "d_model": core.d_model} for m, a in copy.deepcopy(config.model.adapters).items()}
         model_config = ModelConfig(core=core, task=source.task, name=config.name, task_options=task_options,
                                    adapters=adapters)
         return _fine_tuning(config.model, DiffusionModel(model_config, tokenizer=tokenizer, sampler_config=sampler))
@@ -146,6 +146,23 @@ def build_model(config: TrainConfig, source: Any = None) -> DiffusionModel:
     model.sampler_config = sampler
     model.tokenizer = model.tokenizer if model.tokenizer is not None else tokenizer
     return _fine_tuning(config.model, model).train()
+
+
+def _adapter_settings(adapters: Mapping[str, Any], d_model: int | None) -> tuple[dict[str, Any], dict[str, int]]:
+    """The recipe's adapter configs completed for the core (continuous adapters get its d_model), and the vocabulary
+    ranges the discrete ones need (range name -> codebook size)."""
+    from mmdiff.adapters import build_adapter
+    from mmdiff.registry import ADAPTERS
+
+    completed, ranges = {}, {}
+    for modality, adapter in copy.deepcopy(dict(adapters)).items():
+        if ADAPTERS.get(adapter.get("adapter", "")).trains_with_core:
+            completed[modality] = {**adapter, "d_model": d_model if d_model is not None else CoreConfig.d_model}
+        else:  # built once, untrained, to read its codebook size
+            tokenizer = build_adapter(adapter, load_pretrained=False)
+            ranges[tokenizer.vocab_range] = tokenizer.codebook_size
+            completed[modality] = adapter
+    return completed, ranges
 
 
 def _fine_tuning(section: ModelSection, model: DiffusionModel) -> DiffusionModel:
