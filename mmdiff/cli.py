@@ -222,6 +222,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model = _load_model(args.name, args.device, args.dtype)
     if model.config.task == "vlm":
         return _answer_images(model, args)
+    if model.config.task == "t2i":
+        return _generate_images(model, args)
     if args.image:
         raise CLIError(f"--image needs a VLM; {args.name} is a {model.config.task!r} model")
     if args.problems:
@@ -350,6 +352,37 @@ def _answer_images(model: Any, args: argparse.Namespace) -> int:
         return 0
     for r in rows:
         print(f"{r['image']}: {r['question']} -> {r['answer']}")
+    return 0
+
+
+def _generate_images(model: Any, args: argparse.Namespace) -> int:
+    """Text-to-image: `--num-images` images for each --prompt caption (default: one caption per class of the
+    model's data source), saved as one PNG grid (`--out`; a row per prompt) and shown in the terminal."""
+    from mmdiff.tasks import pipeline
+    from mmdiff.viz import ascii_image, image_grid
+
+    overrides = _sampler_overrides(args, model)
+    steps, scale = overrides.pop("steps", None), overrides.pop("cfg_scale", None)
+    if args.prompt or args.prompt_file:
+        prompts = _read_prompts(args)
+    else:
+        source = _data_source(model)
+        if not hasattr(source, "captions_for_labels"):
+            raise CLIError("give --prompt TEXT (repeatable): this model's data source has no default captions")
+        prompts = source.captions_for_labels(range(10))
+    pipe = pipeline("text-to-image", model, **overrides)
+    per_prompt = args.num_images
+    images = pipe([p for p in prompts for _ in range(per_prompt)], num_inference_steps=steps, guidance_scale=scale,
+                  generator=_seeded_generator(args.seed, model.device))
+    out = Path(args.out or "t2i.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images, columns=per_prompt, scale=2).save(out)
+    if args.json:
+        print(json.dumps({"prompts": prompts, "images_per_prompt": per_prompt, "grid": str(out)}, indent=2))
+        return 0
+    for i, prompt in enumerate(prompts):
+        print(f"{prompt}:\n{ascii_image(images[i * per_prompt], width=images[0].width)}")
+    print(f"saved {len(images)} images ({len(prompts)} prompts x {per_prompt}) to {out}")
     return 0
 
 
@@ -553,6 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(p)
     p.add_argument("--prompt", action="append", help="prompt text (repeat for a batch); a VLM's question")
     p.add_argument("--image", action="append", help="VLM: an image file to ask about (repeat for a batch)")
+    p.add_argument("--num-images", type=_positive_int, default=1, help="text-to-image: images per prompt")
+    p.add_argument("--out", help="text-to-image: PNG file for the grid of images (default: t2i.png)")
     p.add_argument("--prompt-file", help="a file with one prompt per line")
     p.add_argument("--problems", type=_positive_int, help="solve N held-out problems of the model's data source")
     p.add_argument("--split", default="val", help="data split for --problems (default: val)")

@@ -28,6 +28,7 @@ from mmdiff.sampling.output import GIVEN, SamplerOutput
 
 __all__ = [
     "ascii_image",
+    "image_grid",
     "commit_order",
     "trajectory_text",
     "trajectory_png",
@@ -483,6 +484,32 @@ def ascii_image(image: Any, width: int = 28) -> str:
     pixels = np.asarray(pil.resize((width, height), Image.Resampling.BOX), dtype=np.float64) / 255
     levels = np.minimum((pixels * len(ASCII_RAMP)).astype(int), len(ASCII_RAMP) - 1)
     return "\n".join("".join(ASCII_RAMP[v] * 2 for v in row).rstrip() for row in levels)
+
+
+def image_grid(images: Any, columns: int, *, scale: int = 1, gap: int = 2) -> Any:
+    """PIL images of one size tiled row by row into one image (`columns` per row, `gap` black pixels between
+    tiles, each tile enlarged `scale` times with nearest-neighbour pixels).
+
+    >>> from PIL import Image
+    >>> image_grid([Image.new("L", (28, 28), 255)] * 5, columns=2, scale=2).size
+    (114, 172)
+    """
+    from PIL import Image
+
+    images = list(images)
+    if not images or columns < 1:
+        raise ValueError("image_grid needs at least one image and columns >= 1")
+    width, height = images[0].size
+    if any(im.size != (width, height) for im in images):
+        raise ValueError("image_grid needs images of one size")
+    mode = "RGB" if any(im.mode not in ("L", "1") for im in images) else "L"
+    rows = -(-len(images) // columns)
+    tile_w, tile_h = width * scale, height * scale
+    grid = Image.new(mode, (columns * tile_w + (columns - 1) * gap, rows * tile_h + (rows - 1) * gap))
+    for i, im in enumerate(images):
+        tile = im.convert(mode).resize((tile_w, tile_h), Image.Resampling.NEAREST)
+        grid.paste(tile, ((i % columns) * (tile_w + gap), (i // columns) * (tile_h + gap)))
+    return grid
 
 
 def _grey_uint8(array: Any) -> Any:

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                            features(images[val[1::2]], reloaded)), 4),
         "n_train": len(train), "n_heldout": len(val),
         "train_wall_s": round(wall_s, 1),
-        "command": "python scripts/train_digit_classifier.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(["python scripts/train_digit_classifier.py", *(sys.argv[1:] if argv is None else argv)]),
         "args": vars(args), "torch": torch.__version__, "machine": f"{platform.machine()}, {args.threads} threads",
     }
     save_json(out / "metrics.json", metrics)

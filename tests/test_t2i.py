@@ -123,6 +123,8 @@ def test_guidance_off_equals_the_conditional_output_and_on_changes_it(model, for
     negative = pipe(prompts, guidance_scale=3.0, guidance_form=form, negative_prompt="the slings",
                     return_codes=True)[1]
     assert not torch.equal(guided, plain) and not torch.equal(negative, guided)
+    model.sampler_config.options = {"cfg_scale": 3.0, "cfg_form": form}  # a checkpoint default guides the same way
+    assert torch.equal(mmdiff.pipeline("t2i", model)(prompts, return_codes=True)[1], guided)
 
 
 def test_inpainting_never_changes_the_unmasked_codes_and_img2img_keeps_the_rest(model):

@@ -303,7 +303,8 @@ class T2IPipeline:
         if scale is not None:
             options["cfg_scale"] = scale
         options.update(overrides)
-        w, cfg_form = options.get("cfg_scale", 0.0), options.get("cfg_form", "llada")
+        w = options.get("cfg_scale", defaults.get("cfg_scale", 0.0))
+        cfg_form = options.get("cfg_form", defaults.get("cfg_form", "llada"))
         if w != (1.0 if cfg_form == "standard" else 0.0):
             if self.options.caption_dropout == 0:
                 warnings.warn("guidance with a model trained without caption dropout (task_options.t2i."
