@@ -53,7 +53,7 @@ def test_registered_with_the_t2i_settings(source):
     assert DATASETS.get("mnist-digits") is MnistDigitsSource
     assert source.task == "t2i"
     assert source.specials == ("mask", "eos", "pad", "bos", "soi", "eoi")
-    assert source.task_options == {"t2i": {"image_size": [28, 28]}}
+    assert source.task_options == {"t2i": {"image_size": [28, 28], "text_length": 3, "caption_dropout": 0.1}}
 
 
 def test_splits_are_disjoint_complete_and_hold_the_pool_digits(source, vocab, split):

@@ -135,8 +135,11 @@ def to_digit_pixels(images: Any) -> Tensor:
     Raises:
         ValueError: empty input, a non-square PIL image, an array that is not 28x28, or float pixels outside [0, 1].
 
-    >>> to_digit_pixels(np.full((2, 28, 28), 255, dtype=np.uint8)).shape, to_digit_pixels([_blank(56)]).max().item()
-    (torch.Size([2, 1, 28, 28]), 0.0)
+    >>> from PIL import Image
+    >>> to_digit_pixels(np.full((2, 28, 28), 255, dtype=np.uint8)).max().item()
+    1.0
+    >>> to_digit_pixels([Image.new("RGB", (56, 56), (255, 255, 255))]).shape
+    torch.Size([1, 1, 28, 28])
     """
     if isinstance(images, (list, tuple)) and images and _is_pil(images[0]):
         return torch.stack([_pil_pixels(im, i) for i, im in enumerate(images)])
@@ -174,12 +177,6 @@ def _pil_pixels(image: Any, index: int) -> Tensor:
     if grey.size != (DIGIT_SIZE, DIGIT_SIZE):
         grey = grey.resize((DIGIT_SIZE, DIGIT_SIZE), Image.Resampling.BOX)
     return torch.from_numpy(np.asarray(grey, dtype=np.uint8).copy()).float().div(255).unsqueeze(0)  # (1, 28, 28)
-
-
-def _blank(size: int) -> Any:
-    from PIL import Image
-
-    return Image.new("RGB", (size, size))
 
 
 # ------------------------------------------------------------------------------------------------ training

@@ -232,7 +232,6 @@ class MnistDigitsSource:
 
     task = "t2i"
     specials = SPECIALS
-    task_options = {"t2i": {"image_size": [28, 28]}}
 
     def __init__(self, val_size: int = 500, seed: int = 0, templates: Sequence[str] = TEMPLATES) -> None:
         if not 1 <= val_size <= HELDOUT_PER_CLASS * N_CLASSES:
@@ -241,6 +240,9 @@ class MnistDigitsSource:
         self.val_size, self.seed, self.templates = int(val_size), int(seed), _check_templates(templates)
         self._tokenizer = None
         self._order: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+        longest = max(len(render_caption(t, label).split()) for t in self.templates for label in range(N_CLASSES))
+        # the T2I canvas: the caption budget fits the longest caption (one token per word); 10 % caption dropout
+        self.task_options = {"t2i": {"image_size": [28, 28], "text_length": longest, "caption_dropout": 0.1}}
 
     def tokenizer(self) -> Any:
         """The word-level caption tokenizer (see `build_caption_tokenizer`)."""
