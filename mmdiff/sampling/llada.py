@@ -96,12 +96,19 @@ def cosine_tokens_per_step(n_masked: Tensor, steps: int) -> Tensor:
     return before - left
 
 
+def uniform64(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """U(0, 1) float64 noise on `device`, drawn on the generator's own device (a CPU generator drives a GPU run, and
+    one seed gives the same noise on either)."""
+    where = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=where, dtype=torch.float64).to(device)
+
+
 def gumbel_argmax(logits: Tensor, temperature: float, generator: torch.Generator | None = None) -> Tensor:
     """argmax of logits (temperature 0) or a sample at `temperature` by the Gumbel-max trick in float64."""
     if temperature == 0:
         return logits.argmax(-1)
     logits64 = logits.double()
-    u = torch.rand(logits64.shape, generator=generator, device=logits.device, dtype=torch.float64)
+    u = uniform64(logits64.shape, generator, logits.device)
     # exp(l) / (-log u)^T ranks like (l - T log(-log u)): a sample from softmax(l / T)
     return (logits64.exp() / (-torch.log(u)) ** temperature).argmax(-1)
 
@@ -132,7 +139,7 @@ def confidence_scores(logits: Tensor, x0: Tensor, remasking: str, generator: tor
     [0.7, 0.5]
     """
     if remasking == "random":
-        return torch.rand(x0.shape, generator=generator, device=x0.device, dtype=torch.float64)
+        return uniform64(x0.shape, generator, x0.device)
     if remasking == "low_confidence":  # the reference's softmax, in the logits' dtype
         return F.softmax(logits, dim=-1).gather(-1, x0[..., None]).squeeze(-1).double()
     p = F.softmax(logits.double(), dim=-1)
@@ -359,7 +366,7 @@ def llada_generate(
             conf = confidence_scores(logits, x0, remasking, generator)
             if choice_temperature > 0:
                 anneal = choice_temperature * (1 - step / max_steps)
-                u = torch.rand(conf.shape, generator=generator, device=device, dtype=torch.float64)
+                u = uniform64(conf.shape, generator, device)
                 conf = torch.log(conf.clamp(min=1e-300)) + anneal * -torch.log(-torch.log(u.clamp(min=1e-300)))
             if threshold is not None:
                 commit = threshold_commits(conf, still_masked, threshold)

@@ -38,6 +38,7 @@ from torch import Tensor
 from mmdiff.canvas import Canvas
 from mmdiff.dataclass_io import from_dict
 from mmdiff.registry import TASKS
+from mmdiff.sampling.llada import uniform64
 
 __all__ = ["T2ITask", "T2IOptions", "T2IPipeline", "T2ILayout", "t2i_options", "code_region_mask"]
 
@@ -337,8 +338,7 @@ class T2IPipeline:
             if not 0.0 < strength <= 1.0:
                 raise ValueError(f"strength must be in (0, 1], got {strength}")
             count = max(1, round(strength * ids.shape[1]))
-            noise = torch.rand(ids.shape, generator=generator, device="cpu" if generator is None else
-                               generator.device).cpu()
+            noise = uniform64(ids.shape, generator, torch.device("cpu"))
             chosen = noise.argsort(1)[:, :count]  # (B, count)
             ids.scatter_(1, chosen, vocab.mask_id)
         if not bool((ids == vocab.mask_id).any()):
