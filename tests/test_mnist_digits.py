@@ -164,6 +164,22 @@ def test_interleave_by_class_orders_round_robin():
     assert order.tolist() == [0, 2, 3, 7, 9, 5] and rank.tolist() == [0, 0, 0, 1, 1, 1]
 
 
+class FourLevelTokenizer:
+    """Stands in for the image tokenizer: a "code" is a pixel rounded to one of 4 grey levels."""
+
+    def preprocess(self, images: list) -> torch.Tensor:
+        return torch.as_tensor(np.stack(images), dtype=torch.float64)[:, None] / 255  # (N, 1, 28, 28)
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels * 3).round().long()
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return codes / 3
+
+    def postprocess(self, pixels: torch.Tensor) -> list:
+        return [Image.fromarray((p[0] * 255).round().numpy().astype(np.uint8)) for p in pixels]
+
+
 class FakePipeline:
     """Stands in for the text-to-image pipeline: answers each caption with the next real train-pool digit of the
     class it names (or with noise), and records its calls."""
@@ -173,6 +189,7 @@ class FakePipeline:
         order = source.order("train")[0]
         self.pools = {d: [images[i] for i in order if labels[i] == d] for d in range(10)}
         self.noise, self.calls, self.rng = noise, [], np.random.default_rng(0)
+        self.tokenizer = FourLevelTokenizer()
 
     def __call__(self, prompts: list[str], *, generator: torch.Generator | None = None) -> list:
         self.calls.append((list(prompts), generator))
@@ -199,6 +216,10 @@ def test_evaluate_judges_the_pipeline_images(source, monkeypatch):
     assert metrics["classifier_accuracy"] >= 0.97
     assert metrics["fid"] == pytest.approx(metrics["fid_real"], abs=1e-9)  # the fake returned exactly those digits
     assert metrics["fid"] < 50  # 31.5 measured: 100 digits against 1000 (the floor grows as n shrinks)
+    held_out = source.reference_images().astype(np.float64) / 255  # the tokenizer's error, recomputed by hand
+    four_levels = np.round(np.round(held_out * 3) / 3 * 255) / 255
+    assert metrics["tokenizer_mse"] == pytest.approx(np.mean((four_levels - held_out) ** 2), rel=1e-9)
+    assert metrics["tokenizer_psnr_db"] == pytest.approx(-10 * np.log10(metrics["tokenizer_mse"]), rel=1e-9)
 
     noise = FakePipeline(source, noise=True)
     monkeypatch.setattr(mmdiff, "pipeline", lambda task, model: noise)

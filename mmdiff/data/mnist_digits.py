@@ -34,6 +34,7 @@ floor a perfect generator would reach at that sample size).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -334,7 +335,9 @@ class MnistDigitsSource:
         Returns:
             {"classifier_accuracy": fraction of images classified as the requested digit, "fid": FID of their
             classifier features versus the held-out pool, "fid_real": the same FID of as many real train-pool
-            digits with the same labels (the floor at this sample size), "n", "reference_n"}.
+            digits with the same labels (the floor at this sample size), "n", "reference_n", and the image
+            tokenizer's reconstruction error on the held-out pool: "tokenizer_mse" (pixels in [0, 1]) and
+            "tokenizer_psnr_db"}.
 
         >>> # MnistDigitsSource().evaluate("mnist-t2i", limit=200)["classifier_accuracy"]
         """
@@ -352,7 +355,19 @@ class MnistDigitsSource:
         train_digits = self.order("train")[0][:len(examples)]  # same round-robin class order as `labels`
         real = score_digits(load_mnist_digits()[0][train_digits], labels, reference)
         return {"classifier_accuracy": scores["classifier_accuracy"], "fid": scores["fid"], "fid_real": real["fid"],
-                "n": float(scores["n"]), "reference_n": float(len(reference))}
+                "n": float(scores["n"]), "reference_n": float(len(reference)),
+                **tokenizer_reconstruction(pipe.tokenizer, reference)}
+
+
+@torch.no_grad()
+def tokenizer_reconstruction(tokenizer: Any, images: np.ndarray) -> dict[str, float]:
+    """Mean squared error (pixels in [0, 1]) and PSNR of `tokenizer.decode(tokenizer.encode(x))` over uint8 digits
+    (N, 28, 28)."""
+    pixels = tokenizer.preprocess([im for im in images])  # (N, 1, 28, 28) in the tokenizer's range
+    decoded = torch.cat([tokenizer.decode(tokenizer.encode(chunk)).cpu() for chunk in pixels.split(500)])
+    to01 = [np.asarray(im, dtype=np.float64) / 255 for im in tokenizer.postprocess(decoded)]
+    mse = float(np.mean((np.stack(to01) - images.astype(np.float64) / 255) ** 2))
+    return {"tokenizer_mse": mse, "tokenizer_psnr_db": 10 * math.log10(1 / mse)}
 
 
 def _check_split(split: str) -> None:
