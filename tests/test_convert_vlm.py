@@ -97,7 +97,7 @@ def llada_v_config(**over: Any) -> dict[str, Any]:
     config = {
         "architectures": ["LlavaLLaDAModelLM"], "attention_bias": False, "attention_dropout": 0.0,
         "bos_token_id": BOS, "eos_token_id": EOS, "hidden_act": "silu", "hidden_size": 32,
-        "initializer_range": 0.02, "intermediate_size": 48, "max_position_embeddings": 512,
+        "initializer_range": 0.02, "intermediate_size": 48, "max_position_embeddings": 1024,
         "model_type": "llava_llada", "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2,
         "pad_token_id": EOS, "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": None,
         "rope_theta": 500000.0, "tie_word_embeddings": False, "torch_dtype": "float32", "use_cache": False,
@@ -421,15 +421,19 @@ def run_canvas(model, images: list[Image.Image], questions: list[str], answer: i
     return ids, logits.double(), real
 
 
-def check_rows(model, weights, names, shape, questions, pool, prefix, answer=4) -> Tensor:
-    """Each row's logits at its real positions equal the reference run on that row alone (LLaVA drops padding)."""
+def check_rows(model, weights, names, shape, questions, pool, prefix, pinpoints, max_patches, answer=4) -> Tensor:
+    """Each row's logits at its real positions equal the reference run on that row alone (LLaVA drops padding);
+    the two images have other aspect ratios, so their anyres token counts differ within the batch."""
     ids, got, real = run_canvas(model, images(), questions, answer)
-    assert not bool(real.all())  # the questions differ in length: one row is left-padded
+    assert not bool(real.all())  # one row is left-padded
+    counts = []
     for row, image in enumerate(images()):
         keep = real[row]
-        want = ref_logits(weights, names, shape, ids[row][keep], tokens_of(weights, image, pool=pool),
-                          int(keep.sum()) - answer, prefix=prefix)
+        tokens = ref_anyres_tokens(weights, image, pinpoints, pool=pool, max_num_patches=max_patches)
+        counts.append(len(tokens))
+        want = ref_logits(weights, names, shape, ids[row][keep], tokens, int(keep.sum()) - answer, prefix=prefix)
         torch.testing.assert_close(got[row][keep], want, atol=2e-4, rtol=2e-4)
+    assert counts[0] != counts[1]
     return got
 
 
@@ -451,12 +455,13 @@ def test_lavida_sharded_logits_match_reference(lavida):
     assert set(model.foreign_unused) == {f"{VISION}post_layernorm.weight", f"{VISION}post_layernorm.bias"}
     assert torch.equal(model.foreign_unused[f"{VISION}post_layernorm.bias"], weights[f"{VISION}post_layernorm.bias"])
     got = check_rows(model, weights, LLADA_NAMES, LAVIDA_SHAPE, ["What is this?", "Which colour is it?"], pool=True,
-                     prefix=True, answer=6)
+                     prefix=True, pinpoints=LAVIDA_PINPOINTS, max_patches=None, answer=6)
     # the check bites: with full attention (the answer visible to the prompt) the prompt's logits differ
     ids, _, real = run_canvas(model, images(), ["What is this?", "Which colour is it?"], 6)
-    full = ref_logits(weights, LLADA_NAMES, LAVIDA_SHAPE, ids[1], tokens_of(weights, images()[1], pool=True),
-                      len(ids[1]) - 6, prefix=False)
-    assert (full[:-6] - got[1, :-6]).abs().max() > 1e-2
+    keep = real[1]
+    anyres = ref_anyres_tokens(weights, images()[1], LAVIDA_PINPOINTS, pool=True, max_num_patches=None)
+    full = ref_logits(weights, LLADA_NAMES, LAVIDA_SHAPE, ids[1][keep], anyres, int(keep.sum()) - 6, prefix=False)
+    assert (full[:-6] - got[1][keep][:-6]).abs().max() > 1e-2
 
 
 def test_llada_v_logits_match_reference(llada_v):
@@ -467,7 +472,8 @@ def test_llada_v_logits_match_reference(llada_v):
     assert model.vocab.bos_id == BOS and model.vocab.get_id("image") == IMAGE_ID
     adapter = model.adapters["vision"]
     assert (adapter.num_tokens(), adapter.config.pool_2x2, adapter.config.max_tiles) == (25, False, 4)
-    check_rows(model, weights, LLAMA_NAMES, LLADA_V_SHAPE, ["Describe it.", "Is it red?"], pool=False, prefix=False)
+    check_rows(model, weights, LLAMA_NAMES, LLADA_V_SHAPE, ["Describe it.", "Is it red?"], pool=False, prefix=False,
+               pinpoints=cfg["image_grid_pinpoints"], max_patches=4)
 
 
 def test_llada_v_needs_a_mask_id_and_the_tower_config(llada_v):
@@ -531,8 +537,8 @@ def test_anyres_tokens_match_llava_next(lavida, llada_v, family, size, views, to
 
 
 def test_anyres_tokens_drive_the_core_like_llava(lavida):
-    """What the VLM task's anyres support will do: a canvas with one placeholder per anyres token, the tokens placed
-    there, gives LaViDa's logits (prefix attention)."""
+    """A canvas with one placeholder per anyres token, the tokens placed there, gives LaViDa's logits (prefix
+    attention), straight through the core."""
     folder, _, weights = lavida
     model = load_foreign(folder)
     image = images()[1]

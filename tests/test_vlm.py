@@ -185,7 +185,7 @@ def test_bad_input_names_the_fix(model, source, tmp_path):
     with pytest.raises(ValueError, match="one question per image"):
         pipe([grid, grid], ["is there a seven?"])
     small = make_vlm(max_seq_len=20)
-    with pytest.raises(ValueError, match=r"16 image tokens .* exceed the core's max_seq_len=20"):
+    with pytest.raises(ValueError, match=r"up to 16 image tokens.* exceed the core's max_seq_len=20"):
         mmdiff.pipeline("vlm", small)(grid, "which digit is in the top left?")
     with pytest.raises(ValueError, match="d_model"):
         source_vocab = model.vocab

@@ -64,14 +64,22 @@ public forward pass independently):
     * Size of the public architecture as built here: 382 state-dict entries (380 learned tensors + the 2 LFQ
       buffers), 95,387,004 parameters (encoder 55,439,171, decoder 39,947,833), about 382 MB in float32.
 
-Not verified (no hub access here):
-    * The exact files of the hub repo `showlab/magvitv2`: by the public loader above it must ship
-      `pytorch_model.bin` (pickle), which mmdiff never unpickles; convert it once in a trusted environment to
-      `model.safetensors` (see `MagvitV2.from_pretrained`). Whether the hub also carries a safetensors copy, the
-      exact `_class_name` / `_version` strings of its config.json, and the parameter count could not be checked.
-    * Numerical parity with the real weights (reconstruction quality) and the MMaDA repo's own copy of
-      `models/modeling_magvitv2.py` (not in the searchable index; MMaDA imports `MAGVITv2` from its `models`
-      package, which follows Show-o).
+The hub repo (read from a stored copy of huggingface.co/showlab/magvitv2/tree/main, license MIT): `config.json`
+(66 bytes: metadata only) and `pytorch_model.safetensors` (382 MB, i.e. float32 at the 95.4M parameters counted
+below); its history deletes the earlier `pytorch_model.bin`. `pytorch_model.safetensors` is the muse-style
+`SAFETENSORS_WEIGHTS_NAME` of Show-o's `models/modeling_utils.py`, one of the `WEIGHT_FILES` read here, so the
+public repo loads strictly as it is. A folder that holds only pickle weights (an older snapshot, a local
+`torch.save`) is still refused, never unpickled.
+
+The registered discrete adapter "image/magvitv2" (`MagvitV2Tokenizer`, config `MagvitV2TokenizerConfig`) wraps the
+tokenizer for models whose image codes live in the shared vocabulary (MMaDA's `mmdiff.convert.mmada`): weights
+named by hub id or folder load on first use (encode / decode / `state_dict`), so a model whose image side is never
+used needs neither the download nor the memory, and an offline machine without them gets an error naming the repo.
+
+Not verified (no hub access here): the exact bytes of the hub config.json (a 66-byte file fits
+`{"_class_name": "MAGVITv2", "_diffusers_version": "..."}`, both keys accepted and dropped here), numerical parity
+with the real weights (reconstruction quality) and the MMaDA repo's own copy of `models/modeling_magvitv2.py` (not
+in the searchable index; MMaDA imports `MAGVITv2` from its `models` package, which follows Show-o).
 
 >>> import torch
 >>> from mmdiff.adapters.magvit import MagvitV2, MagvitV2Config
@@ -94,13 +102,16 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmdiff.adapters.base import AdapterConfig, DiscreteAdapter, register_adapter
+from mmdiff.adapters.images import ImageSpec, preprocess_images
 from mmdiff.dataclass_io import from_dict, to_dict
+from mmdiff.hub import HubCheckpointNotFound, is_hub_id, resolve_checkpoint
 from mmdiff.io import PICKLE_SUFFIXES, load_json, load_safetensors, load_state_dict_strict, save_json, save_safetensors
 
 __all__ = [
@@ -112,6 +123,9 @@ __all__ = [
     "VQGANEncoder",
     "VQGANDecoder",
     "MagvitV2",
+    "MagvitV2TokenizerConfig",
+    "MagvitV2Tokenizer",
+    "MAGVITV2_REPO",
     "bits_to_indices",
     "indices_to_bits",
     "PUBLIC_KEY_MAP",
@@ -128,6 +142,7 @@ PUBLIC_KEY_MAP: dict[str, str] = {}  # public checkpoint key prefix -> module ke
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.safetensors", "diffusion_pytorch_model.safetensors")
 DERIVED_BUFFERS = ("quantize.embedding", "quantize.power_vals")  # fixed functions of codebook_dim, not learned
 VALUE_RANGE = (-1.0, 1.0)  # pixel range the encoder expects and the decoder produces (Normalize(0.5, 0.5))
+MAGVITV2_REPO = "showlab/magvitv2"  # the hub repo MMaDA's configs name (model.vq_model.vq_model_name)
 MMADA_RESOLUTION = 512  # MMaDA: 512 x 512 images -> 32 x 32 = 1024 codes (Show-o: 256 -> 16 x 16)
 GROUPS = 32  # GroupNorm groups of the public `Normalize`
 
@@ -697,3 +712,205 @@ def _nearest_multiples(size: int, factor: int) -> str:
     below = (size // factor) * factor
     above = below + factor
     return f"{below} or {above}" if below > 0 else f"{above}"
+
+
+# ------------------------------------------------------------------------------------------- the adapter
+
+
+@dataclass
+class MagvitV2TokenizerConfig(AdapterConfig):
+    """Config of the "image/magvitv2" discrete tokenizer.
+
+    Args:
+        weights: where the trained weights come from: a hub repo id (MMaDA's `showlab/magvitv2`), a local folder
+            (config.json + safetensors in the public layout), or None for random weights (training from scratch,
+            tests). Named weights load on first use (encode, decode, `state_dict`), not when the model is built.
+        revision: hub revision (branch, tag or commit) of `weights`.
+        architecture: `MagvitV2Config` fields (`encoder`, `decoder`, `quantize`); {} is the public architecture.
+        image_size: [height, width] `preprocess` resizes and centre-crops to (MMaDA: 512 x 512).
+        vocab_range: the vocabulary range the codes occupy.
+        tokenizer: the registry name ("magvitv2").
+
+    >>> MagvitV2TokenizerConfig(weights="showlab/magvitv2").to_dict()["adapter"]
+    'image/magvitv2'
+    """
+
+    modality: ClassVar[str] = "image"
+    name_field: ClassVar[str] = "tokenizer"
+
+    weights: str | None = None
+    revision: str | None = None
+    architecture: dict[str, Any] = field(default_factory=dict)
+    image_size: list[int] = field(default_factory=lambda: [MMADA_RESOLUTION, MMADA_RESOLUTION])
+    vocab_range: str = "image"
+    tokenizer: str = "magvitv2"
+
+    def __post_init__(self) -> None:
+        self.image_size = [int(s) for s in self.image_size]
+        if len(self.image_size) != 2 or min(self.image_size) <= 0:
+            raise ValueError(f"image_size must be [height, width] of positive ints, got {self.image_size}")
+        f = self.model_config.downsample
+        if any(s % f for s in self.image_size):
+            raise ValueError(f"image_size {self.image_size} must be multiples of the MAGVIT-v2 downsampling factor "
+                             f"{f}, e.g. [{MMADA_RESOLUTION}, {MMADA_RESOLUTION}] or [256, 256]")
+
+    @property
+    def model_config(self) -> MagvitV2Config:
+        """The tokenizer architecture (strictly parsed from `architecture`)."""
+        return MagvitV2Config.from_dict(self.architecture)
+
+
+@register_adapter("image/magvitv2")
+class MagvitV2Tokenizer(DiscreteAdapter):
+    """MAGVIT-v2 behind the `DiscreteAdapter` interface: pixels in [-1, 1] <-> (B, H/16, W/16) codes in [0, 8192).
+
+    Args:
+        config: the adapter config.
+        load_pretrained: None (the default) loads named `weights` on first use; True loads them now; False never
+            reads them (a checkpoint's state dict brings the weights: the architecture is built at once).
+        model: an already built `MagvitV2` of the config's architecture (then `weights` is only recorded).
+
+    Attributes:
+        magvit: the `MagvitV2` module (its state dict keys are the public ones under `magvit.`), present once the
+            weights are loaded.
+
+    >>> tiny = {"encoder": {"ch": 32, "ch_mult": [1, 1, 1, 1, 1], "num_res_blocks": [1] * 5, "resolution": 32},
+    ...         "decoder": {"ch": 32, "ch_mult": [1, 1, 1, 1, 1], "num_res_blocks": [1] * 5, "resolution": 32}}
+    >>> tok = MagvitV2Tokenizer(MagvitV2TokenizerConfig(architecture=tiny, image_size=[32, 32]))
+    >>> codes = tok.encode(torch.zeros(1, 3, 32, 48))
+    >>> codes.shape, tok.codebook_size, tok.downsample, tok.decode(codes).shape
+    (torch.Size([1, 2, 3]), 8192, 16, torch.Size([1, 3, 32, 48]))
+    """
+
+    modality: ClassVar[str] = "image"
+    config_class: ClassVar[type] = MagvitV2TokenizerConfig
+
+    def __init__(self, config: MagvitV2TokenizerConfig, *, load_pretrained: bool | None = None,
+                 model: MagvitV2 | None = None) -> None:
+        super().__init__(config)
+        self.architecture = config.model_config
+        # an empty buffer that follows .to(device / dtype): where lazily loaded weights are put
+        self.register_buffer("_place", torch.zeros(0), persistent=False)
+        self._pending = False
+        if model is not None:
+            self._check_architecture(model.config, "the given model")
+            self.magvit = model.eval()
+        elif config.weights is None or load_pretrained is False:
+            self.magvit = MagvitV2(self.architecture).eval()
+        elif load_pretrained:
+            self.magvit = self._read_weights()
+        else:
+            self._pending = True
+
+    # ------------------------------------------------------------------------------------------ properties
+    @property
+    def codebook_size(self) -> int:
+        return self.architecture.codebook_size
+
+    @property
+    def downsample(self) -> int:
+        return self.architecture.downsample
+
+    @property
+    def loaded(self) -> bool:
+        """False while named weights wait for their first use."""
+        return not self._pending
+
+    @property
+    def image_spec(self) -> ImageSpec:
+        """MMaDA's `image_transform`: bicubic resize of the shortest side, centre crop, then (x - 0.5) / 0.5."""
+        channels = self.architecture.encoder.in_ch
+        return ImageSpec(size=tuple(self.config.image_size), mean=(0.5,) * channels, std=(0.5,) * channels,
+                         channels=channels, interpolation="bicubic", resize_mode="shortest")
+
+    # ------------------------------------------------------------------------------------------ weights
+    def load_weights(self) -> MagvitV2:
+        """The tokenizer module, reading the named weights first if they are still pending.
+
+        Raises:
+            HubCheckpointNotFound: `weights` is a hub repo that is neither cached nor downloadable (offline); the
+                message names the repo and how to fill the cache.
+            ValueError: a pickle-only folder, or weights of another architecture.
+        """
+        if self._pending:
+            self.magvit = self._read_weights()
+            self._pending = False
+        return self.magvit
+
+    def _read_weights(self) -> MagvitV2:
+        folder = self._weights_folder()
+        dtype = self._place.dtype if self._place.dtype.is_floating_point else None
+        model = MagvitV2.from_pretrained(folder, device=self._place.device, dtype=dtype)
+        self._check_architecture(model.config, f"the weights in {folder}")
+        return model.requires_grad_(False)
+
+    def _weights_folder(self) -> Path:
+        ref = str(self.config.weights)
+        path = Path(ref).expanduser()
+        if path.is_dir():
+            return path
+        if is_hub_id(ref):
+            try:
+                return resolve_checkpoint(ref, self.config.revision)
+            except HubCheckpointNotFound as err:
+                raise HubCheckpointNotFound(f"the image/magvitv2 tokenizer reads its weights from the hub repo "
+                                            f"{ref!r} when it is first used, and they are not available here: "
+                                            f"{err}") from err
+        raise FileNotFoundError(f"the image/magvitv2 tokenizer's weights {ref!r} are neither a local folder nor a hub "
+                                f"repo id 'org/name' (MMaDA's is {MAGVITV2_REPO!r}); fix `weights` in its config")
+
+    def _check_architecture(self, found: MagvitV2Config, what: str) -> None:
+        if found != self.architecture:
+            mine, theirs = _flat(self.architecture.to_dict()), _flat(found.to_dict())
+            diff = sorted(k for k in mine if mine[k] != theirs.get(k))
+            raise ValueError(f"{what} have another MAGVIT-v2 architecture than this adapter's config: "
+                             + "; ".join(f"{k}: config {mine[k]}, weights {theirs.get(k)}" for k in diff)
+                             + "; set `architecture` to the weights' config.json fields ({} for showlab/magvitv2)")
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """The weights under their public names (`magvit.<public key>`); pending weights are read first, so a
+        saved checkpoint never holds a placeholder."""
+        self.load_weights()
+        return super().state_dict(*args, **kwargs)
+
+    def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        if self._pending and any(k.startswith(f"{prefix}magvit.") for k in state_dict):
+            self.magvit = MagvitV2(self.architecture).to(self._place.device).requires_grad_(False)  # overwritten next
+            self._pending = False
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ------------------------------------------------------------------------------------------ codes
+    def preprocess(self, raw: Any) -> Tensor:
+        """PIL images / paths / arrays / uint8 or [0, 1] tensors -> (B, 3, H, W) in [-1, 1] at `image_size`."""
+        return preprocess_images(raw, self.image_spec)
+
+    def postprocess(self, pixels: Tensor) -> list:
+        """(B, 3, H, W) decoder output -> PIL images as MMaDA makes them: clamp((x + 1) / 2, 0, 1) * 255, truncated
+        to uint8 (numpy's `astype(np.uint8)`)."""
+        from PIL import Image
+
+        scaled = ((pixels.detach().float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0
+        arrays = scaled.to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (B, H, W, C), truncated like astype
+        return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arrays]
+
+    def _encode(self, pixels: Tensor) -> Tensor:
+        model = self.load_weights()
+        weight = model.encoder.conv_in.weight
+        return model.encode(pixels.to(device=weight.device, dtype=weight.dtype))
+
+    def _decode(self, codes: Tensor) -> Tensor:
+        return self.load_weights().decode(codes)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, weights={self.config.weights!r}, loaded={self.loaded}"
+
+
+def _flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"encoder": {"ch": 128}} -> {"encoder.ch": 128}."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

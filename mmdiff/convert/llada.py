@@ -3,8 +3,8 @@
 LLaDA (Nie et al., 2025, "Large Language Diffusion Models") is a bidirectional Llama-style transformer: pre-norm
 RMSNorm, RoPE on non-interleaved halves, SwiGLU, no biases, untied output projection; the logit at position i
 predicts token i. MMaDA (Yang et al., 2025, "MMaDA: Multimodal Large Diffusion Language Models") is the same
-network with the vocabulary extended by 8192 image codes (126464 text ids + 8192 = 134656); its text side loads
-here, with the image codes recorded as the vocabulary range "image".
+network with the vocabulary extended by 8192 image codes (126464 text ids + 8192 = 134656); its converter
+(`mmdiff.convert.mmada`) builds on this one, with the image codes recorded as the vocabulary range "image".
 
 The Hugging Face layout (`modeling_llada.py`, block_type "llama"), inside `model.transformer`:
 
@@ -33,7 +33,7 @@ from mmdiff.core.config import CoreConfig
 from mmdiff.registry import CONVERTERS
 from mmdiff.vocab import VocabLayout
 
-__all__ = ["LLaDAConverter", "LLADA", "MMADA"]
+__all__ = ["LLaDAConverter", "LLADA"]
 
 # Field values of LLaDA's reference `ModelConfig` when config.json omits them (LLaDAConfig fills these defaults),
 # and the values this converter supports (LLaDA-8B's own): anything else changes the network.
@@ -205,6 +205,4 @@ def _effective_kv_heads(hf: Mapping[str, Any], n_heads: int) -> int:
 
 
 LLADA = LLaDAConverter("llada", "LLaDA", ("llada",), "LLaDAModelLM")
-MMADA = LLaDAConverter("mmada", "MMaDA", ("mmada",), "MMadaModelLM", image_codes=8192)  # MAGVIT-v2's codebook
-CONVERTERS.add("llada", LLADA)
-CONVERTERS.add("mmada", MMADA)
+CONVERTERS.add("llada", LLADA)  # MMaDA (LLaDA + image codes) is registered by mmdiff.convert.mmada

@@ -20,12 +20,13 @@ token, so padding never shifts a row.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from mmdiff.adapters.images import load_image
 from mmdiff.canvas import Canvas
 from mmdiff.core.masks import ATTENTION_KINDS
 from mmdiff.dataclass_io import from_dict
@@ -97,16 +98,26 @@ class VLMTask:
     def prompt_canvas(model: Any, images: Sequence[Any], questions: Sequence[Sequence[int] | Tensor], *,
                       adapter: Any = None) -> Canvas:
         """The left-padded prompts (image placeholders, question ids) of a batch, with the preprocessed pixels as
-        the canvas's `signals["vision"]` and the placeholder positions as its `soft_positions`."""
+        the canvas's `signals["vision"]` and the placeholder positions as its `soft_positions`.
+
+        An anyres adapter (LLaVA-NeXT tiling: LaViDa, LLaDA-V) gives each image as many tokens as its size calls
+        for; they are encoded here (`soft_embeds`), and a row whose image has fewer tokens than the batch's most
+        keeps that many spare padding columns, where its unused soft-token slots go."""
         if len(images) != len(questions):
             raise ValueError(f"got {len(images)} images but {len(questions)} questions; give one question per image")
         if not len(images):
             raise ValueError("no images given")
         adapter = adapter if adapter is not None else _vision_adapter(model)
         vocab, options = model.vocab, vlm_options(model)
-        image_id, n_image = vocab.id(IMAGE_TOKEN), adapter.num_tokens()
+        image_id = vocab.id(IMAGE_TOKEN)
+        anyres = hasattr(adapter, "encode_anyres")  # LLaVA-NeXT tiling: a token count per image size
+        if anyres:
+            images = [load_image(image) for image in images]
+            counts = [adapter.anyres_num_tokens(image.size) for image in images]
+        else:
+            counts = [adapter.num_tokens()] * len(images)
         rows, image_starts = [], []
-        for question in questions:
+        for question, n_image in zip(questions, counts, strict=True):
             question = torch.as_tensor(question, dtype=torch.long).flatten()
             if question.numel() == 0:
                 raise ValueError("empty question: ask something (the question has no tokens)")
@@ -116,20 +127,32 @@ class VLMTask:
             at = int(marker[0]) if len(marker) else 0  # the image replaces its marker, or goes first
             rows.append(torch.cat([question[:at], torch.full((n_image,), image_id), question[at + len(marker):]]))
             image_starts.append(at)
-        ids, attention_mask = left_pad(rows, vocab.pad_id)  # (B, P)
-        total = ids.shape[1] + options.answer_length
+        N = max(counts)
+        # every row keeps N - n_i padding columns spare, where the unused soft-token slots of a short image go
+        width = max(r.numel() + N - n for r, n in zip(rows, counts, strict=True))
+        ids, attention_mask = left_pad([torch.cat([torch.full((width - r.numel(),), -1), r]) for r in rows],
+                                       vocab.pad_id)
+        attention_mask &= ids >= 0
+        ids = ids.masked_fill(ids < 0, vocab.pad_id)  # (B, P)
+        total = width + options.answer_length
         if total > model.config.core.max_seq_len:
-            raise ValueError(f"{n_image} image tokens + a {ids.shape[1] - n_image}-token question + "
-                             f"{options.answer_length} answer positions = {total} positions exceed the core's "
-                             f"max_seq_len={model.config.core.max_seq_len}; shorten the question, pool the image "
-                             "tokens (pool_2x2) or use a smaller image size")
-        starts = ids.shape[1] - torch.tensor([r.numel() for r in rows]) + torch.tensor(image_starts)  # (B,)
-        soft_positions = starts[:, None] + torch.arange(n_image)[None]  # (B, N) columns of the image tokens
-        pixels = adapter.preprocess(list(images))
-        return Canvas(ids=ids, maskable=torch.zeros_like(ids, dtype=torch.bool), attention_mask=attention_mask,
-                      attention=options.attention, prefix_len=torch.full((len(rows),), ids.shape[1]),
-                      position_ids=compact_positions(attention_mask), soft_positions=soft_positions,
-                      signals={"vision": pixels})
+            raise ValueError(f"a {width}-position prompt (up to {N} image tokens) + {options.answer_length} answer "
+                             f"positions = {total} positions exceed the core's max_seq_len="
+                             f"{model.config.core.max_seq_len}; shorten the question, pool the image tokens "
+                             "(pool_2x2) or use a smaller image size")
+        soft_positions = torch.stack([
+            torch.cat([torch.arange(N - n), width - r.numel() + at + torch.arange(n)])
+            for r, n, at in zip(rows, counts, image_starts, strict=True)])  # (B, N): spare slots first
+        canvas = Canvas(ids=ids, maskable=torch.zeros_like(ids, dtype=torch.bool), attention_mask=attention_mask,
+                        attention=options.attention, prefix_len=torch.full((len(rows),), width),
+                        position_ids=compact_positions(attention_mask), soft_positions=soft_positions)
+        if not anyres:
+            return replace(canvas, signals={"vision": adapter.preprocess(list(images))})
+        tokens = adapter.encode_anyres(images)  # per image (n_i, d_model)
+        embeds = tokens[0].new_zeros(len(tokens), N, tokens[0].shape[-1])
+        for row, t in enumerate(tokens):
+            embeds[row, N - t.shape[0] :] = t
+        return replace(canvas, soft_embeds=embeds)
 
     @staticmethod
     def pipeline(model: Any, **options: Any) -> VLMPipeline:

@@ -1,0 +1,206 @@
+"""MMaDA checkpoints with their image side: the LLaDA core, the image-code vocabulary range and the MAGVIT-v2 image
+tokenizer, for text generation and text-to-image ("MMaDA: Multimodal Large Diffusion Language Models", Yang et al.
+2025; MaskGIT decoding, Chang et al. 2022; MAGVIT-v2, Yu et al. 2023).
+
+An MMaDA checkpoint is LLaDA's layout (`mmdiff.convert.llada`) whose vocabulary is extended by the codebook of the
+MAGVIT-v2 tokenizer `showlab/magvitv2`: text ids [0, llm_vocab_size) then image codes, image id = len(text tokenizer)
++ code. The converter loads the core, records the vocabulary as the ranges "text" and "image" (never loose
+numbers), attaches the "image/magvitv2" adapter (weights named by hub id, read on first use) and writes the
+text-to-image task options. `load(folder, task="t2i")` gives a model for `mmdiff.pipeline("text-to-image", model)`;
+the default task stays "text" (LLaDA-style text generation, what the zoo cards run).
+
+Verified against public code (read with the search tool, not copied):
+
+- Gen-Verse/MMaDA `models/modeling_mmada.py`: `MMadaConfig` (model_type "mmada"; fields llm_vocab_size,
+  codebook_size, num_vq_tokens, num_new_special_tokens, new_vocab_size), `MMadaModelLM(LLaDAModelLM)` (LLaDA's
+  tensor names), `t2i_generate`: the codes are the last `num_vq_tokens` positions before the final token, logits
+  restricted to [len(text tokenizer), + codebook_size), guidance `(1 + w) * cond - w * uncond` (the "llada" form),
+  the unconditional canvas shares the code positions with the conditional one, MaskGIT cosine schedule, tokens
+  sampled from softmax(logits) (temperature 1), commit order by log-probability plus annealed Gumbel noise.
+- Gen-Verse/MMaDA `inference_mmu.py`: `UniversalPrompting(..., max_text_len=config.dataset.preprocessing.
+  max_seq_length, use_reserved_token=True)`, `vq_model.get_code(image) + len(uni_prompting.text_tokenizer)`, the
+  tokenizer loaded with `padding_side="left"`, images decoded as `clamp((x + 1) / 2, 0, 1) * 255` then
+  `astype(np.uint8)`.
+- MMaDA's `training/prompting_utils.py` (public ports: a MindSpore port with the original `reserved_token_mapping`,
+  a PyTorch derivative with the same `t2i_gen_prompt`): reserved ids <|soi|> 126084, <|eoi|> 126085, <|t2i|> 126088,
+  [iPAD] 126093 (`pad_id`); `max_text_len = max_seq_length + 1` ("plus 1 because ... we add a task token");
+  `t2i_gen_prompt`: `[iPAD] * k + [<|t2i|>, bos] + caption + [eos]` left-padded to max_text_len (a BOS is added only
+  when the tokenizer did not), attention 0 on the padding, then `<|soi|>`, the codes, `<|eoi|>`; the unconditional
+  prompt is the empty caption (`[<|t2i|>, bos, eos]`).
+- MMaDA configs (`configs/mmada_demo.yaml` in public forks): vq_model magvitv2 / showlab/magvitv2, new_vocab_size
+  134656, llm_vocab_size 126464, codebook_size 8192, num_vq_tokens 1024, num_new_special_tokens 0,
+  max_seq_length 512, resolution 512, cond_dropout_prob 0.1, mask_schedule cosine.
+- Gen-Verse/MMaDA README.md: text-to-image with `guidance_scale=3.5 generation_timesteps=15`.
+
+What mmdiff's T2I task cannot express yet (`mmdiff.tasks.t2i.T2IOptions`): the task token after the padding and the
+BOS / EOS around the caption. The options written here put <|t2i|> first and the caption (left-padded, 512 ids)
+right before <|soi|>, so every code sits at the column (RoPE position) of the public canvas, and padding is masked
+out as in the public attention bias; the public row differs by where <|t2i|> sits and by the missing BOS / EOS.
+MMaDA's choice temperature is annealed as T * prod((1 - (s + 1) / S)) over steps, mmdiff's as T * (1 - s / S).
+
+>>> from mmdiff.convert import MMADA
+>>> # model = MMADA.load("MMaDA-8B-Base", task="t2i", specials=model_info("mmada-8b-base").special_tokens)
+>>> # images = mmdiff.pipeline("text-to-image", model)(["a red bus"], num_inference_steps=15, guidance_scale=3.5)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import mmdiff.adapters.magvit  # noqa: F401  (registers "image/magvitv2")
+from mmdiff.adapters import build_adapter
+from mmdiff.adapters.magvit import MAGVITV2_REPO, MMADA_RESOLUTION, MagvitV2Config
+from mmdiff.convert.llada import LLaDAConverter
+from mmdiff.io import load_json
+from mmdiff.modeling import CONFIG_NAME, DiffusionModel, SamplerConfig
+from mmdiff.registry import CONVERTERS
+
+__all__ = ["MMaDAConverter", "MMADA", "attach_image_tokenizer", "T2I_TASK", "MMADA_T2I_PRESET"]
+
+T2I_TASK = "t2i"
+MMADA_CODEBOOK = 8192  # MAGVIT-v2: 2**13 lookup-free codes (config codebook_size)
+MMADA_TEXT_BUDGET = 512  # dataset.preprocessing.max_seq_length: caption positions before <|soi|> besides <|t2i|>
+MMADA_CAPTION_DROPOUT = 0.1  # training.cond_dropout_prob
+T2I_MARKERS = ("soi", "eoi", "t2i")  # the specials MMaDA's text-to-image canvas needs (reserved LLaDA ids)
+# README.md: guidance_scale=3.5 generation_timesteps=15; t2i_generate: cosine schedule, tokens sampled at
+# temperature 1, commit order with Gumbel noise at generation_temperature 1.0; guidance (1 + w) c - w u.
+MMADA_T2I_PRESET: dict[str, Any] = {"sampler": "llada", "steps": 15, "cfg_scale": 3.5, "cfg_form": "llada",
+                                    "schedule": "cosine", "temperature": 1.0, "choice_temperature": 1.0}
+
+
+def attach_image_tokenizer(model: DiffusionModel, spec: Mapping[str, Any], *, device: str | torch.device = "cpu",
+                           load_pretrained: bool | None = None) -> Any:
+    """Builds the discrete image tokenizer `spec` (an adapter config dict) and adds it to a converted model as
+    `model.adapters["image"]`, with its config in `model.config.adapters` (what `DiffusionModel` does for the
+    adapters of its config; converters build the core on the meta device, the tokenizer for real).
+
+    The tokenizer stays in float32 and frozen whatever the core's dtype: it never trains with the core.
+
+    Raises:
+        ValueError: its codebook does not fill the vocabulary's image range (named, with both sizes).
+    """
+    adapter = build_adapter(dict(spec), load_pretrained=load_pretrained)
+    if adapter.modality != "image":
+        raise ValueError(f"{adapter.key} is a {adapter.modality!r} adapter, not an image tokenizer")
+    adapter.check_fits(model.config.core)
+    adapter.requires_grad_(False)
+    model.adapters["image"] = adapter.to(device)
+    model.config.adapters["image"] = adapter.config.to_dict()
+    return adapter
+
+
+class MMaDAConverter(LLaDAConverter):
+    """MMaDA's layout (LLaDA's tensor names, MMaDA's vocabulary fields) with the MAGVIT-v2 image side.
+
+    >>> from mmdiff.convert import MMADA
+    >>> MMADA.name, MMADA.model_types, MMADA.image_codes
+    ('mmada', ('mmada',), 8192)
+    """
+
+    def __init__(self) -> None:
+        super().__init__("mmada", "MMaDA", ("mmada",), "MMadaModelLM", image_codes=MMADA_CODEBOOK)
+
+    def load(  # type: ignore[override]
+        self,
+        folder: str | os.PathLike,
+        *,
+        pretrained: bool = True,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        specials: Mapping[str, int] | None = None,
+        task: str = "text",
+        tokenizer_weights: str | None = MAGVITV2_REPO,
+        image_size: tuple[int, int] | list[int] | None = None,
+    ) -> DiffusionModel:
+        """Loads an MMaDA checkpoint folder (see `LLaDAConverter.load`) with its image side.
+
+        Args:
+            folder, pretrained, device, dtype, specials: as `LLaDAConverter.load` (a zoo card passes its special
+                ids, which include MMaDA's <|soi|>, <|eoi|>, <|t2i|> markers).
+            task: "text" (LLaDA-style text generation) or "t2i" (`mmdiff.pipeline("text-to-image", model)`, with
+                MMaDA's text-to-image sampler defaults).
+            tokenizer_weights: the MAGVIT-v2 weights: hub repo id (default `showlab/magvitv2`) or local folder; read
+                the first time an image is encoded or decoded, never when only text is generated.
+            image_size: [height, width] of generated images (default: from config.json's num_vq_tokens, 32 x 32
+                codes = 512 x 512 for MMaDA-8B).
+
+        Raises:
+            ValueError: task "t2i" without MMaDA's marker specials (load through the zoo card, or pass them).
+        """
+        if task not in ("text", T2I_TASK):
+            raise ValueError(f"task must be 'text' or '{T2I_TASK}', got {task!r}")
+        missing = [m for m in T2I_MARKERS if m not in (specials or {})]  # config.json and tokenizer never name them
+        if task == T2I_TASK and missing:
+            raise ValueError(f"text-to-image needs MMaDA's {missing} special ids (<|soi|>, <|eoi|>, <|t2i|>: reserved "
+                             "LLaDA ids); load through the zoo card (mmada-8b-base) or pass specials={...}")
+        model = super().load(folder, pretrained=pretrained, device=device, dtype=dtype, specials=specials)
+        hf = model.config.task_options["foreign_config"]
+        size = list(image_size) if image_size is not None else _image_size(hf)
+        spec = _magvit_spec(tokenizer_weights, size)
+        codes = MagvitV2Config.from_dict(spec["architecture"]).codebook_size
+        start, stop = model.vocab.range("image")
+        if stop - start != codes:
+            message = (f"the vocabulary's image range holds {stop - start} codes but the MAGVIT-v2 tokenizer "
+                       f"({tokenizer_weights}) has {codes}; pass tokenizer_weights=<a MAGVIT-v2 folder whose "
+                       "codebook fills the range>")
+            if task == T2I_TASK:
+                raise ValueError(message)
+            warnings.warn(f"{message}. Loaded for text generation only (no image tokenizer)", stacklevel=2)
+            return model
+        attach_image_tokenizer(model, spec, device=device)
+        model.config.task_options[T2I_TASK] = {
+            "image_size": size, "text_length": MMADA_TEXT_BUDGET, "caption_dropout": MMADA_CAPTION_DROPOUT,
+            "row_newline": False, "task_token": "t2i", "image_modality": "image"}
+        if task == T2I_TASK:
+            model.config.task = T2I_TASK
+            model.sampler_config = t2i_sampler_config(MMADA_T2I_PRESET)
+        return model
+
+
+def t2i_sampler_config(preset: Mapping[str, Any]) -> SamplerConfig:
+    """A converted model's text-to-image sampler defaults from a card-style preset, without `cfg_scale` (guidance is
+    the pipeline's `guidance_scale`, which builds the unconditional canvas) and with the mask id never predicted."""
+    options = {k: v for k, v in preset.items() if k not in ("sampler", "steps", "temperature", "cfg_scale")}
+    return SamplerConfig(sampler=preset["sampler"], gen_length=0, steps=int(preset["steps"]),
+                         temperature=float(preset["temperature"]), options={**options, "logits_mask_inf": True})
+
+
+def _image_size(hf: Mapping[str, Any]) -> list[int]:
+    """Pixels of MMaDA's square images: sqrt(num_vq_tokens) codes per side times MAGVIT-v2's downsampling of 16."""
+    tokens = hf.get("num_vq_tokens")
+    if tokens is None:
+        return [MMADA_RESOLUTION, MMADA_RESOLUTION]
+    side = math.isqrt(int(tokens))
+    if side * side != int(tokens):
+        raise ValueError(f"num_vq_tokens={tokens} is not a square code grid; pass image_size=[height, width]")
+    pixels = side * MagvitV2Config().downsample
+    return [pixels, pixels]
+
+
+def _magvit_spec(weights: str | None, image_size: list[int]) -> dict[str, Any]:
+    """The "image/magvitv2" adapter config; a local weights folder's config.json gives the architecture (the
+    public one holds only metadata, i.e. the public architecture)."""
+    architecture: dict[str, Any] = {}
+    if weights is not None and (Path(weights).expanduser() / CONFIG_NAME).is_file():
+        config = MagvitV2Config.from_dict(load_json(Path(weights).expanduser() / CONFIG_NAME)).to_dict()
+        config.pop("_class_name", None)
+        architecture = config if config != _public_architecture() else {}
+    return {"adapter": "image/magvitv2", "weights": weights, "architecture": architecture,
+            "image_size": list(image_size)}
+
+
+def _public_architecture() -> dict[str, Any]:
+    config = MagvitV2Config().to_dict()
+    config.pop("_class_name", None)
+    return config
+
+
+MMADA = MMaDAConverter()
+CONVERTERS.add("mmada", MMADA)
