@@ -2,9 +2,11 @@
 # Everything only a GPU shows, in one call on a lent CUDA machine (see benchmarks/README.md, "On a GPU"):
 #   1. the `cuda` tests (tests/test_cuda.py): CUDA vs CPU logits and decoding, bf16, SDPA kernels, bf16 training;
 #   2. the training-step benchmark on the GPU (bf16 autocast);
-#   3. the sampler benchmark on the GPU (200 held-out problems, lengths 64 and 256, batch 16).
+#   3. the sampler benchmark on the GPU (200 held-out problems, lengths 64 and 256, batch 16);
+#   4. the VLM and text-to-image benchmarks on the GPU (the shipped mnist-grid-vlm and mnist-t2i entries).
 #
 #   scripts/gpu_check.sh OUT_DIR          # from the repository root; works from an installed checkout or a bare copy
+#   STAGES="cuda-tests t2i-bench" scripts/gpu_check.sh OUT_DIR      # only the named stages
 #
 # A bare copy (no `pip install -e .`) gets the zoo entries through a `mmdiff/zoo_entries` link, as the install does.
 # Each stage has its own time limit so that one slow stage cannot eat the others; logs and JSON land in OUT_DIR.
@@ -18,6 +20,7 @@ $PY -c "import mmdiff.zoo_entries" 2>/dev/null || ln -sfn ../zoo mmdiff/zoo_entr
 stage() {  # stage NAME SECONDS COMMAND...: runs, keeps the whole log, prints its tail
     local name=$1 limit=$2
     shift 2
+    [[ -z "${STAGES:-}" || " $STAGES " == *" $name "* ]] || return 0
     local start=$SECONDS
     timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
     local rc=$?
@@ -31,3 +34,5 @@ $PY -c "import torch, transformers, timm; print('torch', torch.__version__, 'tra
 TAIL=12 stage cuda-tests 200 $PY -m pytest -m cuda tests/test_cuda.py -q -rs -p no:cacheprovider
 TAIL=14 stage train-bench 150 $PY benchmarks/train.py --device cuda --out "$OUT"
 TAIL=40 stage sampling-bench 240 $PY benchmarks/sampling.py --device cuda --batch-sizes 16 --out "$OUT"
+TAIL=10 stage vlm-bench 90 $PY benchmarks/vlm.py --device cuda --out "$OUT"
+TAIL=14 stage t2i-bench 120 $PY benchmarks/t2i.py --device cuda --out "$OUT"
