@@ -51,4 +51,4 @@ __all__ = [
 ]
 
 # registering imports: the discrete tokenizers and the anyres SigLIP adapter
-from mmdiff.adapters import anyres, diffusers_vq, vq  # noqa: E402, F401
+from mmdiff.adapters import anyres, diffusers_vq, magvit, vq  # noqa: E402, F401

@@ -16,8 +16,10 @@ Verified against public code (read with the search tool, not copied):
   prompt.") and `utils/prompt_utils.py` (`generate_text_to_image_prompt`: "<system>" + system prompt + "</system>" +
   "<user>" + prompt + "</user>", unconditional prompt with "<uncondition>" in place of the prompt).
 - Lumina-DiMOO's training item processor (its `LLaDAForMultiModalGeneration` fine-tuning solver): text-to-image
-  rows are `tokenizer(instruction)` + [126354, 126349] + codes with 126084 after every row + [126350, 126355];
-  10 % of captions replaced by "<uncondition>"; the LM head is a separate `ff_out` (untied) of len(tokenizer) rows.
+  rows are `tokenizer(instruction)` + [126354, 126349] + codes with 126084 after every row (its `add_break_line`,
+  the last row included) + [126350, 126355]; 10 % of captions replaced by "<uncondition>"; the LM head is a
+  separate `ff_out` (untied) of len(tokenizer) rows. (The diffusers community port's `add_break_line` leaves the
+  last row without a newline; mmdiff follows the training layout.)
 - The Lumina-DiMOO diffusers community pipeline (`LuminaDiMOOPipeline`, a copy of the official model code):
   `LLaDAForMultiModalGeneration(LLaDAModelLM)` with LLaDA's module names, `generate_image` (MaskGIT: cosine
   schedule, tokens from `gumbel_max_sample` at temperature 1, image logits `[text_vocab_size, + 8192)` with

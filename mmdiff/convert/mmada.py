@@ -58,6 +58,7 @@ import mmdiff.adapters.magvit  # noqa: F401  (registers "image/magvitv2")
 from mmdiff.adapters import build_adapter
 from mmdiff.adapters.magvit import MAGVITV2_REPO, MMADA_RESOLUTION, MagvitV2Config
 from mmdiff.convert.llada import LLaDAConverter
+from mmdiff.hub import cached_checkpoint, is_hub_id
 from mmdiff.io import load_json
 from mmdiff.modeling import CONFIG_NAME, DiffusionModel, SamplerConfig
 from mmdiff.registry import CONVERTERS
@@ -141,33 +142,40 @@ class MMaDAConverter(LLaDAConverter):
             raise ValueError(f"text-to-image needs MMaDA's {missing} special ids (<|soi|>, <|eoi|>, <|t2i|>: reserved "
                              "LLaDA ids); load through the zoo card (mmada-8b-base) or pass specials={...}")
         model = super().load(folder, pretrained=pretrained, device=device, dtype=dtype, specials=specials)
-        hf = model.config.task_options["foreign_config"]
-        size = list(image_size) if image_size is not None else _image_size(hf)
-        spec = _magvit_spec(tokenizer_weights, size)
-        codes = MagvitV2Config.from_dict(spec["architecture"]).codebook_size
-        start, stop = model.vocab.range("image")
-        if stop - start != codes:
-            message = (f"the vocabulary's image range holds {stop - start} codes but the MAGVIT-v2 tokenizer "
-                       f"({tokenizer_weights}) has {codes}; pass tokenizer_weights=<a MAGVIT-v2 folder whose "
-                       "codebook fills the range>")
-            if task == T2I_TASK:
-                raise ValueError(message)
-            warnings.warn(f"{message}. Loaded for text generation only (no image tokenizer)", stacklevel=2)
+        size = list(image_size) if image_size is not None else _image_size(model.config.task_options["foreign_config"])
+        if not self._attach_image_side(model, tokenizer_weights, size, device, required=task == T2I_TASK):
             return model
-        attach_image_tokenizer(model, spec, device=device)
-        model.config.task_options[T2I_TASK] = {
-            "image_size": size, "text_length": MMADA_TEXT_BUDGET, "caption_dropout": MMADA_CAPTION_DROPOUT,
-            "row_newline": False, "task_token": "t2i", "image_modality": "image"}
         if task == T2I_TASK:
             model.config.task = T2I_TASK
             model.sampler_config = t2i_sampler_config(MMADA_T2I_PRESET)
         return model
 
+    def _attach_image_side(self, model: DiffusionModel, weights: str | None, size: list[int],
+                           device: str | torch.device, *, required: bool) -> bool:
+        """Adds the MAGVIT-v2 tokenizer and the text-to-image options; a vocabulary whose image range does not hold
+        the tokenizer's codebook is an error when `required`, else a warning (the text side still loads)."""
+        spec = _magvit_spec(weights, size)
+        codes = MagvitV2Config.from_dict(spec["architecture"]).codebook_size
+        start, stop = model.vocab.range("image")
+        if stop - start != codes:
+            message = (f"the vocabulary's image range holds {stop - start} codes but the MAGVIT-v2 tokenizer "
+                       f"({weights}) has {codes}; pass tokenizer_weights=<a MAGVIT-v2 folder whose codebook fills "
+                       "the range>")
+            if required:
+                raise ValueError(message)
+            warnings.warn(f"{message}. Loaded for text generation only (no image tokenizer)", stacklevel=3)
+            return False
+        attach_image_tokenizer(model, spec, device=device)
+        model.config.task_options[T2I_TASK] = {
+            "image_size": size, "text_length": MMADA_TEXT_BUDGET, "caption_dropout": MMADA_CAPTION_DROPOUT,
+            "row_newline": False, "task_token": "t2i", "image_modality": "image"}
+        return True
+
 
 def t2i_sampler_config(preset: Mapping[str, Any]) -> SamplerConfig:
-    """A converted model's text-to-image sampler defaults from a card-style preset, without `cfg_scale` (guidance is
-    the pipeline's `guidance_scale`, which builds the unconditional canvas) and with the mask id never predicted."""
-    options = {k: v for k, v in preset.items() if k not in ("sampler", "steps", "temperature", "cfg_scale")}
+    """A converted model's text-to-image sampler defaults from a card-style preset (guidance included: the T2I
+    pipeline builds the empty-caption canvas for the default `cfg_scale`), the mask id never predicted."""
+    options = {k: v for k, v in preset.items() if k not in ("sampler", "steps", "temperature")}
     return SamplerConfig(sampler=preset["sampler"], gen_length=0, steps=int(preset["steps"]),
                          temperature=float(preset["temperature"]), options={**options, "logits_mask_inf": True})
 
@@ -185,11 +193,17 @@ def _image_size(hf: Mapping[str, Any]) -> list[int]:
 
 
 def _magvit_spec(weights: str | None, image_size: list[int]) -> dict[str, Any]:
-    """The "image/magvitv2" adapter config; a local weights folder's config.json gives the architecture (the
-    public one holds only metadata, i.e. the public architecture)."""
+    """The "image/magvitv2" adapter config. The architecture comes from the weights' config.json when it is here
+    without network (a local folder, or a hub repo already in the local cache); showlab/magvitv2's holds only
+    metadata, i.e. the public architecture, which is also the default when nothing is cached yet."""
     architecture: dict[str, Any] = {}
-    if weights is not None and (Path(weights).expanduser() / CONFIG_NAME).is_file():
-        config = MagvitV2Config.from_dict(load_json(Path(weights).expanduser() / CONFIG_NAME)).to_dict()
+    folder = None
+    if weights is not None:
+        local = Path(weights).expanduser()
+        folder = local if (local / CONFIG_NAME).is_file() else (cached_checkpoint(weights) if is_hub_id(weights)
+                                                               else None)
+    if folder is not None:
+        config = MagvitV2Config.from_dict(load_json(folder / CONFIG_NAME)).to_dict()
         config.pop("_class_name", None)
         architecture = config if config != _public_architecture() else {}
     return {"adapter": "image/magvitv2", "weights": weights, "architecture": architecture,
