@@ -237,6 +237,25 @@ def test_diffusers_vq_codes_match_diffusers(vqmodel_folder):
     assert tok.postprocess(tok.decode(codes))[0].size == (24, 16)
 
 
+@pytest.mark.parametrize(("pixel_range", "black", "white"), [([0, 1], 0.0, 1.0), ([-1, 1], -1.0, 1.0)])
+def test_diffusers_vq_pixel_range_as_the_diffusers_pipelines_use_it(vqmodel_folder, pixel_range, black, white):
+    """aMUSEd / Meissonic / Lumina feed the VQModel [0, 1] pixels (VaeImageProcessor(do_normalize=False)) and clip
+    its output to [0, 1] before * 255; [-1, 1] is the other convention."""
+    from PIL import Image
+
+    tok = build_adapter("image/diffusers_vq", path=str(vqmodel_folder), subfolder="vqvae", image_size=[16, 24],
+                        pixel_range=pixel_range)
+    image = Image.new("RGB", (24, 16))
+    image.paste((255, 255, 255), (0, 0, 12, 16))  # left half white, right half black
+    pixels = tok.preprocess(image)
+    assert pixels[0, :, :, :10].min().item() == white and pixels[0, :, :, 14:].max().item() == black
+    mid = (black + white) / 2
+    back = tok.postprocess(torch.tensor([black, mid, white, white + 5.0]).view(1, 1, 1, 4).expand(1, 3, 1, 4))[0]
+    assert [back.getpixel((x, 0))[0] for x in range(4)] == [0, 128, 255, 255]  # round(127.5) = 128, clipped above
+    with pytest.raises(ValueError, match=r"pixel_range must be \[0, 1\] or \[-1, 1\]"):
+        DiffusersVQConfig(path="x", pixel_range=[0, 255])
+
+
 def test_diffusers_vq_missing_folder_names_the_fix(tmp_path):
     pytest.importorskip("diffusers")
     with pytest.raises(FileNotFoundError, match="vqvae/ subfolder"):

@@ -13,7 +13,10 @@ loaded through diffusers (imported lazily; install with `pip install 'mmdiff[t2i
   `VQModel.decode(..., force_not_quantize=True)` does (the spatial-norm decoder of MoVQ also receives the
   quantised latents). Works whether or not the folder sets `lookup_from_codebook`.
 
-Pixels are in [-1, 1] (the aMUSEd / Meissonic convention); downsampling is 2 ** (len(block_out_channels) - 1).
+Pixels are in [0, 1] by default: the diffusers pipelines of aMUSEd and Meissonic (and Lumina-DiMOO's code) feed the
+VQModel un-normalised pixels (`VaeImageProcessor(do_normalize=False)`) and clip its output to [0, 1];
+`pixel_range=[-1, 1]` serves VQModels trained on normalised pixels. Downsampling is
+2 ** (len(block_out_channels) - 1).
 
 >>> from mmdiff.adapters.diffusers_vq import DiffusersVQConfig
 >>> DiffusersVQConfig(path="vqvae").to_dict()["adapter"]
@@ -57,6 +60,8 @@ class DiffusersVQConfig(AdapterConfig):
             `subfolder`.
         subfolder: subfolder of `path` holding the VQModel ("" = `path` itself).
         image_size: default [height, width] `preprocess` resizes to (a multiple of the downsampling factor).
+        pixel_range: [low, high] pixel values the VQModel takes and gives: [0, 1] (aMUSEd, Meissonic,
+            Lumina-DiMOO) or [-1, 1].
         vocab_range: the vocabulary range the codes occupy.
         tokenizer: the registry name ("diffusers_vq").
     """
@@ -67,10 +72,14 @@ class DiffusersVQConfig(AdapterConfig):
     path: str = ""
     subfolder: str = ""
     image_size: list[int] = field(default_factory=lambda: [256, 256])
+    pixel_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
     vocab_range: str = "image"
     tokenizer: str = "diffusers_vq"
 
     def __post_init__(self) -> None:
+        self.pixel_range = [float(v) for v in self.pixel_range]
+        if self.pixel_range not in ([0.0, 1.0], [-1.0, 1.0]):
+            raise ValueError(f"pixel_range must be [0, 1] or [-1, 1], got {self.pixel_range}")
         self.image_size = [int(s) for s in self.image_size]
         if len(self.image_size) != 2 or min(self.image_size) <= 0:
             raise ValueError(f"image_size must be [height, width] of positive ints, got {self.image_size}")
@@ -127,20 +136,23 @@ class DiffusersVQTokenizer(DiscreteAdapter):
 
     @property
     def image_spec(self) -> ImageSpec:
-        """Resize (shortest side) + centre crop to `image_size`, to [0, 1], then normalise to [-1, 1]."""
+        """Resize (shortest side) + centre crop to `image_size`, to [0, 1] (then to [-1, 1] for that range)."""
         c = self._channels
-        return ImageSpec(size=tuple(self.config.image_size), mean=(0.5,) * c, std=(0.5,) * c, channels=c,
+        centre, scale = (0.5, 0.5) if self.config.pixel_range[0] < 0 else (0.0, 1.0)
+        return ImageSpec(size=tuple(self.config.image_size), mean=(centre,) * c, std=(scale,) * c, channels=c,
                          interpolation="bicubic")
 
     def preprocess(self, raw: Any) -> Tensor:
-        """PIL images / paths / arrays / uint8 or [0, 1] tensors -> (B, C, H, W) in [-1, 1]."""
+        """PIL images / paths / arrays / uint8 or [0, 1] tensors -> (B, C, H, W) in `pixel_range`."""
         return preprocess_images(raw, self.image_spec)
 
     def postprocess(self, pixels: Tensor) -> list:
-        """(B, C, H, W) in [-1, 1] -> list of PIL images."""
+        """(B, C, H, W) in `pixel_range` -> list of PIL images (clipped to the range, then to 0..255)."""
         from PIL import Image
 
-        arrays = ((pixels.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        low, high = self.config.pixel_range
+        unit = (pixels.detach().float().cpu() - low) / (high - low)  # [0, 1]
+        arrays = (unit.clamp(0, 1) * 255).round().to(torch.uint8)
         arrays = arrays.permute(0, 2, 3, 1).numpy()  # (B, H, W, C)
         return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arrays]
 
