@@ -61,18 +61,20 @@ def test_recipe_parses_and_builds_its_model(path, no_data):
 
     if cfg.model.init_from is not None:
         # a later training stage: its starting weights are another run's output, checked against this recipe's core
-        # by the trainer; here the recipe's own shape is built
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=None))
-    if cfg.model.adapters:  # pretrained towers come from an earlier stage's output; here the shape is built
-        adapters = {m: {**a, "pretrained": False} for m, a in cfg.model.adapters.items()}
+        # by the trainer (and LoRA goes on top of them); here the recipe's own shape is built
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=None, lora=None, trainable=None))
+    if cfg.model.adapters:  # pretrained towers / tokenizers come from an earlier stage's output; here the shape
+        adapters = {m: {**a, "pretrained": None if isinstance(a.get("pretrained"), str) else False}
+                    for m, a in cfg.model.adapters.items()}
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, adapters=adapters))
     torch.manual_seed(0)
     model = build_model(cfg, source)
     tokenizer = source.tokenizer()
     vocab = model.vocab
     assert vocab.range("text") == (0, len(tokenizer))
-    assert vocab.size == len(tokenizer) + len(source.specials)
-    assert [vocab.id(s) for s in source.specials] == list(range(len(tokenizer), vocab.size))
+    modality_ids = sum(stop - start for name, (start, stop) in vocab.ranges.items() if name != "text")
+    assert vocab.size == len(tokenizer) + len(source.specials) + modality_ids
+    assert [vocab.id(s) for s in source.specials] == list(range(len(tokenizer), len(tokenizer) + len(source.specials)))
     assert all(getattr(model.config.core, k) == v for k, v in cfg.model.core.items())
     assert model.config.name == cfg.name and model.config.task == source.task
     assert model.config.task_options["data"] == {"name": cfg.data.name, "options": cfg.data.options}
