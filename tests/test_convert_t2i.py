@@ -34,7 +34,7 @@ import mmdiff
 from mmdiff.adapters import build_adapter
 from mmdiff.adapters.magvit import MagvitV2, MagvitV2Config, MagvitV2Tokenizer, MagvitV2TokenizerConfig
 from mmdiff.convert import LUMINA_DIMOO, MMADA, detect_layout
-from mmdiff.convert.lumina import LUMINA_T2I_PRESET
+from mmdiff.convert.lumina import LUMINA_T2I_PRESET, LUMINA_T2I_TEMPLATE
 from mmdiff.convert.mmada import MMADA_T2I_PRESET
 from mmdiff.hub import HubCheckpointNotFound
 from mmdiff.modeling import DiffusionModel
@@ -244,8 +244,12 @@ def test_mmada_converter_gives_the_image_side(mmada, magvit_folder):
                                               "revision": None, "architecture": architecture,
                                               "image_size": [32, 32], "vocab_range": "image"}
     assert model.config.task == "text" and model.sampler_config.sampler == "llada"  # text generation as before
-    assert model.config.task_options["t2i"] == {"image_size": [32, 32], "text_length": 512, "caption_dropout": 0.1,
-                                                "row_newline": False, "task_token": "t2i", "image_modality": "image"}
+    # t2i_gen_prompt's canvas: max_text_len 512 + 1 = [iPAD]... <|t2i|> <bos> caption <eos>, then <|soi|> codes <|eoi|>
+    assert model.config.task_options["t2i"] == {
+        "image_size": [32, 32], "text_length": 513, "caption_dropout": 0.1, "row_newline": False, "task_token": None,
+        "caption_prefix": ["t2i", "bos"], "caption_suffix": ["eos"], "prompt_template": None,
+        "unconditional_prompt": None, "image_prefix": ["soi"], "image_suffix": ["eoi"], "pad_token": "ipad",
+        "image_modality": "image", "sampler": MMADA_T2I_PRESET}
     t2i = load_mmada(mmada, magvit_folder, task="t2i", image_size=[64, 32])
     assert t2i.config.task == "t2i" and t2i.config.task_options["t2i"]["image_size"] == [64, 32]
     s = t2i.sampler_config
@@ -257,45 +261,58 @@ def test_mmada_converter_gives_the_image_side(mmada, magvit_folder):
     assert text == len(model.tokenizer)
 
 
+def mmada_public_row(m: dict[str, Any], caption: list[int], codes: int = 4) -> list[int]:
+    """MMaDA's `t2i_gen_prompt` row, written out: [iPAD] * k + [<|t2i|>, bos] + caption + [eos] in max_text_len =
+    max_seq_length + 1 = 513 positions, then <|soi|>, the (masked) codes, <|eoi|>."""
+    sp = m["sp"]
+    text = [sp["t2i"], sp["bos"]] + caption + [sp["eos"]]
+    return [sp["ipad"]] * (513 - len(text)) + text + [sp["soi"]] + [sp["mask"]] * codes + [sp["eoi"]]
+
+
 def test_mmada_canvas_token_for_token(mmada, magvit_folder):
     model = load_mmada(mmada, magvit_folder, task="t2i")
-    sp, M = mmada["sp"], mmada["sp"]["mask"]
     caption = model.tokenizer.encode("To be", add_special_tokens=False)
     layout = T2ILayout.build(model)
-    assert layout.grid == (2, 2) and layout.length == 1 + 512 + 1 + 4 + 1
-    ids, attention = layout.canvas_ids(model, [caption])
-    expected = [sp["t2i"]] + [sp["pad"]] * (512 - len(caption)) + caption + [sp["soi"], M, M, M, M, sp["eoi"]]
-    assert ids[0].tolist() == expected
-    assert attention[0].tolist() == [True] + [False] * (512 - len(caption)) + [True] * (len(caption) + 6)
-    # the codes sit where MMaDA's t2i_gen_prompt puts them: after max_text_len = 512 + 1 positions and <|soi|>
+    assert layout.grid == (2, 2) and layout.caption == (0, 513) and layout.length == 513 + 1 + 4 + 1
+    # the codes sit where t2i_gen_prompt puts them: after max_text_len = 512 + 1 positions and <|soi|>
     assert layout.codes.tolist() == [514, 515, 516, 517]
+    ids, attention = layout.canvas_ids(model, [caption])
+    assert ids[0].tolist() == mmada_public_row(mmada, caption)
+    # t2i_gen_prompt's attention: 0 on the padding, 1 on the text, <|soi|>, the codes and <|eoi|>
+    assert attention[0].tolist() == [False] * (513 - len(caption) - 3) + [True] * (len(caption) + 3 + 6)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="T2IOptions has no caption prefix/suffix specials or pad token: the task token goes first "
-                   "and no BOS/EOS wraps the caption (see mmdiff/convert/mmada.py)")
 def test_mmada_pipeline_canvas_is_the_public_t2i_gen_prompt(mmada, magvit_folder):
+    """Token for token: the caption (as text or ids) in t2i_gen_prompt's row, and the empty caption (`''`, what the
+    guidance pass and caption dropout use) as [iPAD]... <|t2i|> <bos> <eos>; one BOS whatever the tokenizer adds."""
     model = load_mmada(mmada, magvit_folder, task="t2i")
-    sp, M = mmada["sp"], mmada["sp"]["mask"]
-    caption = model.tokenizer.encode("To be", add_special_tokens=False)
-    # t2i_gen_prompt: [iPAD] * k + [<|t2i|>, bos] + caption + [eos] in max_text_len = 513, then soi, codes, eoi
-    public = ([sp["ipad"]] * (513 - len(caption) - 3) + [sp["t2i"], sp["bos"]] + caption + [sp["eos"]]
-              + [sp["soi"], M, M, M, M, sp["eoi"]])
-    assert T2ILayout.build(model).canvas_ids(model, [caption])[0][0].tolist() == public
+    sp, tok = mmada["sp"], model.tokenizer
+    caption = tok.encode("To be", add_special_tokens=False)
+    assert tok("To be")["input_ids"] == [sp["bos"]] + caption  # the tokenizer adds <bos>, t2i_gen_prompt keeps one
+    ids, attention = T2ILayout.build(model).canvas_ids(model, ["To be", caption, None])
+    public = mmada_public_row(mmada, caption)
+    assert ids[0].tolist() == public and ids[1].tolist() == public
+    assert ids[2].tolist() == mmada_public_row(mmada, [])
+    assert ids[2].tolist()[510:514] == [sp["t2i"], sp["bos"], sp["eos"], sp["soi"]]
+    assert attention[2].tolist() == [False] * 510 + [True] * 9
+    with pytest.raises(ValueError, match=r"the prompt is 514 tokens \(3 of them the caption prefix / suffix "
+                       r"specials\), over this model's caption budget of 513"):
+        T2ILayout.build(model).canvas_ids(model, [[5] * 511])
+    T2ILayout.build(model).canvas_ids(model, [[5] * 510])  # 510 caption ids + 3 specials fill the budget
 
 
 def test_mmada_pipeline_guided_first_step_matches_reference(mmada, magvit_folder, magvit_state):
     model = load_mmada(mmada, magvit_folder, task="t2i")
     model.core = RecordingCore(model.core)
-    sp, M = mmada["sp"], mmada["sp"]["mask"]
+    sp = mmada["sp"]
     pipe = mmdiff.pipeline("text-to-image", model)
     images, codes = pipe(["To be"], num_inference_steps=1, guidance_scale=3.5, temperature=0.0, return_codes=True)
     caption = model.tokenizer.encode("To be", add_special_tokens=False)
-    cond = [sp["t2i"]] + [sp["pad"]] * (512 - len(caption)) + caption + [sp["soi"], M, M, M, M, sp["eoi"]]
-    uncond = [sp["t2i"]] + [sp["pad"]] * 512 + [sp["soi"], M, M, M, M, sp["eoi"]]  # the empty caption
+    cond = mmada_public_row(mmada, caption)
+    uncond = mmada_public_row(mmada, [])  # uni_prompting([''], 't2i_gen'): the empty caption
     seen = model.core.inputs[0]  # (2, L): the conditional canvas, then the unconditional one
     assert seen[0].tolist() == cond and seen[1].tolist() == uncond
-    want = guided_argmax(mmada, cond, uncond, sp["pad"], [514, 515, 516, 517], 3.5)
+    want = guided_argmax(mmada, cond, uncond, sp["ipad"], [514, 515, 516, 517], 3.5)
     assert codes.flatten().tolist() == want.tolist()
     # the image is the MAGVIT-v2 reference decoding of those codes, made uint8 as MMaDA does
     ref = reference_decode({k: v.double() for k, v in magvit_state.items()}, codes)  # (1, 3, 32, 32)
@@ -307,7 +324,26 @@ def test_mmada_pipeline_guided_first_step_matches_reference(mmada, magvit_folder
     assert torch.equal(default, codes)
     # w = 0 (MMaDA's form: no guidance) is the conditional argmax alone
     plain = pipe(["To be"], num_inference_steps=1, guidance_scale=0.0, temperature=0.0, return_codes=True)[1]
-    assert plain.flatten().tolist() == guided_argmax(mmada, cond, uncond, sp["pad"], [514, 515, 516, 517], 0).tolist()
+    assert plain.flatten().tolist() == guided_argmax(mmada, cond, uncond, sp["ipad"], [514, 515, 516, 517],
+                                                     0).tolist()
+
+
+def test_mmada_loaded_for_text_draws_images_with_its_t2i_defaults(mmada, magvit_folder):
+    """The zoo card loads MMaDA for text; the text-to-image pipeline takes that model (its task_options["t2i"]) and
+    samples with MMaDA's T2I defaults, not its text sampler's: the images of the model loaded with task="t2i"."""
+    text_model = load_mmada(mmada, magvit_folder)
+    assert text_model.config.task == "text" and text_model.sampler_config.temperature == 0.0  # a text sampler
+    t2i = load_mmada(mmada, magvit_folder, task="t2i")
+    kw = {"num_inference_steps": 2, "return_codes": True}
+    images, codes = mmdiff.pipeline("text-to-image", text_model)(["To be", "the question"], **kw,
+                                                                 generator=torch.Generator().manual_seed(0))
+    want = mmdiff.pipeline("text-to-image", t2i)(["To be", "the question"], **kw,
+                                                 generator=torch.Generator().manual_seed(0))[1]
+    assert torch.equal(codes, want) and len(images) == 2
+    text_model.core = RecordingCore(text_model.core)
+    mmdiff.pipeline("text-to-image", text_model)("To be")
+    assert len(text_model.core.inputs) == 15  # MMaDA's generation_timesteps, guided (2 rows per pass)
+    assert all(x.shape[0] == 2 for x in text_model.core.inputs)
 
 
 def test_mmada_pipeline_batches_and_round_trips_through_save(mmada, magvit_folder, tmp_path):
@@ -335,7 +371,7 @@ def test_mmada_without_tokenizer_weights_names_the_repo(mmada, tmp_path, monkeyp
         mmdiff.pipeline("t2i", model)("To be", num_inference_steps=1)
     with pytest.raises(HubCheckpointNotFound, match="showlab/magvitv2"):
         model.save_pretrained(tmp_path / "would-hold-a-placeholder")
-    with pytest.raises(ValueError, match=r"\['soi', 'eoi', 't2i'\].*zoo card \(mmada-8b-base\)"):
+    with pytest.raises(ValueError, match=r"\['soi', 'eoi', 't2i', 'ipad'\].*zoo card \(mmada-8b-base\)"):
         MMADA.load(mmada["folder"], task="t2i")
 
 
@@ -349,8 +385,12 @@ def test_lumina_converter_loads_core_vocabulary_and_vq(lumina):
     tok = model.adapters["image"]
     assert (tok.key, tok.codebook_size, tok.downsample) == ("image/diffusers_vq", CODES, 2)
     assert model.config.adapters["image"]["subfolder"] == "vqvae"
-    assert model.config.task_options["t2i"] == {"image_size": [4, 6], "text_length": 256, "caption_dropout": 0.1,
-                                                "row_newline": True, "task_token": None, "image_modality": "image"}
+    assert model.config.task_options["t2i"] == {
+        "image_size": [4, 6], "text_length": 256, "caption_dropout": 0.1, "row_newline": True, "task_token": None,
+        "caption_prefix": [], "caption_suffix": [], "prompt_template": LUMINA_T2I_TEMPLATE,
+        "unconditional_prompt": "<uncondition>", "image_prefix": ["answer_start", "soi"],
+        "image_suffix": ["eoi", "answer_end"], "pad_token": "pad", "image_modality": "image",
+        "sampler": LUMINA_T2I_PRESET}
     s = model.sampler_config
     assert (s.steps, s.temperature, s.options["schedule"], s.options["cfg_form"], s.options["cfg_scale"]) == (
         64, 1.0, "cosine", "llada", 4.0)
@@ -361,39 +401,72 @@ def test_lumina_converter_loads_core_vocabulary_and_vq(lumina):
         mmdiff.convert.save_foreign(model, lumina["folder"].parent / "export")
 
 
+def lumina_public_rows(m: dict[str, Any], prompt: str, h: int, w: int) -> tuple[list[int], list[int]]:
+    """Lumina-DiMOO's unpadded rows, written out: `tokenizer("<system>...</system><user>" + prompt + "</user>")`
+    + [<answer>, <boi>] + h rows of w masks each closed by the newline + [<eoi>, </answer>]; the unconditional row
+    is the "<uncondition>" prompt + the conditional row from two positions before the codes (generate_image)."""
+    sp, tok = m["sp"], m["tok"]
+    system = [sp["bos"], sp["system"]] + tok.encode(SYSTEM, add_special_tokens=False) + [sp["/system"], sp["user"]]
+    cond_prompt = system + tok.encode(prompt, add_special_tokens=False) + [sp["/user"]]
+    image = [sp["answer_start"], sp["soi"]] + ([sp["mask"]] * w + [sp["newline"]]) * h + [sp["eoi"], sp["answer_end"]]
+    cond = cond_prompt + image
+    code_start = len(cond_prompt) + 2
+    return cond, system + [sp["uncondition"], sp["/user"]] + cond[code_start - 2:]
+
+
+def public_guided_argmax(m: dict[str, Any], cond: list[int], uncond: list[int], w: float) -> torch.Tensor:
+    """Reference first-step codes on the public unpadded rows, each its own sequence (positions 0..n-1): argmax over
+    the image range of (1 + w) c - w u at each row's masked columns, logits of the float64 LLaDA forward."""
+    lo = m["text"]
+
+    def code_logits(row: list[int]) -> torch.Tensor:
+        ids = torch.tensor([row])
+        logits = llada_reference(m["weights"], m["cfg"], ids, torch.ones_like(ids, dtype=torch.bool))[0]
+        return logits[[i for i, t in enumerate(row) if t == m["sp"]["mask"]], lo:lo + CODES]
+
+    return ((1 + w) * code_logits(cond) - w * code_logits(uncond)).argmax(-1)
+
+
 def test_lumina_canvas_token_for_token_any_aspect_ratio(lumina):
     model = LUMINA_DIMOO.load(lumina["folder"], specials=lumina["card"], image_size=[4, 6])
     sp, M, NL = lumina["sp"], lumina["sp"]["mask"], lumina["sp"]["newline"]
-    caption = model.tokenizer.encode("To be", add_special_tokens=False)
     layout = T2ILayout.build(model)
-    ids, _ = layout.canvas_ids(model, [caption])
-    # a 2 x 3 grid, the newline after every row (the training code's add_break_line)
-    assert ids[0].tolist() == ([sp["pad"]] * (256 - len(caption)) + caption
-                               + [sp["soi"], M, M, M, NL, M, M, M, NL, sp["eoi"]])
+    ids, attention = layout.canvas_ids(model, ["To be"])
+    cond, _ = lumina_public_rows(lumina, "To be", 2, 3)
+    prompt = len(cond) - 12  # the templated prompt's tokens before <answer> <boi>
+    # the prompt left-padded to the 256-token budget, <answer> <boi>, a 2 x 3 grid with the newline after every row
+    # (the training code's add_break_line), <eoi> </answer>
+    assert ids[0].tolist() == [sp["pad"]] * (256 - prompt) + cond
+    assert ids[0, 256:].tolist() == [sp["answer_start"], sp["soi"], M, M, M, NL, M, M, M, NL, sp["eoi"],
+                                      sp["answer_end"]]
+    assert attention[0].tolist() == [False] * (256 - prompt) + [True] * len(cond)
+    assert layout.codes.tolist() == [258, 259, 260, 262, 263, 264] and layout.length == 268
     tall = T2ILayout.build(model, (8, 2))  # 4 rows of 1 code
-    assert tall.grid == (4, 1) and tall.codes.tolist() == [257, 259, 261, 263] and tall.length == 266
+    assert tall.grid == (4, 1) and tall.codes.tolist() == [258, 260, 262, 264] and tall.length == 268
     with pytest.raises(ValueError, match="not divisible by the image/diffusers_vq tokenizer's downsampling factor 2"):
         T2ILayout.build(model, (5, 6))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="T2IOptions has no prompt template, unconditional prompt text or two-special image markers: "
-                   "the template and <answer> / </answer> are missing (see mmdiff/convert/lumina.py)")
 def test_lumina_pipeline_canvas_is_the_public_prompt(lumina):
+    """Token for token, padding aside: tokenizer(template with the prompt) + <answer> <boi> + coded rows + <eoi>
+    </answer>, and the unconditional row of the guidance pass / caption dropout: the "<uncondition>" prompt + the
+    same image part; caption ids are refused (the template is tokenized as text)."""
     model = LUMINA_DIMOO.load(lumina["folder"], specials=lumina["card"], image_size=[4, 6])
-    sp, M, NL = lumina["sp"], lumina["sp"]["mask"], lumina["sp"]["newline"]
-    tok = model.tokenizer
-    # tokenizer("<system>...</system><user>To be</user>") + [answer_start, boi] + coded rows + [eoi, answer_end]
-    public = ([sp["bos"], sp["system"]] + tok.encode(SYSTEM, add_special_tokens=False) + [sp["/system"], sp["user"]]
-              + tok.encode("To be", add_special_tokens=False) + [sp["/user"], sp["answer_start"], sp["soi"]]
-              + [M, M, M, NL, M, M, M, NL] + [sp["eoi"], sp["answer_end"]])
-    caption = tok.encode("To be", add_special_tokens=False)
-    ids, attention = T2ILayout.build(model).canvas_ids(model, [caption])
-    assert ids[0][attention[0]].tolist() == public
+    cond, uncond = lumina_public_rows(lumina, "To be", 2, 3)
+    ids, attention = T2ILayout.build(model).canvas_ids(model, ["To be", None])
+    assert ids[0][attention[0]].tolist() == cond
+    assert ids[1][attention[1]].tolist() == uncond
+    assert uncond[-15:-12] == [lumina["sp"]["user"], lumina["sp"]["uncondition"], lumina["sp"]["/user"]]
+    caption = model.tokenizer.encode("To be", add_special_tokens=False)
+    with pytest.raises(ValueError, match="prompt template.*give the caption text, not ids"):
+        T2ILayout.build(model).canvas_ids(model, [caption])
+    with pytest.raises(ValueError, match=r"the prompt is \d+ tokens \(the prompt template included\), over this "
+                       r"model's caption budget of 256"):
+        T2ILayout.build(model).canvas_ids(model, ["To be " * 300])
 
 
 def test_lumina_public_prompt_template_tokenizes_as_written(lumina):
-    """The hand-written public row of the xfail test above is what the tokenizer gives for the template."""
+    """The hand-written public rows above are what the tokenizer gives for the template."""
     from mmdiff.convert.lumina import LUMINA_T2I_TEMPLATE, LUMINA_UNCONDITIONAL
 
     tok, sp = lumina["tok"], lumina["sp"]
@@ -407,39 +480,45 @@ def test_lumina_public_prompt_template_tokenizes_as_written(lumina):
 
 
 def test_lumina_pipeline_guided_first_step_matches_reference(lumina):
+    """The pipeline's batched, left-padded canvases give the codes of the public unpadded rows (RoPE: only relative
+    distances count), guided by the "<uncondition>" row."""
     diffusers = pytest.importorskip("diffusers")
     model = LUMINA_DIMOO.load(lumina["folder"], specials=lumina["card"], image_size=[4, 6])
-    sp, M, NL = lumina["sp"], lumina["sp"]["mask"], lumina["sp"]["newline"]
+    model.core = RecordingCore(model.core)
     images, codes = mmdiff.pipeline("text-to-image", model)(["To be"], num_inference_steps=1, guidance_scale=4.0,
                                                             temperature=0.0, return_codes=True)
-    caption = model.tokenizer.encode("To be", add_special_tokens=False)
-    grid = [sp["soi"], M, M, M, NL, M, M, M, NL, sp["eoi"]]
-    cond = [sp["pad"]] * (256 - len(caption)) + caption + grid
-    uncond = [sp["pad"]] * 256 + grid
-    cols = [257, 258, 259, 261, 262, 263]
-    assert codes.flatten().tolist() == guided_argmax(lumina, cond, uncond, sp["pad"], cols, 4.0).tolist()
+    cond, uncond = lumina_public_rows(lumina, "To be", 2, 3)
+    seen = model.core.inputs[0]  # (2, L): the conditional canvas, then the unconditional one
+    assert seen[0, -len(cond):].tolist() == cond and seen[1, -len(uncond):].tolist() == uncond
+    assert codes.flatten().tolist() == public_guided_argmax(lumina, cond, uncond, 4.0).tolist()
     assert len(images) == 1 and images[0].size == (6, 4)
     plain = mmdiff.pipeline("t2i", model)(["To be"], num_inference_steps=1, guidance_scale=0.0, temperature=0.0,
                                           return_codes=True)[1]
-    want = guided_argmax(lumina, cond, uncond, sp["pad"], cols, 0.0)
+    want = public_guided_argmax(lumina, cond, uncond, 0.0)
     assert plain.flatten().tolist() == want.tolist() and len(set(want.tolist())) > 1  # per-position predictions
     # the pixels are diffusers' own decoding of the codes (VQModel.decode with lookup_from_codebook)
     vq = diffusers.VQModel.from_pretrained(str(lumina["folder"] / "vqvae")).eval()
     with torch.no_grad():
         ref = vq.decode(codes.flatten(), force_not_quantize=True, shape=(1, 2, 3, 4)).sample
     torch.testing.assert_close(model.adapters["image"].decode(codes), ref, atol=1e-5, rtol=1e-4)
-    # any aspect ratio: the canvas follows the configured image size
-    model.config.task_options["t2i"]["image_size"] = [6, 2]
-    tall, tall_codes = mmdiff.pipeline("t2i", model)(["To be"], num_inference_steps=2, guidance_scale=4.0,
-                                                     return_codes=True, generator=torch.Generator().manual_seed(0))
+    # any aspect ratio, per request: a 3 x 1 grid, its first step the public 3-row canvas's
+    tall, tall_codes = mmdiff.pipeline("t2i", model)(["To be"], height=6, width=2, num_inference_steps=1,
+                                                     guidance_scale=4.0, temperature=0.0, return_codes=True)
+    cond, uncond = lumina_public_rows(lumina, "To be", 3, 1)
     assert tall[0].size == (2, 6) and tall_codes.shape == (1, 3, 1)
+    assert tall_codes.flatten().tolist() == public_guided_argmax(lumina, cond, uncond, 4.0).tolist()
+    with pytest.raises(ValueError, match=r"image width 5 is not divisible by the image/diffusers_vq tokenizer's "
+                       r"downsampling factor 2; resize or crop the image to a multiple of 2 \(nearest valid width: 4 "
+                       r"or 6\)"):
+        mmdiff.pipeline("t2i", model)("To be", height=4, width=5)
 
 
 def test_lumina_missing_pieces_name_the_fix(lumina, tmp_path):
     bare = write_checkpoint(tmp_path / "no-vq", lumina["cfg"], lumina["weights"])
     with pytest.raises(FileNotFoundError, match=r"no vqvae/config.json.*Alpha-VLLM/Lumina-DiMOO"):
         LUMINA_DIMOO.load(bare, specials=lumina["card"])
-    with pytest.raises(ValueError, match=r"\['soi', 'eoi', 'newline'\].*zoo card \(lumina-dimoo\)"):
+    with pytest.raises(ValueError, match=r"\['soi', 'eoi', 'newline', 'answer_start', 'answer_end'\].*zoo card "
+                       r"\(lumina-dimoo\)"):
         LUMINA_DIMOO.load(lumina["folder"])
     mmada_cfg = tmp_path / "mmada-cfg"
     write_checkpoint(mmada_cfg, {**lumina["cfg"], "model_type": "mmada"}, lumina["weights"])
@@ -470,8 +549,9 @@ def test_lumina_card_by_name(tmp_path, monkeypatch):
 
 def test_entries_by_name_from_the_hub_cache(mmada, lumina, magvit_folder, isolated_zoo, make_card, tmp_path,
                                            monkeypatch):
-    """Zoo cards naming the converters resolve tiny copies of the public repos from an offline hub cache: the MMaDA
-    card's model reads its MAGVIT-v2 weights from the cached `showlab/magvitv2` when an image is first decoded."""
+    """Zoo cards naming the converters resolve tiny copies of the public repos from an offline hub cache, and the
+    text-to-image pipeline takes them by name: the MMaDA card loads a text model (its task_options carry the T2I
+    layout) that reads its MAGVIT-v2 weights from the cached `showlab/magvitv2` when an image is first decoded."""
     cache = tmp_path / "hf-cache"
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     hub_snapshot(cache, "tiny-org/mmada", mmada["folder"])
@@ -485,13 +565,35 @@ def test_entries_by_name_from_the_hub_cache(mmada, lumina, magvit_folder, isolat
     tok = model.adapters["image"]
     assert model.config.task == "text" and tok.config.weights == "showlab/magvitv2" and not tok.loaded
     assert tok.config.architecture["encoder"]["ch"] == 32  # the cached snapshot's config.json
-    model.config.task = "t2i"  # MMaDA models generate text by default; the same weights draw images
-    images = mmdiff.pipeline("text-to-image", model)("To be", num_inference_steps=2)
-    assert tok.loaded and images[0].size == (32, 32)
-    lumina_model = create_model("zz-lumina")
-    lumina_model.config.task_options["t2i"]["image_size"] = [4, 6]  # the card's default is 1024 x 1024
-    images = mmdiff.pipeline("text-to-image", lumina_model)(["To be", "the question"], num_inference_steps=2)
+    pipe = mmdiff.pipeline("text-to-image", "zz-mmada")  # a text model by name, drawing with its T2I options
+    assert pipe.model.config.task == "text" and pipe.sampler_defaults["steps"] == 15
+    images = pipe("To be", num_inference_steps=2)
+    assert pipe.model.adapters["image"].loaded and images[0].size == (32, 32)
+    # the card's default is 1024 x 1024; any size per request
+    images = mmdiff.pipeline("text-to-image", "zz-lumina")(["To be", "the question"], height=4, width=6,
+                                                          num_inference_steps=2)
     assert [im.size for im in images] == [(6, 4), (6, 4)]
+    text_only = load_mmada(mmada, magvit_folder)
+    del text_only.config.task_options["t2i"]
+    text_only.config.name = "zz-text"
+    with pytest.raises(ValueError, match="'zz-text' is a 'text' model, not a 'text-to-image' model, and its "
+                       "config.task_options hold no 't2i' options"):
+        mmdiff.pipeline("text-to-image", text_only)
+
+
+def test_mmada_cards_name_every_special_of_the_t2i_layout():
+    """`mmdiff.pipeline("text-to-image", "mmada-8b-base")`: the cards load MMaDA for text with the special ids that
+    the converter's T2I options place (the reserved ids of prompting_utils.py, LLaDA's bos / eos)."""
+    from mmdiff.convert.mmada import mmada_t2i_options
+    from mmdiff.tasks.t2i import T2IOptions
+
+    names = T2IOptions(**mmada_t2i_options([512, 512])).special_names()
+    assert names == ["ipad", "t2i", "bos", "eos", "soi", "eoi"]
+    for card in ("mmada-8b-base", "mmada-8b-mixcot"):
+        special = model_info(card).special_tokens
+        assert model_info(card).task == "text" and model_info(card).converter == "mmada"
+        assert {n: special[n] for n in names} == {"ipad": 126093, "t2i": 126088, "bos": 126080, "eos": 126081,
+                                                 "soi": 126084, "eoi": 126085}
 
 
 def test_tiny_magvit_of_the_tests_is_the_public_layout():

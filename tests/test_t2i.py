@@ -8,23 +8,24 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import RecordingCore
 from PIL import Image
 
 import mmdiff
 from mmdiff import CoreConfig, DiffusionModel, ModelConfig, VocabLayout
 from mmdiff.sampling.llada import cosine_tokens_per_step
-from mmdiff.tasks.t2i import T2ILayout, T2ITask
+from mmdiff.tasks.t2i import T2ILayout, T2IOptions, T2ITask
 
-SPECIALS = ("mask", "eos", "pad", "bos", "soi", "eoi", "newline", "t2i")
+SPECIALS = ("mask", "eos", "pad", "bos", "soi", "eoi", "newline", "t2i", "ipad", "answer_start", "answer_end")
 VQ = {"adapter": "image/vq", "channels": 1, "image_size": [8, 12], "downsample": 4, "hidden": 8, "code_dim": 4,
       "codebook_size": 16}
 
 
-def make_t2i(tokenizer, seed: int = 0, **t2i) -> DiffusionModel:
+def make_t2i(tokenizer, seed: int = 0, task: str = "t2i", **t2i) -> DiffusionModel:
     torch.manual_seed(seed)
     vocab = VocabLayout.build(text_size=len(tokenizer), specials=SPECIALS, ranges={"image": 16})
     options = {"image_size": [8, 12], "text_length": 10, "caption_dropout": 0.25, **t2i}
-    config = ModelConfig(CoreConfig(vocab=vocab, d_model=32, n_layers=2, n_heads=2, max_seq_len=32), task="t2i",
+    config = ModelConfig(CoreConfig(vocab=vocab, d_model=32, n_layers=2, n_heads=2, max_seq_len=32), task=task,
                          task_options={"t2i": options}, adapters={"image": dict(VQ)})
     model = DiffusionModel(config, tokenizer=tokenizer).eval()
     with torch.no_grad():  # O(1) random weights, so every part of the computation matters
@@ -60,6 +61,129 @@ def test_layout_columns_exact(tiny_tokenizer):
     expected += [v.range("image")[0] + i for i in (3, 4, 5)] + [v.id("newline"), v.id("eoi")]
     assert ids[0].tolist() == expected and M is None
     assert attention[0].tolist() == [True] + [False] * (10 - len(caption)) + [True] * (len(caption) + 10)
+
+
+def test_default_layout_is_the_mnist_canvas(model):
+    """The defaults (what the MNIST recipe trains with): [pad ... caption] <soi> codes <eoi>, nothing else."""
+    layout = T2ILayout.build(model)
+    assert layout.caption == (0, 10) and layout.codes.tolist() == [11, 12, 13, 14, 15, 16] and layout.length == 18
+    v = model.vocab
+    caption = model.tokenizer.encode("To be", add_special_tokens=False)
+    ids, attention = layout.canvas_ids(model, [caption, "To be", None])
+    row = [v.id("pad")] * (10 - len(caption)) + caption + [v.id("soi")] + [v.mask_id] * 6 + [v.id("eoi")]
+    assert ids[0].tolist() == row and ids[1].tolist() == row  # text is tokenized without special tokens
+    assert ids[2].tolist() == [v.id("pad")] * 10 + [v.id("soi")] + [v.mask_id] * 6 + [v.id("eoi")]
+    assert attention[2].tolist() == [False] * 10 + [True] * 8
+
+
+def test_caption_and_image_markers_exact(tiny_tokenizer):
+    """MMaDA-style specials around the caption inside the budget, [iPAD] padding, two specials on each side of the
+    code grid with a newline per row; the unconditional row is prefix + suffix."""
+    model = make_t2i(tiny_tokenizer, caption_prefix=["t2i", "bos"], caption_suffix=["eos"], pad_token="ipad",
+                     image_prefix=["answer_start", "soi"], image_suffix=["eoi", "answer_end"], row_newline=True)
+    layout = T2ILayout.build(model)
+    # first code = budget 10 + 2 image prefix specials; rows of 3 codes + newline; 2 suffix specials
+    assert layout.caption == (0, 10) and layout.codes.tolist() == [12, 13, 14, 16, 17, 18] and layout.length == 22
+    v, M = model.vocab, model.vocab.mask_id
+    caption = model.tokenizer.encode("To be", add_special_tokens=False)
+    ids, attention = layout.canvas_ids(model, ["To be", caption, None])
+    image = [v.id("answer_start"), v.id("soi"), M, M, M, v.id("newline"), M, M, M, v.id("newline"), v.id("eoi"),
+             v.id("answer_end")]
+    row = [v.id("ipad")] * (7 - len(caption)) + [v.id("t2i"), v.id("bos")] + caption + [v.id("eos")] + image
+    assert ids[0].tolist() == row and ids[1].tolist() == row
+    assert ids[2].tolist() == [v.id("ipad")] * 7 + [v.id("t2i"), v.id("bos"), v.id("eos")] + image
+    assert attention[0].tolist() == [False] * (7 - len(caption)) + [True] * (len(caption) + 15)
+    assert attention[2].tolist() == [False] * 7 + [True] * 15
+    with pytest.raises(ValueError, match=r"the prompt is 11 tokens \(3 of them the caption prefix / suffix "
+                       r"specials\), over this model's caption budget of 10"):
+        layout.canvas_ids(model, [[5] * 8])
+
+
+def test_prompt_template_and_unconditional_prompt_exact(tiny_tokenizer):
+    """A templated prompt is the filled template tokenized whole (special tokens on); the unconditional row is the
+    template filled with the unconditional prompt; caption ids are refused."""
+    model = make_t2i(tiny_tokenizer, prompt_template="draw {prompt} now", unconditional_prompt="nothing",
+                     text_length=20)
+    tok, v, M = model.tokenizer, model.vocab, model.vocab.mask_id
+    layout = T2ILayout.build(model)
+    ids, attention = layout.canvas_ids(model, ["To be", None])
+    cond, uncond = tok.encode("draw To be now"), tok.encode("draw nothing now")
+    image = [v.id("soi")] + [M] * 6 + [v.id("eoi")]
+    assert ids[0].tolist() == [v.id("pad")] * (20 - len(cond)) + cond + image
+    assert ids[1].tolist() == [v.id("pad")] * (20 - len(uncond)) + uncond + image
+    assert attention[1].tolist() == [False] * (20 - len(uncond)) + [True] * (len(uncond) + 8)
+    with pytest.raises(ValueError, match="give the caption text, not ids"):
+        layout.canvas_ids(model, [tok.encode("To be")])
+    braces = make_t2i(tiny_tokenizer, prompt_template="{prompt}!", text_length=20)  # braces in a prompt stay text
+    filled = tok.encode("a {b}!")
+    assert T2ILayout.build(braces).canvas_ids(braces, ["a {b}"])[0][0, 20 - len(filled) : 20].tolist() == filled
+
+
+def test_collator_builds_the_sampling_canvas_with_prompt_formats(tiny_tokenizer):
+    """Training rows are the pipeline's rows: the caption's prompt (prefix / suffix or template) or, dropped, the
+    unconditional prompt, with the image's codes at the code columns."""
+    marked = make_t2i(tiny_tokenizer, caption_prefix=["t2i", "bos"], caption_suffix=["eos"], pad_token="ipad",
+                      image_prefix=["answer_start", "soi"], image_suffix=["eoi", "answer_end"], row_newline=True)
+    templated = make_t2i(tiny_tokenizer, prompt_template="draw {prompt} now", unconditional_prompt="nothing",
+                         text_length=20)
+    for model in (marked, templated):
+        caption = model.tokenizer.encode("To be", add_special_tokens=False)
+        examples = [{"image": im, "caption_ids": caption, "caption": "To be"} for im in images(64)]
+        canvas = T2ITask.collator(model)(examples)
+        layout = T2ILayout.build(model)
+        tok = model.adapters["image"]
+        codes = tok.encode(tok.preprocess([e["image"] for e in examples])).flatten(1) + model.vocab.range("image")[0]
+        cond, cond_attention = layout.canvas_ids(model, ["To be"] * 64, codes)
+        uncond, uncond_attention = layout.canvas_ids(model, [None] * 64, codes)
+        kept = (canvas.ids == cond).all(1)
+        assert bool((kept | (canvas.ids == uncond).all(1)).all())  # every row is one of the two
+        assert 6 <= int((~kept).sum()) <= 26  # 25 % dropped
+        assert torch.equal(canvas.attention_mask, torch.where(kept[:, None], cond_attention, uncond_attention))
+    with pytest.raises(ValueError, match=r"needs a 'caption' \(text: the prompt template is tokenized whole\)"):
+        T2ITask.collator(templated)([{"image": images(1)[0], "caption_ids": [5]}])
+
+
+def test_pipeline_height_and_width_per_request(model):
+    pipe = mmdiff.pipeline("t2i", model)
+    kw = {"num_inference_steps": 2, "return_codes": True, "generator": torch.Generator().manual_seed(0)}
+    wide, codes = pipe(["To be", "or not"], height=4, width=16, **kw)
+    assert [im.size for im in wide] == [(16, 4), (16, 4)] and codes.shape == (2, 1, 4)
+    tok = model.adapters["image"]
+    assert np.array_equal(np.asarray(wide[1]), np.asarray(tok.postprocess(tok.decode(codes[1:]))[0]))
+    tall = pipe("To be", height=12, width=4, **{**kw, "generator": torch.Generator().manual_seed(0)})[1]
+    assert tall.shape == (1, 3, 1)
+    default = pipe("To be", **{**kw, "generator": torch.Generator().manual_seed(0)})[1]
+    same = pipe("To be", height=8, width=12, **{**kw, "generator": torch.Generator().manual_seed(0)})[1]
+    assert default.shape == (1, 2, 3) and torch.equal(default, same)
+    with pytest.raises(ValueError, match=r"image height 10 is not divisible by the image/vq tokenizer's downsampling "
+                       r"factor 4; resize or crop the image to a multiple of 4 \(nearest valid height: 8 or 12\)"):
+        pipe("To be", height=10)
+    with pytest.raises(ValueError, match="a 16x24 image is 4x6 codes; with the 10-token prompt budget the canvas "
+                       "needs 36 positions but the core's max_seq_len is 32"):
+        pipe("To be", height=16, width=24)  # 10 + <soi> + 24 codes + <eoi>
+
+
+def test_pipeline_takes_a_model_of_another_task_carrying_t2i_options(tiny_tokenizer):
+    """A text model with task_options["t2i"] (MMaDA loaded for text) draws images with the T2I options' sampler
+    defaults, passed whole: its own (text) sampler_config never reaches the image."""
+    sampler = {"steps": 3, "cfg_scale": 2.0, "cfg_form": "llada", "temperature": 1.0, "choice_temperature": 2.0}
+    text = make_t2i(tiny_tokenizer, task="text", sampler=sampler)
+    text.sampler_config.temperature, text.sampler_config.block_length = 0.0, 2  # a text sampler's settings
+    text.sampler_config.remasking = "random"
+    t2i = make_t2i(tiny_tokenizer, sampler=sampler)
+    t2i.sampler_config.temperature, t2i.sampler_config.options = 1.0, dict(sampler)
+    text.core = RecordingCore(text.core)
+    got = mmdiff.pipeline("text-to-image", text)(["To be", "or not"], return_codes=True,
+                                                 generator=torch.Generator().manual_seed(0))[1]
+    want = mmdiff.pipeline("text-to-image", t2i)(["To be", "or not"], return_codes=True,
+                                                 generator=torch.Generator().manual_seed(0))[1]
+    assert torch.equal(got, want)
+    assert len(text.core.inputs) == 3 and all(x.shape[0] == 4 for x in text.core.inputs)  # 3 guided steps
+    bare = make_t2i(tiny_tokenizer, task="text")
+    bare.config.task_options.pop("t2i")
+    bare.config.name = "bare"
+    with pytest.raises(ValueError, match="'bare' is a 'text' model, not a 'text-to-image' model"):
+        mmdiff.pipeline("text-to-image", bare)
 
 
 def test_collator_tokenizes_images_and_drops_captions_reproducibly(model):
@@ -169,6 +293,14 @@ def test_bad_input_names_the_fix(model, tiny_tokenizer):
         tok.decode(torch.full((1, 2, 3), 16))
     with pytest.warns(UserWarning, match="without caption dropout"):
         mmdiff.pipeline("t2i", make_t2i(tiny_tokenizer, caption_dropout=0.0))("To be", guidance_scale=2.0)
+    with pytest.raises(ValueError, match=r"prompt_template must hold \{prompt\} exactly once"):
+        T2IOptions(prompt_template="draw a digit")
+    with pytest.raises(ValueError, match="text_length 2 must be >= 1 and hold the 3 caption prefix / suffix specials"):
+        T2IOptions(text_length=2, caption_prefix=["t2i", "bos"], caption_suffix=["eos"])
+    with pytest.raises(ValueError, match=r"places the specials \['boa'\], which this vocabulary lacks"):
+        T2ILayout.build(make_t2i(tiny_tokenizer, image_prefix=["boa", "soi"]))
+    with pytest.raises(TypeError, match="prompts are strings, got int"):
+        pipe(["To be", 7])
     with pytest.raises(ValueError, match="not a 'text-to-image' model"):
         mmdiff.pipeline("text-to-image", mmdiff.DiffusionModel(ModelConfig(CoreConfig(VocabLayout.build(8),
                                                                                        d_model=16, n_layers=1,

@@ -5,8 +5,9 @@ Generation and Understanding", Xin et al. 2025, arXiv:2510.06308; hub `Alpha-VLL
 The converter loads the core through LLaDA's layout (`mmdiff.convert.llada`: config.json model_type "llada",
 `model.transformer.*` tensor names), records the vocabulary as the ranges "text" and "image" (image id = offset +
 code, offset = the logit rows minus the codebook), attaches the "image/diffusers_vq" tokenizer read from `vqvae/`,
-and writes the text-to-image options: a newline special after every code row (`row_newline`), any image size (a
-multiple of the VQ's downsampling of 16). Loading only: the layout is not written back.
+and writes the text-to-image options: the system / user prompt template, <answer> <boi> before and <eoi> </answer>
+after the code grid, a newline special after every code row (`row_newline`), any image size per pipeline call
+(`height=`, `width=`: multiples of the VQ's downsampling of 16). Loading only: the layout is not written back.
 
 Verified against public code (read with the search tool, not copied):
 
@@ -17,7 +18,8 @@ Verified against public code (read with the search tool, not copied):
   "<user>" + prompt + "</user>", unconditional prompt with "<uncondition>" in place of the prompt).
 - Lumina-DiMOO's training item processor (its `LLaDAForMultiModalGeneration` fine-tuning solver): text-to-image
   rows are `tokenizer(instruction)` + [126354, 126349] + codes with 126084 after every row (its `add_break_line`,
-  the last row included) + [126350, 126355]; 10 % of captions replaced by "<uncondition>"; the LM head is a
+  the last row included) + [126350, 126355]; 10 % of captions replaced by "<uncondition>" inside the same
+  system / user template ("CFG --> drop 10% text prompt"); the LM head is a
   separate `ff_out` (untied) of len(tokenizer) rows. (The diffusers community port's `add_break_line` leaves the
   last row without a newline; mmdiff follows the training layout.)
 - The Lumina-DiMOO diffusers community pipeline (`LuminaDiMOOPipeline`, a copy of the official model code):
@@ -31,11 +33,12 @@ Verified against public code (read with the search tool, not copied):
 - The README of Alpha-VLLM/Lumina-DiMOO (`--timesteps 64 --cfg_scale 4.0`, 768 x 1536 and
   1024 x 1024 examples) and its hub page (pipeline tag "llada", 8B).
 
-What mmdiff's T2I task cannot express yet (`mmdiff.tasks.t2i.T2IOptions`): the prompt template around the caption,
-"<uncondition>" as the unconditional caption, and two specials on each side of the code grid ([answer_start, boi]
-before, [eoi, answer_end] after). The options written here keep the code grid, its newlines and <boi> / <eoi>; the
-public row is longer by the template and the answer markers. The public code runs one unpadded sequence per image;
-mmdiff left-pads a batch and masks the padding out of attention, which RoPE makes equivalent.
+The text-to-image canvas is the public one token for token (`lumina_t2i_options`): `tokenizer(template filled with
+the caption)` (special tokens on, as `tokenizer(input_prompt)`), then `<answer> <boi>`, the code rows each closed by
+the newline token, `<eoi> </answer>`; dropped captions in training and the guidance pass use the template filled
+with "<uncondition>" followed by the conditional canvas's image part (the public `uncon_ids + x[:, code_start - 2:]`).
+The public code runs one unpadded sequence per image; mmdiff left-pads a batch to the prompt budget and masks the
+padding out of attention, which RoPE makes equivalent (only relative distances between unmasked tokens count).
 
 Not verified (no hub access here): the checkpoint's config.json values (the logit rows are taken from its
 embedding_size / vocab_size; the public offset 126356 implies 134548 rows), its tokenizer files and license.
@@ -59,23 +62,26 @@ from mmdiff.convert.base import read_config
 from mmdiff.convert.llada import LLaDAConverter
 from mmdiff.convert.mmada import T2I_TASK, attach_image_tokenizer, t2i_sampler_config
 from mmdiff.core.config import CoreConfig
+from mmdiff.dataclass_io import to_dict
 from mmdiff.modeling import CONFIG_NAME, DiffusionModel
 from mmdiff.registry import CONVERTERS
+from mmdiff.tasks.t2i import T2IOptions
 from mmdiff.vocab import VocabLayout
 
 __all__ = ["LuminaDiMOOConverter", "LUMINA_DIMOO", "LUMINA_REPO", "LUMINA_T2I_PRESET", "LUMINA_T2I_TEMPLATE",
-           "LUMINA_UNCONDITIONAL"]
+           "LUMINA_UNCONDITIONAL", "lumina_t2i_options"]
 
 LUMINA_REPO = "Alpha-VLLM/Lumina-DiMOO"
 VQ_SUBFOLDER = "vqvae"
 LUMINA_CODEBOOK = 8192  # the aMUSEd VQ's num_vq_embeddings (SPECIAL_TOKENS image offset + 8192 = the logit rows)
 LUMINA_IMAGE_SIZE = [1024, 1024]  # _text_to_image defaults "from inference_t2i.py"
-LUMINA_TEXT_BUDGET = 256  # caption tokens of mmdiff's left-padded canvas (the public canvas has no fixed budget)
+LUMINA_TEXT_BUDGET = 256  # prompt tokens (template included) of mmdiff's left-padded canvas (the public has no budget)
 LUMINA_CAPTION_DROPOUT = 0.1  # training: 10 % of captions replaced by <uncondition>
 # LLaDA's rotary cache grows with the input (no length limit) and the public examples go to 768 x 1536 = 48 rows of
 # 97 (96 codes + a newline): the core accepts canvases up to this length whatever config.json's max_sequence_length.
 LUMINA_MAX_CANVAS = 8192
-T2I_MARKERS = ("soi", "eoi", "newline", "pad")  # <boi>, <eoi>, the row newline, caption padding
+# <boi>, <eoi>, the row newline, <answer>, </answer> and the prompt padding: the specials the canvas places
+T2I_MARKERS = ("soi", "eoi", "newline", "answer_start", "answer_end", "pad")
 LUMINA_T2I_TEMPLATE = "<system>Generate an image according to the text prompt.</system><user>{prompt}</user>"
 LUMINA_UNCONDITIONAL = "<uncondition>"  # the unconditional prompt's {prompt}
 # GENERATION_CONFIG / README: 64 timesteps, cfg_scale 4.0 in the (1 + w) c - w u form, temperature 1.0, cosine.
@@ -133,7 +139,8 @@ class LuminaDiMOOConverter(LLaDAConverter):
         Args:
             folder, pretrained, device, dtype: as `LLaDAConverter.load`; the tokenizer always comes from `vqvae/`.
             specials: the special ids the canvas needs beyond config.json's: soi (<boi> 126349), eoi (126350),
-                newline (126084) and pad; the zoo card `lumina-dimoo` passes them.
+                newline (126084), answer_start (<answer> 126354), answer_end (126355) and pad; the zoo card
+                `lumina-dimoo` passes them.
             task: "t2i" (default, with Lumina-DiMOO's sampler defaults) or "text".
             image_size: [height, width] of generated images (default 1024 x 1024; any multiple of 16).
 
@@ -153,14 +160,13 @@ class LuminaDiMOOConverter(LLaDAConverter):
         missing = [m for m in T2I_MARKERS if m not in known]
         if task == T2I_TASK and missing:
             raise ValueError(f"text-to-image needs the {missing} special ids of Lumina-DiMOO (<boi>, <eoi>, the row "
-                             "newline); load through the zoo card (lumina-dimoo) or pass specials={...}")
+                             "newline, <answer>, </answer>); load through the zoo card (lumina-dimoo) or pass "
+                             "specials={...}")
         model = super().load(folder, pretrained=pretrained, device=device, dtype=dtype, specials=specials)
         size = [int(s) for s in (image_size if image_size is not None else LUMINA_IMAGE_SIZE)]
         attach_image_tokenizer(model, {"adapter": "image/diffusers_vq", "path": str(folder),
                                        "subfolder": VQ_SUBFOLDER, "image_size": size}, device=device)
-        model.config.task_options[T2I_TASK] = {
-            "image_size": size, "text_length": LUMINA_TEXT_BUDGET, "caption_dropout": LUMINA_CAPTION_DROPOUT,
-            "row_newline": True, "task_token": None, "image_modality": "image"}
+        model.config.task_options[T2I_TASK] = lumina_t2i_options(size)
         if task == T2I_TASK:
             model.config.task = T2I_TASK
             model.sampler_config = t2i_sampler_config(LUMINA_T2I_PRESET)
@@ -169,6 +175,22 @@ class LuminaDiMOOConverter(LLaDAConverter):
     def save(self, model: DiffusionModel, folder: str | os.PathLike, **kwargs: Any) -> Path:
         raise NotImplementedError("the Lumina-DiMOO layout is read, not written: save_pretrained(folder) writes "
                                   "mmdiff's format (core, VQ tokenizer and options in one folder)")
+
+
+def lumina_t2i_options(image_size: list[int]) -> dict[str, Any]:
+    """Lumina-DiMOO's text-to-image options (`task_options["t2i"]`, every `T2IOptions` field): the system / user
+    template, "<uncondition>", <answer> <boi> ... <eoi> </answer> around the code rows, a newline after each row,
+    10 % caption dropout, and its sampler defaults.
+
+    >>> lumina_t2i_options([1024, 1024])["image_prefix"], lumina_t2i_options([1024, 1024])["image_suffix"]
+    (['answer_start', 'soi'], ['eoi', 'answer_end'])
+    """
+    options = T2IOptions(image_size=list(image_size), text_length=LUMINA_TEXT_BUDGET,
+                         caption_dropout=LUMINA_CAPTION_DROPOUT, row_newline=True,
+                         prompt_template=LUMINA_T2I_TEMPLATE, unconditional_prompt=LUMINA_UNCONDITIONAL,
+                         image_prefix=["answer_start", "soi"], image_suffix=["eoi", "answer_end"],
+                         sampler=dict(LUMINA_T2I_PRESET))
+    return to_dict(options)
 
 
 def _config_specials(folder: Path) -> dict[str, int | None]:

@@ -6,8 +6,9 @@ An MMaDA checkpoint is LLaDA's layout (`mmdiff.convert.llada`) whose vocabulary 
 MAGVIT-v2 tokenizer `showlab/magvitv2`: text ids [0, llm_vocab_size) then image codes, image id = len(text tokenizer)
 + code. The converter loads the core, records the vocabulary as the ranges "text" and "image" (never loose
 numbers), attaches the "image/magvitv2" adapter (weights named by hub id, read on first use) and writes the
-text-to-image task options. `load(folder, task="t2i")` gives a model for `mmdiff.pipeline("text-to-image", model)`;
-the default task stays "text" (LLaDA-style text generation, what the zoo cards run).
+text-to-image task options (with MMaDA's T2I sampler defaults). The default task stays "text" (LLaDA-style text
+generation, what the zoo cards run), and that model also draws images: `mmdiff.pipeline("text-to-image", model)`
+(or the zoo name) reads its `task_options["t2i"]`; `load(folder, task="t2i")` makes text-to-image its task.
 
 Verified against public code (read with the search tool, not copied):
 
@@ -26,21 +27,28 @@ Verified against public code (read with the search tool, not copied):
   [iPAD] 126093 (`pad_id`); `max_text_len = max_seq_length + 1` ("plus 1 because ... we add a task token");
   `t2i_gen_prompt`: `[iPAD] * k + [<|t2i|>, bos] + caption + [eos]` left-padded to max_text_len (a BOS is added only
   when the tokenizer did not), attention 0 on the padding, then `<|soi|>`, the codes, `<|eoi|>`; the unconditional
-  prompt is the empty caption (`[<|t2i|>, bos, eos]`).
+  prompt is the empty caption (`[<|t2i|>, bos, eos]`); `t2i_prompt` (training) replaces a caption with that same
+  `[<|t2i|>, bos, eos]` with probability `cond_dropout_prob`; `self.pad_id = reserved_token_mapping['[iPAD]']`.
+- MMaDA's inference / `t2i_generate`: the unconditional input is `uni_prompting(([''] * n, image_tokens),
+  't2i_gen')`; each step runs `cat([uncond[:, :max_seq_length + 1], input_ids[:, max_seq_length + 1:]])` (its own
+  text segment, the conditional's <|soi|>, codes and <|eoi|>) with `attention_bias = mask[:, :, None] &
+  mask[:, None, :]` (padding masked out).
 - MMaDA configs (`configs/mmada_demo.yaml` in public forks): vq_model magvitv2 / showlab/magvitv2, new_vocab_size
   134656, llm_vocab_size 126464, codebook_size 8192, num_vq_tokens 1024, num_new_special_tokens 0,
   max_seq_length 512, resolution 512, cond_dropout_prob 0.1, mask_schedule cosine.
 - Gen-Verse/MMaDA README.md: text-to-image with `guidance_scale=3.5 generation_timesteps=15`.
 
-What mmdiff's T2I task cannot express yet (`mmdiff.tasks.t2i.T2IOptions`): the task token after the padding and the
-BOS / EOS around the caption. The options written here put <|t2i|> first and the caption (left-padded, 512 ids)
-right before <|soi|>, so every code sits at the column (RoPE position) of the public canvas, and padding is masked
-out as in the public attention bias; the public row differs by where <|t2i|> sits and by the missing BOS / EOS.
+The text-to-image canvas is MMaDA's `t2i_gen_prompt` token for token (`mmada_t2i_options`): the 513-position text
+segment `[iPAD] * k + [<|t2i|>, <bos>] + caption + [<eos>]` (caption prefix / suffix specials inside the budget,
+left-padded with [iPAD] and masked out of attention), then `<|soi|>`, the codes, `<|eoi|>`; dropped captions in
+training and the guidance pass use the empty caption `[<|t2i|>, <bos>, <eos>]` with the conditional canvas's codes.
+A prompt over the budget is an error here (MMaDA truncates it to 512 positions + <eos>).
 MMaDA's choice temperature is annealed as T * prod((1 - (s + 1) / S)) over steps, mmdiff's as T * (1 - s / S).
 
 >>> from mmdiff.convert import MMADA
 >>> # model = MMADA.load("MMaDA-8B-Base", task="t2i", specials=model_info("mmada-8b-base").special_tokens)
 >>> # images = mmdiff.pipeline("text-to-image", model)(["a red bus"], num_inference_steps=15, guidance_scale=3.5)
+>>> # images = mmdiff.pipeline("text-to-image", "mmada-8b-base")("a red bus")  # by name: the card loads it for text
 """
 
 from __future__ import annotations
@@ -58,18 +66,20 @@ import mmdiff.adapters.magvit  # noqa: F401  (registers "image/magvitv2")
 from mmdiff.adapters import build_adapter
 from mmdiff.adapters.magvit import MAGVITV2_REPO, MMADA_RESOLUTION, MagvitV2Config
 from mmdiff.convert.llada import LLaDAConverter
+from mmdiff.dataclass_io import to_dict
 from mmdiff.hub import cached_checkpoint, is_hub_id
 from mmdiff.io import load_json
 from mmdiff.modeling import CONFIG_NAME, DiffusionModel, SamplerConfig
 from mmdiff.registry import CONVERTERS
+from mmdiff.tasks.t2i import T2IOptions
 
-__all__ = ["MMaDAConverter", "MMADA", "attach_image_tokenizer", "T2I_TASK", "MMADA_T2I_PRESET"]
+__all__ = ["MMaDAConverter", "MMADA", "attach_image_tokenizer", "mmada_t2i_options", "T2I_TASK", "MMADA_T2I_PRESET"]
 
 T2I_TASK = "t2i"
 MMADA_CODEBOOK = 8192  # MAGVIT-v2: 2**13 lookup-free codes (config codebook_size)
-MMADA_TEXT_BUDGET = 512  # dataset.preprocessing.max_seq_length: caption positions before <|soi|> besides <|t2i|>
+MMADA_TEXT_BUDGET = 513  # max_text_len = max_seq_length (512) + 1: [iPAD]... <|t2i|> <bos> caption <eos>
 MMADA_CAPTION_DROPOUT = 0.1  # training.cond_dropout_prob
-T2I_MARKERS = ("soi", "eoi", "t2i")  # the specials MMaDA's text-to-image canvas needs (reserved LLaDA ids)
+T2I_MARKERS = ("soi", "eoi", "t2i", "ipad")  # specials of the text-to-image canvas: reserved LLaDA ids
 # README.md: guidance_scale=3.5 generation_timesteps=15; t2i_generate: cosine schedule, tokens sampled at
 # temperature 1, commit order with Gumbel noise at generation_temperature 1.0; guidance (1 + w) c - w u.
 MMADA_T2I_PRESET: dict[str, Any] = {"sampler": "llada", "steps": 15, "cfg_scale": 3.5, "cfg_form": "llada",
@@ -124,7 +134,7 @@ class MMaDAConverter(LLaDAConverter):
 
         Args:
             folder, pretrained, device, dtype, specials: as `LLaDAConverter.load` (a zoo card passes its special
-                ids, which include MMaDA's <|soi|>, <|eoi|>, <|t2i|> markers).
+                ids, which include MMaDA's <|soi|>, <|eoi|>, <|t2i|>, [iPAD] markers).
             task: "text" (LLaDA-style text generation) or "t2i" (`mmdiff.pipeline("text-to-image", model)`, with
                 MMaDA's text-to-image sampler defaults).
             tokenizer_weights: the MAGVIT-v2 weights: hub repo id (default `showlab/magvitv2`) or local folder; read
@@ -139,8 +149,8 @@ class MMaDAConverter(LLaDAConverter):
             raise ValueError(f"task must be 'text' or '{T2I_TASK}', got {task!r}")
         missing = [m for m in T2I_MARKERS if m not in (specials or {})]  # config.json and tokenizer never name them
         if task == T2I_TASK and missing:
-            raise ValueError(f"text-to-image needs MMaDA's {missing} special ids (<|soi|>, <|eoi|>, <|t2i|>: reserved "
-                             "LLaDA ids); load through the zoo card (mmada-8b-base) or pass specials={...}")
+            raise ValueError(f"text-to-image needs MMaDA's {missing} special ids (<|soi|>, <|eoi|>, <|t2i|>, [iPAD]: "
+                             "reserved LLaDA ids); load through the zoo card (mmada-8b-base) or pass specials={...}")
         model = super().load(folder, pretrained=pretrained, device=device, dtype=dtype, specials=specials)
         size = list(image_size) if image_size is not None else _image_size(model.config.task_options["foreign_config"])
         if not self._attach_image_side(model, tokenizer_weights, size, device, required=task == T2I_TASK):
@@ -166,10 +176,22 @@ class MMaDAConverter(LLaDAConverter):
             warnings.warn(f"{message}. Loaded for text generation only (no image tokenizer)", stacklevel=3)
             return False
         attach_image_tokenizer(model, spec, device=device)
-        model.config.task_options[T2I_TASK] = {
-            "image_size": size, "text_length": MMADA_TEXT_BUDGET, "caption_dropout": MMADA_CAPTION_DROPOUT,
-            "row_newline": False, "task_token": "t2i", "image_modality": "image"}
+        model.config.task_options[T2I_TASK] = mmada_t2i_options(size)
         return True
+
+
+def mmada_t2i_options(image_size: list[int]) -> dict[str, Any]:
+    """MMaDA's text-to-image options (`task_options["t2i"]`, every `T2IOptions` field): `t2i_gen_prompt`'s canvas,
+    its caption dropout, and its sampler defaults for the pipeline of a model loaded for text.
+
+    >>> mmada_t2i_options([512, 512])["caption_prefix"], mmada_t2i_options([512, 512])["pad_token"]
+    (['t2i', 'bos'], 'ipad')
+    """
+    options = T2IOptions(image_size=list(image_size), text_length=MMADA_TEXT_BUDGET,
+                         caption_dropout=MMADA_CAPTION_DROPOUT, caption_prefix=["t2i", "bos"],
+                         caption_suffix=["eos"], image_prefix=["soi"], image_suffix=["eoi"], pad_token="ipad",
+                         sampler=dict(MMADA_T2I_PRESET))
+    return to_dict(options)
 
 
 def t2i_sampler_config(preset: Mapping[str, Any]) -> SamplerConfig:

@@ -14,12 +14,19 @@ __all__ = ["TextTask", "VLMTask", "VLMPipeline", "T2ITask", "T2IPipeline", "left
 def pipeline(task: str, model: Any, **options: Any) -> Any:
     """A callable that runs `task` end to end with `model` (a zoo name, hub id, folder or a `DiffusionModel`).
 
+    The model is a `task` model, or a model of another task whose `config.task_options` holds this task's options
+    (e.g. MMaDA, loaded for text by its zoo card, carries `task_options["t2i"]` and draws images too).
+
     Args:
         task: a task name in `TASKS` that has a pipeline ("vlm"; "text-to-image", also called "t2i").
         model: what `create_model` loads, or a model.
         options: the pipeline's options (e.g. sampler keywords, `batch_size`).
 
+    Raises:
+        ValueError: the task has no pipeline, or the model neither is a `task` model nor carries its options.
+
     >>> # answer = mmdiff.pipeline("vlm", model="mnist-grid-vlm")(image, "is there a seven?")
+    >>> # images = mmdiff.pipeline("text-to-image", model="mmada-8b-base")("a red bus")
     """
     cls = TASKS.get(task)
     if not hasattr(cls, "pipeline"):
@@ -29,6 +36,9 @@ def pipeline(task: str, model: Any, **options: Any) -> Any:
         from mmdiff.zoo import create_model
 
         model = create_model(model)
-    if TASKS.get(model.config.task) is not cls:
-        raise ValueError(f"model {model.config.name!r} is a {model.config.task!r} model, not a {task!r} model")
+    key = getattr(cls, "name", task)  # the key of the task's options in ModelConfig.task_options
+    if TASKS.get(model.config.task) is not cls and key not in (model.config.task_options or {}):
+        raise ValueError(f"model {model.config.name!r} is a {model.config.task!r} model, not a {task!r} model, and "
+                         f"its config.task_options hold no {key!r} options; load a {task!r} model (or one whose "
+                         f"converter writes task_options[{key!r}])")
     return cls.pipeline(model, **options)
