@@ -31,8 +31,8 @@ stage() {  # stage NAME SECONDS COMMAND...: runs, keeps the whole log, prints it
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 $PY -c "import torch, transformers, timm; print('torch', torch.__version__, 'transformers', transformers.__version__,
 'timm', timm.__version__)" | tee -a "$OUT/gpu.txt"
-TAIL=12 stage cuda-tests 200 $PY -m pytest -m cuda tests/test_cuda.py -q -rs -p no:cacheprovider
+TAIL=12 stage cuda-tests 120 $PY -m pytest -m cuda tests/test_cuda.py -q -rs -p no:cacheprovider
 TAIL=14 stage train-bench 150 $PY benchmarks/train.py --device cuda --out "$OUT"
 TAIL=40 stage sampling-bench 240 $PY benchmarks/sampling.py --device cuda --batch-sizes 16 --out "$OUT"
 TAIL=10 stage vlm-bench 90 $PY benchmarks/vlm.py --device cuda --out "$OUT"
-TAIL=14 stage t2i-bench 120 $PY benchmarks/t2i.py --device cuda --out "$OUT"
+TAIL=14 stage t2i-bench 120 $PY benchmarks/t2i.py --device cuda --captions 200 --out "$OUT"
