@@ -222,7 +222,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model = _load_model(args.name, args.device, args.dtype)
     if model.config.task == "vlm":
         return _answer_images(model, args)
-    if model.config.task == "t2i":
+    if model.config.task == "t2i" or args.images:
         return _generate_images(model, args)
     if args.image:
         raise CLIError(f"--image needs a VLM; {args.name} is a {model.config.task!r} model")
@@ -372,8 +372,9 @@ def _generate_images(model: Any, args: argparse.Namespace) -> int:
         prompts = source.captions_for_labels(range(10))
     pipe = pipeline("text-to-image", model, **overrides)
     per_prompt = args.num_images
+    size = {k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None}
     images = pipe([p for p in prompts for _ in range(per_prompt)], num_inference_steps=steps, guidance_scale=scale,
-                  generator=_seeded_generator(args.seed, model.device))
+                  generator=_seeded_generator(args.seed, model.device), **size)
     out = Path(args.out or "t2i.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     image_grid(images, columns=per_prompt, scale=2).save(out)
@@ -586,7 +587,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(p)
     p.add_argument("--prompt", action="append", help="prompt text (repeat for a batch); a VLM's question")
     p.add_argument("--image", action="append", help="VLM: an image file to ask about (repeat for a batch)")
+    p.add_argument("--images", action="store_true",
+                   help="draw images with a model of another task that also holds text-to-image options (MMaDA)")
     p.add_argument("--num-images", type=_positive_int, default=1, help="text-to-image: images per prompt")
+    p.add_argument("--height", type=_positive_int, help="text-to-image: image height in pixels (default: the model's)")
+    p.add_argument("--width", type=_positive_int, help="text-to-image: image width in pixels (default: the model's)")
     p.add_argument("--out", help="text-to-image: PNG file for the grid of images (default: t2i.png)")
     p.add_argument("--prompt-file", help="a file with one prompt per line")
     p.add_argument("--problems", type=_positive_int, help="solve N held-out problems of the model's data source")

@@ -280,6 +280,27 @@ def test_save_and_load_keep_the_tokenizer_and_the_images(model, tmp_path):
     assert any(k.startswith("adapters.image.quantizer") for k in state)
 
 
+def test_cli_saves_a_grid_of_generated_images(model, tiny_tokenizer, tmp_path, capsys):
+    """`mmdiff generate` on a T2I checkpoint: --num-images per prompt, one PNG grid (a row per prompt, tiles scaled
+    2x with 2-pixel gaps), the pipeline's images exactly; --images draws with a text model holding t2i options."""
+    from mmdiff.cli import main
+
+    model.save_pretrained(tmp_path / "t2i")
+    out = tmp_path / "grid.png"
+    assert main(["generate", str(tmp_path / "t2i"), "--prompt", "To be", "--prompt", "or not", "--num-images", "2",
+                 "--seed", "3", "--out", str(out), "--height", "8", "--width", "12"]) == 0
+    grid = Image.open(out)
+    assert grid.size == (2 * 24 + 2, 2 * 16 + 2) and "saved 4 images (2 prompts x 2)" in capsys.readouterr().out
+    want = mmdiff.pipeline("t2i", model)(["To be", "To be", "or not", "or not"],
+                                         generator=torch.Generator().manual_seed(3))
+    tile = np.asarray(grid.crop((26, 18, 50, 34)))  # row 2 ("or not"), column 2
+    assert np.array_equal(tile, np.asarray(want[3].resize((24, 16), Image.Resampling.NEAREST)))
+    text = make_t2i(tiny_tokenizer, task="text")
+    text.save_pretrained(tmp_path / "text")
+    assert main(["generate", str(tmp_path / "text"), "--images", "--prompt", "To be", "--out", str(out)]) == 0
+    assert Image.open(out).size == (24, 16)
+
+
 def test_bad_input_names_the_fix(model, tiny_tokenizer):
     pipe = mmdiff.pipeline("t2i", model)
     with pytest.raises(ValueError, match="caption budget of 10"):
