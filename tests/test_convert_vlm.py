@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import save_file
+from test_convert import write_checkpoint
 from torch import Tensor
 
 import mmdiff
@@ -175,27 +175,6 @@ def llada_v_weights(cfg: dict[str, Any], seed: int = 0) -> dict[str, Tensor]:
     w["model.norm.weight"] = _rand(g, d, offset=1.0)
     vision = vision_weights(g, d)
     return {**w, **vision, "lm_head.weight": _rand(g, vocab, d)}
-
-
-def write_checkpoint(folder: Path, config: dict[str, Any], weights: dict[str, Tensor], shards: int = 1) -> Path:
-    """config.json + safetensors via the official library, one file or `shards` files with an index."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    if shards == 1:
-        save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
-        return folder
-    keys = list(weights)
-    per = math.ceil(len(keys) / shards)
-    weight_map = {}
-    for s in range(shards):
-        name = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
-        part = {k: weights[k] for k in keys[s * per:(s + 1) * per]}
-        save_file(part, str(folder / name), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(part, name))
-    total = sum(t.numel() * t.element_size() for t in weights.values())
-    (folder / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    return folder
 
 
 def write_tower_folder(folder: Path) -> Path:

@@ -29,11 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor
 
 from mmdiff.adapters.base import AdapterConfig, DiscreteAdapter, register_adapter
-from mmdiff.adapters.images import ImageSpec, preprocess_images
+from mmdiff.adapters.images import ImageSpec, pixels_to_images, preprocess_images
 
 __all__ = ["DiffusersVQConfig", "DiffusersVQTokenizer", "import_diffusers"]
 
@@ -148,13 +147,7 @@ class DiffusersVQTokenizer(DiscreteAdapter):
 
     def postprocess(self, pixels: Tensor) -> list:
         """(B, C, H, W) in `pixel_range` -> list of PIL images (clipped to the range, then to 0..255)."""
-        from PIL import Image
-
-        low, high = self.config.pixel_range
-        unit = (pixels.detach().float().cpu() - low) / (high - low)  # [0, 1]
-        arrays = (unit.clamp(0, 1) * 255).round().to(torch.uint8)
-        arrays = arrays.permute(0, 2, 3, 1).numpy()  # (B, H, W, C)
-        return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arrays]
+        return pixels_to_images(pixels, self.config.pixel_range)
 
     def _encode(self, pixels: Tensor) -> Tensor:
         if pixels.shape[1] != self._channels:

@@ -32,7 +32,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-__all__ = ["ImageSpec", "ImageTransform", "load_image", "to_mode", "preprocess_images", "INTERPOLATIONS"]
+__all__ = ["ImageSpec", "ImageTransform", "load_image", "to_mode", "preprocess_images", "pixels_to_images",
+           "INTERPOLATIONS"]
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 PIL_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
@@ -381,6 +382,20 @@ def _match_channels(image: Tensor, channels: int) -> Tensor:
         return gray.round().to(torch.uint8) if image.dtype == torch.uint8 else gray.to(image.dtype)
     raise ValueError(f"image tensors need 1 or 3 channels (this tower takes {channels}), got {have}; drop the "
                      "alpha channel or convert the image first")
+
+
+def pixels_to_images(pixels: Tensor, value_range: Sequence[float] = (0.0, 1.0), *,
+                     truncate: bool = False) -> list[Image.Image]:
+    """(B, C, H, W) pixels in `value_range` -> PIL images (mode L for 1 channel, RGB for 3): clipped to the range,
+    scaled to 0..255, then rounded (or truncated, as numpy's `astype(np.uint8)` does).
+
+    >>> [im.getpixel((0, 0)) for im in pixels_to_images(torch.tensor([-1.0, 0.0, 2.0]).view(3, 1, 1, 1), (-1, 1))]
+    [0, 128, 255]
+    """
+    low, high = value_range
+    scaled = ((pixels.detach().float().cpu() - low) / (high - low)).clamp(0, 1) * 255  # (B, C, H, W)
+    arrays = (scaled if truncate else scaled.round()).to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (B, H, W, C)
+    return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arrays]
 
 
 def preprocess_images(images: Any, spec: ImageSpec) -> Tensor:

@@ -109,7 +109,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmdiff.adapters.base import AdapterConfig, DiscreteAdapter, register_adapter
-from mmdiff.adapters.images import ImageSpec, preprocess_images
+from mmdiff.adapters.images import ImageSpec, pixels_to_images, preprocess_images
 from mmdiff.dataclass_io import from_dict, to_dict
 from mmdiff.hub import HubCheckpointNotFound, is_hub_id, resolve_checkpoint
 from mmdiff.io import PICKLE_SUFFIXES, load_json, load_safetensors, load_state_dict_strict, save_json, save_safetensors
@@ -887,11 +887,7 @@ class MagvitV2Tokenizer(DiscreteAdapter):
     def postprocess(self, pixels: Tensor) -> list:
         """(B, 3, H, W) decoder output -> PIL images as MMaDA makes them: clamp((x + 1) / 2, 0, 1) * 255, truncated
         to uint8 (numpy's `astype(np.uint8)`)."""
-        from PIL import Image
-
-        scaled = ((pixels.detach().float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0
-        arrays = scaled.to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (B, H, W, C), truncated like astype
-        return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arrays]
+        return pixels_to_images(pixels, (-1.0, 1.0), truncate=True)
 
     def _encode(self, pixels: Tensor) -> Tensor:
         model = self.load_weights()

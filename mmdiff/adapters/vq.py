@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmdiff.adapters.base import AdapterConfig, DiscreteAdapter, register_adapter
-from mmdiff.adapters.images import ImageSpec, preprocess_images
+from mmdiff.adapters.images import ImageSpec, pixels_to_images, preprocess_images
 from mmdiff.io import load_json, load_safetensors, load_state_dict_strict, save_json, save_safetensors
 
 __all__ = [
@@ -283,11 +283,7 @@ class VQTokenizer(DiscreteAdapter):
 
     def postprocess(self, pixels: Tensor) -> list:
         """(B, C, H, W) in [-1, 1] -> list of PIL images (mode L for 1 channel, RGB for 3)."""
-        from PIL import Image
-
-        arrays = ((pixels.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (B, C, H, W)
-        arrays = arrays.permute(0, 2, 3, 1).numpy()  # (B, H, W, C)
-        return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arrays]  # L or RGB
+        return pixels_to_images(pixels, (-1.0, 1.0))
 
     def _encode(self, pixels: Tensor) -> Tensor:
         self._check_channels(pixels)

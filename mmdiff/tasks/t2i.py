@@ -393,6 +393,7 @@ class T2IPipeline:
         self.own_sampler = TASKS.get(model.config.task) is T2ITask
         self.sampler_defaults = (model.sampler_config.defaults() if self.own_sampler
                                  else {**SamplerConfig(gen_length=0).defaults(), **self.options.sampler})
+        self.defaults = {**self.sampler_defaults, **generate_options}  # what a keyword not given falls back to
 
     def __call__(self, prompts: str | Sequence[str], *, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, guidance_form: str | None = None,
@@ -438,7 +439,7 @@ class T2IPipeline:
     def _sampling_options(self, layout: T2ILayout, steps: int | None, scale: float | None, form: str | None,
                           generator: torch.Generator | None, overrides: dict[str, Any]) -> dict[str, Any]:
         """The `generate` keywords: one infilling block from the first code, the cosine schedule, image ids only."""
-        defaults = {**self.sampler_defaults, **self.generate_options}
+        defaults = self.defaults
         options = {} if self.own_sampler else dict(self.sampler_defaults)
         options.update(schedule=defaults.get("schedule", "cosine"),
                        choice_temperature=defaults.get("choice_temperature", 0.0), logits_mask_inf=True)
@@ -463,9 +464,8 @@ class T2IPipeline:
         if image is not None:
             ids[:, layout.codes] = self._edited_codes(image, mask, strength, layout, size, B, generator)
         options = self._sampling_options(layout, steps, scale, form, generator, overrides)
-        defaults = {**self.sampler_defaults, **self.generate_options}
-        w = options.get("cfg_scale", defaults.get("cfg_scale", 0.0))
-        cfg_form = options.get("cfg_form", defaults.get("cfg_form", "llada"))
+        w = options.get("cfg_scale", self.defaults.get("cfg_scale", 0.0))
+        cfg_form = options.get("cfg_form", self.defaults.get("cfg_form", "llada"))
         if w != (1.0 if cfg_form == "standard" else 0.0):
             if self.options.caption_dropout == 0:
                 warnings.warn("guidance with a model trained without caption dropout (task_options.t2i."
