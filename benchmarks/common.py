@@ -8,6 +8,7 @@ results as JSON plus a markdown table under `benchmarks/results/`.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -162,6 +163,67 @@ def fmt_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every `run_benchmark` script takes: --device, --threads, --out."""
+    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (default)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder (default benchmarks/results)")
+
+
+def command_line(script: str, argv: Sequence[str]) -> str:
+    """The command that reproduces a run, as the results record it: without `--out` (where the files go changes
+    nothing in them, and a machine's folder has no place in the repository).
+
+    >>> command_line("t2i.py", ["--captions", "20", "--out", "/some/folder", "--steps", "4"])
+    'python benchmarks/t2i.py --captions 20 --steps 4'
+    """
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--out":
+            skip = True
+        elif not arg.startswith("--out="):
+            kept.append(arg)
+    return " ".join(["python", f"benchmarks/{script}", *kept])
+
+
+def _recorded(value: Any) -> str:
+    """An argument for the results file: paths inside the repository relative to it."""
+    if isinstance(value, Path) and value.resolve().is_relative_to(REPO_ROOT):
+        return str(value.resolve().relative_to(REPO_ROOT))
+    return str(value)
+
+
+def run_benchmark(name: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+                  bench: Callable[[argparse.Namespace, torch.device], list[dict[str, Any]]],
+                  markdown: Callable[[list[dict[str, Any]], dict[str, Any], argparse.Namespace], str],
+                  check: Callable[[argparse.Namespace], None] | None = None) -> int:
+    """The `main` of a benchmark script: parses `argv` (set by `add_run_arguments` and the script's own options),
+    picks torch's threads and the device, runs `bench(args, device)` for the rows, and writes `<name>.json` (the
+    machine, the arguments, the rows) and `<name>.md` (`markdown(rows, machine, args)`, which may cite
+    `args.command`) into `--out`, printing the table."""
+    args = parser.parse_args(argv)
+    args.command = command_line(f"{name}.py", sys.argv[1:] if argv is None else argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    if check is not None:
+        check(args)
+    info = machine_info(device)
+    rows = bench(args, device)
+    md = markdown(rows, info, args)
+    recorded = {k: _recorded(v) for k, v in vars(args).items() if k != "out"}
+    json_path, md_path = write_results(name, {"machine": info, "args": recorded, "rows": rows}, md, args.out)
+    print(md)
+    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+    return 0
 
 
 def write_results(name: str, payload: dict[str, Any], markdown: str, out_dir: Path = RESULTS_DIR) -> tuple[Path, Path]:

@@ -47,7 +47,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS_DIR, fmt_table, machine_info, peak_memory_of, sync, write_results  # noqa: E402
+from common import add_run_arguments, fmt_table, peak_memory_of, run_benchmark, sync  # noqa: E402
 
 from mmdiff import create_model  # noqa: E402
 from mmdiff.data.running_sums import RunningSumsSource, grade_answer  # noqa: E402
@@ -187,16 +187,8 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Na
     columns = ["length", "batch", "method", "exact match", "= ref", "NFE / batch", "tokens/s", "speed-up", "peak MiB"]
     head = (f"Sampler benchmark: `{args.model}`, {args.problems} held-out problems per canvas length, blocks of "
             f"{args.block}; device {info['device']} ({info.get('gpu', info['cpu'])}), torch {info['torch']}, "
-            f"{info['torch_threads']} threads. Command: `python benchmarks/sampling.py "
-            f"{' '.join(args.argv)}`.".replace("  ", " "))
+            f"{info['torch_threads']} threads. Command: `{args.command}`.")
     return head + "\n\n" + fmt_table(table, columns) + "\n"
-
-
-def _relative(value: Any, root: Path) -> str:
-    """An argument for the results file: paths inside the repository relative to it (no machine paths)."""
-    if isinstance(value, Path) and value.resolve().is_relative_to(root):
-        return str(value.resolve().relative_to(root))
-    return str(value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,27 +206,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="rows with this many sums committed per step (fixed parallel decoding)")
     parser.add_argument("--ar", type=Path, default=Path(__file__).resolve().parent / "baselines" / "ar-running-sums",
                         help="folder of the AR baseline (skipped when missing)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
-    args = parser.parse_args(argv)
-    args.argv = sys.argv[1:] if argv is None else argv
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
-    for length in args.lengths:
-        if length % args.block or args.block % 2:
-            parser.error(f"canvas length {length} must hold whole blocks of {args.block} (an even block length)")
-    info = machine_info(device)
-    rows = bench(args, device)
-    md = markdown(rows, info, args)
-    root = Path(__file__).resolve().parent.parent
-    payload = {"machine": info, "args": {k: _relative(v, root) for k, v in vars(args).items()}, "rows": rows}
-    json_path, md_path = write_results("sampling", payload, md, args.out)
-    print(md)
-    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
-    return 0
+    add_run_arguments(parser)
+
+    def check(args: argparse.Namespace) -> None:
+        for length in args.lengths:
+            if length % args.block or args.block % 2:
+                parser.error(f"canvas length {length} must hold whole blocks of {args.block} (an even block length)")
+
+    return run_benchmark("sampling", parser, argv, bench, markdown, check)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import fmt_table, machine_info, sync, write_results  # noqa: E402
+from common import add_run_arguments, fmt_table, run_benchmark, sync  # noqa: E402
 from vlm import CountingCore  # noqa: E402
 
 import mmdiff  # noqa: E402
@@ -92,8 +92,7 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Na
     columns = ["batch", "steps", "classifier accuracy", "FID", "FID of real digits", "NFE / batch", "images / s"]
     head = (f"Text-to-image benchmark: `{args.model}`, {args.captions} held-out captions (class-balanced), seed "
             f"{args.seed}; device {info['device']} ({info.get('gpu', info['cpu'])}), torch {info['torch']}, "
-            f"{info['torch_threads']} threads. Command: `python benchmarks/t2i.py {' '.join(args.argv)}`."
-            .replace("  ", " "))
+            f"{info['torch_threads']} threads. Command: `{args.command}`.")
     return head + "\n\n" + fmt_table(table, columns) + "\n"
 
 
@@ -104,23 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, nargs="+", default=[4, 8, 16, 32])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    args = parser.parse_args(argv)
-    args.argv = sys.argv[1:] if argv is None else argv
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
-    info = machine_info(device)
-    rows = bench(args, device)
-    md = markdown(rows, info, args)
-    payload = {"machine": info, "args": {k: str(v) for k, v in vars(args).items() if k != "out"}, "rows": rows}
-    json_path, md_path = write_results("t2i", payload, md, args.out)
-    print(md)
-    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
-    return 0
+    add_run_arguments(parser)
+    return run_benchmark("t2i", parser, argv, bench, markdown)
 
 
 if __name__ == "__main__":

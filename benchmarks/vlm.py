@@ -35,7 +35,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import fmt_table, machine_info, sync, write_results  # noqa: E402
+from common import add_run_arguments, fmt_table, run_benchmark, sync  # noqa: E402
 
 import mmdiff  # noqa: E402
 from mmdiff.data.mnist_grid import MnistGridSource, accuracy_by_kind  # noqa: E402
@@ -122,7 +122,7 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Na
     columns = ["batch", "setting", "exact match", *kinds, "= no cache", "NFE / batch", "ms / question", "speed-up"]
     head = (f"VLM benchmark: `{args.model}`, {args.questions} held-out questions; device {info['device']} "
             f"({info.get('gpu', info['cpu'])}), torch {info['torch']}, {info['torch_threads']} threads. Command: "
-            f"`python benchmarks/vlm.py {' '.join(args.argv)}`.".replace("  ", " "))
+            f"`{args.command}`.")
     return head + "\n\n" + fmt_table(table, columns) + "\n"
 
 
@@ -132,23 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--questions", type=int, default=400, help="held-out questions (kinds stay balanced)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--threshold", type=float, default=0.9)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    args = parser.parse_args(argv)
-    args.argv = sys.argv[1:] if argv is None else argv
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
-    info = machine_info(device)
-    rows = bench(args, device)
-    md = markdown(rows, info, args)
-    payload = {"machine": info, "args": {k: str(v) for k, v in vars(args).items() if k != "out"}, "rows": rows}
-    json_path, md_path = write_results("vlm", payload, md, args.out)
-    print(md)
-    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
-    return 0
+    add_run_arguments(parser)
+    return run_benchmark("vlm", parser, argv, bench, markdown)
 
 
 if __name__ == "__main__":
