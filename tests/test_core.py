@@ -129,6 +129,50 @@ def test_logits_at_selections():
         core(ids, vocab_range=(30, 50))
 
 
+def test_indexed_logits_run_the_last_block_only_at_the_asked_positions():
+    """With a (B, K) index the last block's queries, attention output and MLP run on K rows (its keys and values on
+    all L), earlier blocks on all L; the logits equal the full pass's, with a 4D mask, GQA, left padding, a cache
+    window, and gradients through gradient checkpointing."""
+    core = make_core(n_kv_heads=2)
+    rows = []
+    for block in core.blocks:
+        block.mlp.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[1]))
+    ids = rand_ids(2, 10)
+    keep = torch.ones(2, 10, dtype=torch.bool)
+    keep[1, :2] = False
+    mask = keep[:, None, None, :] & prefix_mask(torch.tensor([4, 6]), 10)  # (2, 1, 10, 10)
+    pos = (keep.long().cumsum(1) - 1).clamp(min=0)
+    full = core(ids, attention_mask=mask, position_ids=pos, use_cache=True)
+    assert rows == [10, 10] and full.logits.shape == (2, 10, 44)
+    idx = torch.tensor([[9, 0, 4], [3, 3, 7]])
+    rows.clear()
+    out = core(ids, attention_mask=mask, position_ids=pos, logits_at=idx, use_cache=True)
+    assert rows == [10, 3]
+    want = torch.stack([full.logits[b, idx[b]] for b in range(2)])
+    torch.testing.assert_close(out.logits, want, atol=1e-6, rtol=1e-6)
+    for mine, theirs in zip(out.cache.keys + out.cache.values, full.cache.keys + full.cache.values, strict=True):
+        torch.testing.assert_close(mine, theirs, atol=0, rtol=0)  # keys and values of every position, as before
+    rows.clear()
+    part = core(ids[:, 5:9], attention_mask=mask, position_ids=pos[:, 5:9], cache=full.cache, cache_window=(5, 9),
+                logits_at=torch.tensor([[3, 1], [0, 2]]))
+    assert rows == [4, 2]
+    torch.testing.assert_close(part.logits, full.logits[[[0, 0], [1, 1]], [[8, 6], [5, 7]]], atol=1e-5, rtol=1e-5)
+    # the hidden states are asked for: every position runs
+    rows.clear()
+    core(ids, logits_at=idx, output_hidden=True)
+    assert rows == [10, 10]
+    # training with gradient checkpointing: the same gradients as without it
+    core.train()
+    grads = []
+    for checkpointing in (False, True):
+        core.set_gradient_checkpointing(checkpointing)
+        core.zero_grad()
+        core(ids, attention_mask=mask, logits_at=idx).logits.logsumexp(-1).sum().backward()
+        grads.append([p.grad.clone() for p in core.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
 def test_soft_embeds_equal_modified_embedding():
     core = make_core(n_kv_heads=2)
     B, L, N, d = 2, 8, 3, 32

@@ -222,7 +222,8 @@ class FixedLogits(nn.Module):
         pass
 
     def forward(self, x, logits_at=None, cache_window=None, **kw):
-        self.calls.append({"shape": tuple(x.shape), "window": cache_window})
+        self.calls.append({"shape": tuple(x.shape), "window": cache_window,
+                           "asked": None if logits_at is None else logits_at.tolist()})
         lo = cache_window[0] if cache_window is not None else 0
         full = self.logits[None, lo : lo + x.shape[1]].expand(x.shape[0], -1, -1)
         if logits_at is None:
@@ -243,6 +244,24 @@ def test_threshold_commits_every_confident_token_at_least_one_per_step():
     fixed = llada_generate(core, torch.tensor([[0, 1]]), mask_id=MASK, gen_length=8, steps=4, block_length=8,
                            return_history=True)
     assert fixed.nfe == 4 and fixed.commit_step[0].tolist() == [-1, -1, 0, 1, 2, 0, 2, 1, 3, 3]  # two per step
+
+
+def test_threshold_decoding_asks_logits_only_where_a_row_still_has_masks():
+    """Each adaptive step computes logits at each row's still-masked block columns (padded to the widest row with
+    decided columns, whose predictions are never committed), and commits exactly as the whole-block logits would."""
+    prob = torch.tensor([0.5, 0.5, 0.99, 0.95, 0.8, 0.97, 0.7, 0.92, 0.6, 0.5])
+    core = FixedLogits(torch.arange(10) % 20, prob)
+    out = llada_generate(core, torch.tensor([[0, 1], [1, 0]]), mask_id=MASK, gen_length=8, steps=8, block_length=8,
+                         threshold=0.9, return_history=True)
+    assert out.sequences[:, 2:].tolist() == [list(range(2, 10))] * 2
+    assert out.commit_step[0].tolist() == [-1, -1, 0, 0, 1, 0, 2, 0, 3, 4] and out.nfe == 5
+    # canvas columns asked per step: all 8, then the 4 still masked, 3, 2, 1
+    assert [c["asked"][0] for c in core.calls] == [list(range(2, 10)), [4, 6, 8, 9], [6, 8, 9], [8, 9], [9]]
+    core.calls.clear()
+    again = llada_generate(core, torch.tensor([[0, 1]]), mask_id=MASK, gen_length=8, steps=8, block_length=8,
+                           threshold=0.9, remask_below=0.01, return_history=True)  # needs every column's logits
+    assert torch.equal(again.sequences[0], out.sequences[0])
+    assert all(len(c["asked"][0]) == 8 for c in core.calls)
 
 
 def test_factor_rule_exact():

@@ -66,25 +66,43 @@ class Attention(nn.Module):
 
     def forward(
         self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, past: tuple[Tensor, Tensor] | None = None,
-        window: tuple[int, int] | None = None,
+        window: tuple[int, int] | None = None, queries: Tensor | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """Attention of the L input positions; with `past` (keys, values of the whole canvas) the input is the window
-        [lo, hi) of that canvas and attends to the cached keys outside it. Returns the output and this call's
-        (keys, values) over all positions it attended to (post-RoPE)."""
+        [lo, hi) of that canvas and attends to the cached keys outside it; with `queries` (B, K) only those input
+        positions ask (keys and values still come from all L). Returns the output (B, L or K, d_model) and this
+        call's (keys, values) over all positions it attended to (post-RoPE)."""
         B, L, _ = x.shape
-        q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, D)
         k = self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, L, D)
         v = self.v_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, L, D)
+        q_cos, q_sin = cos, sin
+        if queries is not None:
+            x = _gather_rows(x, queries)  # (B, K, d_model)
+            q_cos = _gather_rows(cos.expand(B, -1, -1, -1), queries, dim=2)  # (B, 1, K, D)
+            q_sin = _gather_rows(sin.expand(B, -1, -1, -1), queries, dim=2)
+            if mask is not None and mask.shape[2] != 1:
+                mask = _gather_rows(mask.expand(B, -1, -1, -1), queries, dim=2)  # (B, 1|H, K, L_canvas)
+        Q = x.shape[1]
+        q = self.q_proj(x).view(B, Q, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, Q, D)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = apply_rotary(q, q_cos, q_sin), apply_rotary(k, cos, sin)
         if past is not None:  # the window's fresh keys/values are written into the cache in place (no O(L) copy)
             lo, hi = window
             past[0][:, :, lo:hi] = k
             past[1][:, :, lo:hi] = v
             k, v = past  # (B, Hkv, L_canvas, D)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
-        return self.o_proj(out.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim)), (k, v)  # (B, L, d)
+        return self.o_proj(out.transpose(1, 2).reshape(B, Q, self.n_heads * self.head_dim)), (k, v)  # (B, Q, d)
+
+
+def _gather_rows(x: Tensor, index: Tensor, dim: int = 1) -> Tensor:
+    """x[b, ..., index[b, k], ...] along `dim` (1 for (B, L, d), 2 for (B, H, L, D)): (B, K) index -> K rows."""
+    shape = list(x.shape)
+    shape[dim] = index.shape[1]
+    view = [index.shape[0]] + [1] * (x.dim() - 1)
+    view[dim] = index.shape[1]
+    return x.gather(dim, index.view(view).expand(shape))
 
 
 class SwiGLU(nn.Module):
@@ -111,9 +129,13 @@ class Block(nn.Module):
 
     def forward(
         self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, past: tuple[Tensor, Tensor] | None = None,
-        window: tuple[int, int] | None = None,
+        window: tuple[int, int] | None = None, queries: Tensor | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        attended, kv = self.attn(self.attn_norm(x), cos, sin, mask, past, window)
+        """(B, L, d_model) -> (B, L, d_model), or (B, K, d_model) at the positions `queries` (B, K) only (keys and
+        values from all L: what the last block needs when only some positions' logits are asked for)."""
+        attended, kv = self.attn(self.attn_norm(x), cos, sin, mask, past, window, queries)
+        if queries is not None:
+            x = _gather_rows(x, queries)
         x = x + self.dropout(attended)
         return x + self.dropout(self.mlp(self.mlp_norm(x))), kv
 
@@ -283,16 +305,25 @@ class MaskedDiffusionTransformer(nn.Module):
             mask = mask.bool()[:, None, None, :]  # (B, 1, 1, L_canvas) key padding
         elif mask is not None and cache is not None:
             mask = mask[:, :, lo : lo + L]  # (B, 1|H, L, L_canvas): the window's query rows
+        # logits at a few indexed positions: the last block runs its queries, attention output and MLP only there
+        # (its keys and values still cover every position), which is all those logits depend on
+        last_queries = (
+            logits_at if isinstance(logits_at, Tensor) and logits_at.dtype != torch.bool and not output_hidden
+            and self.config.logits_shift == "none" else None
+        )
         keys, values = [], []
         for i, block in enumerate(self.blocks):
             past = (cache.keys[i], cache.values[i]) if cache is not None else None
+            queries = last_queries if i == len(self.blocks) - 1 else None
             if self.gradient_checkpointing and self.training and cache is None:
-                x, kv = checkpoint(block, x, cos, sin, mask, use_reentrant=False)
+                x, kv = checkpoint(block, x, cos, sin, mask, None, None, queries, use_reentrant=False)
             else:
-                x, kv = block(x, cos, sin, mask, past, cache_window)
+                x, kv = block(x, cos, sin, mask, past, cache_window, queries)
             if use_cache:
                 keys.append(kv[0])
                 values.append(kv[1])
+        if last_queries is not None:  # x holds the asked positions already
+            logits_at = None
         hidden = self.norm(x) if output_hidden else None
         if self.config.logits_shift == "previous":
             x = torch.cat([x[:, :1], x[:, :-1]], dim=1)  # hidden i-1 predicts token i (Dream)

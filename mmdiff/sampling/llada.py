@@ -344,9 +344,20 @@ def llada_generate(
         step = 0
         if cache != "delayed":
             window_cache = None  # refreshed at the first step of every block
-        while step < max_steps and (not adaptive or bool(open_[:, lo:hi].any())):
+        while step < max_steps:
+            still_masked = open_[:, lo:hi]
+            order = None  # (B, n) block columns whose logits are computed, when not all of them
+            if adaptive:
+                n_open = int(still_masked.sum(1).max())  # the step's one host sync: is the block done, how wide
+                if n_open == 0:
+                    break
+                if n_open < hi - lo and remask_below is None and logits_processor is None:
+                    # logits only where a row still has masks (each row's masked columns first, in column order)
+                    order = still_masked.long().argsort(dim=1, descending=True, stable=True)[:, :n_open]
+                    still_masked = still_masked.gather(1, order)
             window = _recompute_window(stale, lo, hi) if cache == "delayed" else (lo, hi)
-            logits, window_cache = model(x, lo, hi, cache, window_cache, window)  # (B, K, V)
+            columns = None if order is None else order + lo
+            logits, window_cache = model(x, lo, hi, cache, window_cache, window, columns)  # (B, K or n, V)
             if cache == "delayed":
                 stale[:, : window[1]] = False  # the window is fresh; a first (full) forward refreshed all before it
             nfe += 1
@@ -359,8 +370,7 @@ def llada_generate(
                 logits = logits_processor(logits, x, lo, hi)
             if top_k is not None or top_p is not None:
                 logits = filter_logits(logits, top_k, top_p)
-            still_masked = open_[:, lo:hi]
-            x0 = gumbel_argmax(logits, temperature, generator)  # (B, K)
+            x0 = gumbel_argmax(logits, temperature, generator)  # (B, K or n)
             if no_confidence_for is not None:
                 logits[..., no_confidence_for] = -math.inf
             conf = confidence_scores(logits, x0, remasking, generator)
@@ -375,6 +385,9 @@ def llada_generate(
             else:
                 conf = conf.masked_fill(~still_masked, -math.inf)
                 commit = commit_mask(conf, counts[:, step]) & still_masked
+            if order is not None:  # back to the block's columns
+                commit = torch.zeros_like(open_[:, lo:hi]).scatter(1, order, commit)
+                x0 = x[:, lo:hi].scatter(1, order, x0)
             if remask_below is not None and step < max_steps - 1:
                 # committed earlier by this sampler, now improbable: masked again (ReMDM-style secondary remasking)
                 own = fillable[:, lo:hi] & ~still_masked
@@ -414,8 +427,10 @@ class _Forward:
                                             ones if uncond_attention is None else uncond_attention])
             self.position_ids = torch.cat([position_ids, uncond_positions])
 
-    def __call__(self, x: Tensor, lo: int, hi: int, cache: str | None, kv: object,
-                 window: tuple[int, int]) -> tuple[Tensor, object]:
+    def __call__(self, x: Tensor, lo: int, hi: int, cache: str | None, kv: object, window: tuple[int, int],
+                 columns: Tensor | None = None) -> tuple[Tensor, object]:
+        """Logits (B, K, V) at the block's columns [lo, hi), or (B, n, V) at `columns` (B, n) (canvas positions
+        inside the block) when given."""
         if self.uncond_prompt is not None:  # (2B, L): conditional, unconditional (same generated part)
             P = self.uncond_prompt.shape[1]
             prompt = self.uncond_prompt
@@ -423,8 +438,12 @@ class _Forward:
                 prompt = torch.where(self.shared, x[:, :P], prompt)
             x = torch.cat([x, torch.cat([prompt, x[:, P:]], dim=1)])
         L = x.shape[1]
+        if columns is None:
+            columns = torch.arange(lo, hi, device=x.device)[None]
+        columns = columns.expand(x.shape[0], -1) if columns.shape[0] == 1 else columns.repeat(
+            x.shape[0] // columns.shape[0], 1)  # (B', n): the unconditional rows ask at the same columns
         if cache is None or kv is None:
-            index = torch.arange(lo, hi, device=x.device).expand(x.shape[0], -1)  # (B', K)
+            index = columns
             out = self.core(x, attention_mask=self.attention, position_ids=self.position_ids, logits_at=index,
                             check_inputs=False, use_cache=cache is not None)
             logits, kv = out.logits, out.cache
@@ -432,7 +451,7 @@ class _Forward:
             # prefix: the block and all right of it; dual: the block only; delayed: `window` (the block and the
             # positions changed since their keys and values were computed)
             start, end = window if cache == "delayed" else (lo, L if cache == "prefix" else hi)
-            index = torch.arange(lo - start, hi - start, device=x.device).expand(x.shape[0], -1)
+            index = columns - start
             logits = self.core(x[:, start:end], attention_mask=self.attention,
                                position_ids=self.position_ids[:, start:end], logits_at=index, check_inputs=False,
                                cache=kv, cache_window=(start, end)).logits
