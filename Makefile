@@ -35,7 +35,7 @@ test-all: install
 
 bench: install
 	$(PY) benchmarks/train.py
-	$(PY) benchmarks/sampling.py
+	env -u OMP_WAIT_POLICY $(PY) benchmarks/sampling.py
 	$(PY) benchmarks/convert.py
 	$(PY) benchmarks/vlm.py
 	$(PY) benchmarks/t2i.py

@@ -17,7 +17,7 @@ settings and warmup + cosine schedule, and the batches come from the trainer's o
 so both models see the same problems in the same order. The autoregressive loss scores every sum of an example (the
 diffusion loss scores the masked fraction t of them), which is the usual advantage of next-token training.
 
-    python benchmarks/ar_baseline.py train --out runs/ar-running-sums            # the full two-stage budget
+    python benchmarks/ar_baseline.py train --out runs/ar-running-sums            # the full three-stage budget
     python benchmarks/ar_baseline.py train --out runs/ar-smoke --steps-scale 0.01
     python benchmarks/ar_baseline.py eval runs/ar-running-sums/final --limit 256 --batch-size 32
 
@@ -77,7 +77,8 @@ __all__ = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RECIPES = ("configs/reasoning/running-sums-small.yaml", "configs/reasoning/running-sums-small-stage2.yaml")
+RECIPES = ("configs/reasoning/running-sums-small.yaml", "configs/reasoning/running-sums-small-stage2.yaml",
+           "configs/reasoning/running-sums-small-stage3.yaml")
 AR_NAME = "running-sums-small-ar"
 TRAINING_JSON = "ar_training.json"
 METRICS_JSONL = "metrics.jsonl"
@@ -142,7 +143,7 @@ class Stage:
 
 
 def default_stages(steps_scale: float = 1.0) -> list[Stage]:
-    """The diffusion entry's two stages (`RECIPES`), their steps optionally scaled."""
+    """The diffusion entry's three stages (`RECIPES`), their steps optionally scaled."""
     stages = [Stage.from_recipe(p) for p in RECIPES]
     return stages if steps_scale == 1.0 else [s.scaled(steps_scale) for s in stages]
 
@@ -268,7 +269,7 @@ def train_ar(
 
     Args:
         out_dir: run folder.
-        stages: the budget; default `default_stages()` (the diffusion entry's two recipes).
+        stages: the budget; default `default_stages()` (the diffusion entry's three recipes).
         core: `CoreConfig` fields; default the first stage's `core` (d_model 128, 4 layers, 4 heads, max_seq_len 256).
         seed: seeds the weights and the batch order (the recipes' seed is 0).
         threads: torch CPU threads while training (None: torch's current setting; restored afterwards).

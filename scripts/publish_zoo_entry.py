@@ -26,19 +26,37 @@ from mmdiff.train import load_train_config
 from mmdiff.zoo import ZooCard, count_parameters, save_zoo_entry
 
 
-def train_wall_time(run_dirs: list[Path]) -> str:
-    """Total training minutes and steps over the runs (earlier stages first), from their metrics.jsonl files."""
-    minutes, steps = 0.0, 0
-    for run_dir in run_dirs:
+def train_wall_time(run_dirs: list[Path], devices: list[str] | None = None) -> str:
+    """Total training minutes and steps over the runs (earlier stages first), from their metrics.jsonl files, and
+    where they ran: `devices` names each run's machine (default: all on this one).
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> for name, seconds, step in (("a", 600, 1500), ("b", 300, 6000)):
+    ...     (folder / name).mkdir()
+    ...     _ = (folder / name / "metrics.jsonl").write_text(json.dumps(
+    ...         {"split": "train", "step": step, "elapsed_s": seconds}))
+    >>> train_wall_time([folder / "a", folder / "b"], ["2 CPU threads", "one NVIDIA H200"])
+    '15.0 min (2 stages, 7500 steps): 10.0 min on 2 CPU threads, 5.0 min on one NVIDIA H200'
+    """
+    here = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{torch.get_num_threads()} CPU threads"
+    devices = devices or [f"{here} ({platform.machine()})"] * len(run_dirs)
+    if len(devices) != len(run_dirs):
+        raise ValueError(f"give one device per training run: {len(run_dirs)} runs, {len(devices)} devices")
+    minutes: dict[str, float] = {}
+    total_steps = 0
+    for run_dir, device in zip(run_dirs, devices, strict=True):
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
         train = [r for r in records if r.get("split") == "train" and "elapsed_s" in r]
         if not train:
             raise ValueError(f"{run_dir}/metrics.jsonl has no training records")
-        minutes += train[-1]["elapsed_s"] / 60
-        steps += train[-1]["step"]
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{torch.get_num_threads()} CPU threads"
+        minutes[device] = minutes.get(device, 0.0) + train[-1]["elapsed_s"] / 60
+        total_steps += train[-1]["step"]
     stages = f"{len(run_dirs)} stages, " if len(run_dirs) > 1 else ""
-    return f"{minutes:.1f} min ({stages}{steps} steps) on {device} ({platform.machine()})"
+    head = f"{sum(minutes.values()):.1f} min ({stages}{total_steps} steps)"
+    if len(minutes) == 1:
+        return f"{head} on {devices[0]}"
+    return head + ": " + ", ".join(f"{m:.1f} min on {d}" for d, m in minutes.items())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--earlier-run", type=Path, action="append", default=[],
                         help="run folder of an earlier training stage (counted in the wall time); repeatable")
     parser.add_argument("--card", type=Path, help="card with the static fields (default: ENTRY/card.yaml)")
+    parser.add_argument("--device", action="append", default=[],
+                        help="where each run trained, earlier runs first (e.g. '2 CPU threads (x86_64)'); repeatable; "
+                             "default: all on this machine")
     argv = sys.argv[1:] if argv is None else argv
     eval_args = argv[argv.index("--") + 1 :] if "--" in argv else []  # extra `mmdiff eval` arguments, after --
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
@@ -64,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     model.sampler_config = load_train_config(fields["recipe"]).sampler  # the recipe holds the sampling defaults
     fields.update(
         params=count_parameters(model),
-        train_wall_time=train_wall_time([*args.earlier_run, args.run_dir]),
+        train_wall_time=train_wall_time([*args.earlier_run, args.run_dir], args.device or None),
         metrics={k: round(float(v), 4) for k, v in measured.items() if isinstance(v, (int, float))},
         metrics_command=" ".join(["mmdiff eval", fields["name"], *(shlex.quote(a) for a in args.eval_args)]),
     )

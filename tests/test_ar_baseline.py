@@ -230,15 +230,15 @@ def test_ar_fill_errors():
 
 def test_default_stages_are_the_diffusion_recipes_budget():
     stages = ar.default_stages()
-    assert [(s.data["n_min"], s.data["n_max"], s.steps, s.batch_size) for s in stages] == [(8, 32, 1500, 64),
-                                                                                          (32, 128, 1500, 32)]
-    for stage, warmup in zip(stages, (100, 50), strict=True):
+    assert [(s.data["n_min"], s.data["n_max"], s.steps, s.batch_size) for s in stages] == [
+        (8, 32, 1500, 64), (32, 128, 1500, 32), (32, 128, 6000, 128)]
+    for stage, lr, warmup in zip(stages, (1e-3, 1e-3, 5e-4), (100, 50, 100), strict=True):
         o = stage.optim
         assert (o.lr, o.betas, o.weight_decay, o.warmup_steps, o.min_lr_ratio, o.grad_clip) == (
-            1e-3, (0.9, 0.95), 0.1, warmup, 0.1, 1.0)
+            lr, (0.9, 0.95), 0.1, warmup, 0.1, 1.0)
     assert stages[0].core == {"d_model": 128, "n_layers": 4, "n_heads": 4, "max_seq_len": 256}
     small = ar.default_stages(0.01)
-    assert [(s.steps, s.optim.warmup_steps) for s in small] == [(15, 1), (15, 1)]
+    assert [(s.steps, s.optim.warmup_steps) for s in small] == [(15, 1), (15, 1), (60, 1)]
     # the same model shape and vocabulary as the diffusion entry built by the trainer from the same recipe
     diffusion = build_model(load_train_config(ar.REPO_ROOT / ar.RECIPES[0]))
     baseline = ar.build_ar_model(RunningSumsSource(**stages[0].data), stages[0].core)
@@ -295,8 +295,8 @@ def test_cli_trains_the_full_size_model_for_a_few_steps_and_evaluates(tmp_path, 
     out = tmp_path / "ar"
     assert ar.main(["train", "--out", str(out), "--steps-scale", "0.001", "--log-every", "100"]) == 0
     summary = json.loads((out / ar.TRAINING_JSON).read_text())
-    assert [(s["steps"], s["batch_size"], s["data"]["n_max"]) for s in summary["stages"]] == [(2, 64, 32),
-                                                                                             (2, 32, 128)]
+    assert [(s["steps"], s["batch_size"], s["data"]["n_max"]) for s in summary["stages"]] == [
+        (2, 64, 32), (2, 32, 128), (6, 128, 128)]
     config = json.loads((out / "final" / "config.json").read_text())
     assert config["core"]["d_model"] == 128 and config["task_options"]["data"]["options"]["n_min"] == 32
     capsys.readouterr()

@@ -24,6 +24,7 @@ from mmdiff.metrics import (
     token_matches,
 )
 from mmdiff.registry import DATASETS
+from mmdiff.sampling.output import SamplerOutput
 from mmdiff.tasks.text import TextTask
 
 TOPICS = pydoc_data.topics.topics  # 465 K characters of stdlib text, always present
@@ -193,7 +194,8 @@ class OracleModel:
         self.sampler_config = SamplerConfig(block_length=32)
         self.device = torch.device("cpu")
 
-    def generate(self, input_ids, attention_mask, *, gen_length, steps, block_length, infill, **kw):
+    def generate(self, input_ids, attention_mask, *, gen_length, steps, block_length, infill, return_history=False,
+                 **kw):
         assert infill
         self.calls.append((tuple(input_ids.shape), gen_length, steps, block_length))
         out = input_ids.clone()
@@ -204,15 +206,17 @@ class OracleModel:
             if answer[0] == self.corrupt_first:
                 answer[-1] = (answer[-1] + 1) % 10
             row[keep] = torch.tensor(answer)
-        return out
+        return SamplerOutput(out, torch.zeros_like(out), nfe=steps) if return_history else out
 
 
 def test_running_sums_evaluate_parses_and_scores_exactly():
     source = rs.RunningSumsSource(n_min=4, n_max=12, val_size=30, eval_batch_size=8)
     vocab = VocabLayout.build(10, source.specials)
     perfect = source.evaluate(OracleModel(vocab))
+    every = sorted(len(p) for p in source.val_problems)  # batches of 8 by size, one pass per sum of the longest
+    passes = sum(max(every[i : i + 8]) * len(every[i : i + 8]) for i in range(0, 30, 8)) / 30
     assert perfect == {"exact_match": 1.0, "token_accuracy": 1.0, "problems": 30.0, "exact_match_n4_5": 1.0,
-                       "exact_match_n6_7": 1.0, "exact_match_n8_12": 1.0}
+                       "exact_match_n6_7": 1.0, "exact_match_n8_12": 1.0, "forward_passes": passes}
     oracle = OracleModel(vocab, corrupt_first=3)
     scores = source.evaluate(oracle, limit=20, tokens_per_step=2)
     problems = [source.val_problems[i] for i in np.linspace(0, 29, 20).round().astype(int)]
@@ -225,6 +229,8 @@ def test_running_sums_evaluate_parses_and_scores_exactly():
     longest = [max(sizes[i : i + 8]) for i in range(0, 20, 8)]
     assert oracle.calls == [((len(b), 2 * n), 0, -(-n // 2), 2 * n)
                             for b, n in zip([sizes[:8], sizes[8:16], sizes[16:]], longest, strict=True)]
+    assert scores["forward_passes"] == pytest.approx((8 * -(-longest[0] // 2) + 8 * -(-longest[1] // 2)
+                                                      + 4 * -(-longest[2] // 2)) / 20)
     with pytest.raises(ValueError, match="tokens_per_step must be >= 1"):
         source.evaluate(oracle, tokens_per_step=0)
 
@@ -237,12 +243,23 @@ def test_running_sums_evaluate_runs_a_real_untrained_model():
     assert out["problems"] == 4.0
     assert 0 <= out["exact_match"] <= 1 and 0 <= out["token_accuracy"] <= 1
     assert set(out) == {"exact_match", "token_accuracy", "problems", "exact_match_n3_3", "exact_match_n4_4",
-                        "exact_match_n5_6"}
+                        "exact_match_n5_6", "forward_passes"}
+    assert out["forward_passes"] == max(len(source.val_problems[i]) for i in np.linspace(0, 5, 4).round().astype(int))
 
 
 def test_tiny_model_learns_running_sums_and_parallel_decoding_hurts():
-    """A 3-layer model trained here (800 steps) fills in the running sums of 4..8-digit problems at one sum per step;
-    committing 4 sums per step must guess sums whose left neighbour is still masked, so exact match collapses."""
+    """A 3-layer model trained here (1200 steps) fills in the running sums of 4..8-digit problems at one sum per step;
+    committing 4 sums per step must guess sums whose left neighbour is still masked, so exact match collapses.
+    One thread: the trained weights (and so the borderline accuracies) must not depend on what earlier tests left."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _train_and_grade_tiny_running_sums_model()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_and_grade_tiny_running_sums_model() -> None:
     torch.manual_seed(0)
     source = rs.RunningSumsSource(n_min=4, n_max=8, val_size=64)
     vocab = VocabLayout.build(10, source.specials)
@@ -252,14 +269,15 @@ def test_tiny_model_learns_running_sums_and_parallel_decoding_hurts():
     data = source.dataset("train", vocab)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(0)
-    for step in range(800):
+    for step in range(1200):
         canvas = TextTask.collate([data[(step * 64 + j) % len(data)] for j in range(64)], vocab)
         loss = model.loss(canvas, generator=gen).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
     one, four = source.evaluate(model), source.evaluate(model, tokens_per_step=4)
-    assert before == 0 and one["exact_match"] >= 0.9 and four["exact_match"] <= 0.2
+    # measured (one thread): 0.94 at one sum per step, 0.20 at four
+    assert before == 0 and one["exact_match"] >= 0.85 and four["exact_match"] <= 0.3
 
 
 # ================================================================================================== shakespeare

@@ -375,3 +375,17 @@ def test_wheel_ships_cards_and_weights(tmp_path, make_tiny_model, make_card):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["zz-packaged", str(target / "mmdiff" / "zoo_entries")]
+
+
+def test_publish_script_sums_wall_time_per_training_machine():
+    """The wall time on a card of stages trained on different machines names each (the script's doctest)."""
+    import doctest
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("publish_zoo_entry", REPO / "scripts" / "publish_zoo_entry.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = doctest.testmod(module)
+    assert result.attempted >= 4 and result.failed == 0
+    with pytest.raises(ValueError, match="give one device per training run: 2 runs, 1 devices"):
+        module.train_wall_time([REPO, REPO], ["one GPU"])

@@ -278,7 +278,8 @@ class RunningSumsSource:
 
         Returns:
             {"exact_match", "token_accuracy" (of the running sums), "exact_match_n{lo}_{hi}" per bucket,
-            "problems"}.
+            "problems", "forward_passes" (per problem: the denoising passes of its batch; fewer with parallel
+            decoding)}.
 
         >>> # RunningSumsSource().evaluate(model, limit=64, tokens_per_step=2)["exact_match"]
         """
@@ -288,12 +289,14 @@ class RunningSumsSource:
         order = sorted(range(len(problems)), key=lambda i: len(problems[i]))
         size = batch_size or self.eval_batch_size
         grades: list[Grade] = [None] * len(problems)  # type: ignore[list-item]
+        passes = 0
         for start in range(0, len(order), size):
             idx = order[start : start + size]
-            answers = self._fill([problems[i] for i in idx], model, tokens_per_step, sampler_overrides)
+            answers, batch_passes = self._fill([problems[i] for i in idx], model, tokens_per_step, sampler_overrides)
+            passes += batch_passes * len(idx)
             for i, answer in zip(idx, answers, strict=True):
                 grades[i] = grade_answer(problems[i], answer)
-        return self._summarize(problems, grades)
+        return {**self._summarize(problems, grades), "forward_passes": passes / len(problems)}
 
     def _eval_problems(self, split: str, limit: int | None) -> list[list[int]]:
         count = self.val_size if split == "val" else self.train_size
@@ -308,7 +311,8 @@ class RunningSumsSource:
         return [self.problem(split, i) for i in index]
 
     def _fill(self, batch: list[list[int]], model: Any, tokens_per_step: int,
-              overrides: dict[str, Any]) -> list[list[str]]:
+              overrides: dict[str, Any]) -> tuple[list[list[str]], int]:
+        """The batch's answers and the forward passes that decoded it."""
         from mmdiff.tasks.text import left_pad
 
         vocab = model.vocab
@@ -320,11 +324,14 @@ class RunningSumsSource:
         ids, attention = left_pad(canvases, vocab.pad_id)  # (B, L), (B, L)
         longest = max(len(p) for p in batch)
         options = {"block_length": ids.shape[1], "steps": -(-longest // tokens_per_step), **overrides}
+        history = options.get("sampler", getattr(model.sampler_config, "sampler", "llada")) != "llada-reference"
         out = model.generate(ids.to(model.device), attention.to(model.device), gen_length=0, infill=True,
-                             **options).cpu()
+                             return_history=history, **options)
+        passes = out.nfe if history else options["steps"]  # the reference loop runs its steps
         names = self.tokenizer().convert_ids_to_tokens(list(range(len(VOCAB))))
-        return [[names[t] if 0 <= t < len(names) else f"<{t}>" for t in row[keep].tolist()]
-                for row, keep in zip(out, attention, strict=True)]
+        answers = [[names[t] if 0 <= t < len(names) else f"<{t}>" for t in row[keep].tolist()]
+                   for row, keep in zip((out.sequences if history else out).cpu(), attention, strict=True)]
+        return answers, passes
 
     def _summarize(self, problems: list[list[int]], grades: list[Grade]) -> dict[str, float]:
         metrics = {
