@@ -24,8 +24,8 @@ said otherwise):
 
 Run it on an otherwise idle machine, with OpenMP's default wait policy (what users get; `make bench` unsets the
 Makefile's OMP_WAIT_POLICY=PASSIVE for this script): passive waiting puts the threads to sleep between operations,
-which costs every forward pass a wake-up and the small windows of the cached methods most (about 2x at batch 16
-here, against 1.25x for a full forward). The policy in effect is written into the table's header.
+which costs every forward pass a wake-up and the small windows of the cached methods the most. The policy in effect
+is written into the table's header.
 
 Generated tokens/s counts the sums filled in (the given digits are not generated), over the wall time of all
 batches after one warm-up batch. Peak memory: the extra memory at the peak of one batch over what was live before

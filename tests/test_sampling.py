@@ -264,6 +264,23 @@ def test_threshold_decoding_asks_logits_only_where_a_row_still_has_masks():
     assert all(len(c["asked"][0]) == 8 for c in core.calls)
 
 
+@pytest.mark.parametrize("options", [
+    {"threshold": 0.3}, {"threshold": 0.3, "cache": "dual"}, {"factor": 3.0, "cache": "delayed"},
+    {"threshold": 0.3, "cfg_scale": 1.5}, {"threshold": 0.3, "remasking": "margin", "cache": "prefix"},
+], ids=["threshold", "dual", "factor-delayed", "guidance", "margin-prefix"])
+def test_masked_columns_only_decode_like_the_whole_block(core, options):
+    """Asking logits only at still-masked columns changes nothing: a run forced onto whole-block logits (an identity
+    logits processor) gives the same tokens, commit steps and NFE, with left padding and two rows of unequal
+    progress."""
+    ids = torch.tensor([[PAD, PAD, 3, 7], [1, 2, 3, 4]])
+    attention = ids != PAD
+    kw = dict(mask_id=MASK, gen_length=16, steps=16, block_length=8, return_history=True, **options)
+    fast = llada_generate(core, ids, attention, **kw)
+    whole = llada_generate(core, ids, attention, logits_processor=lambda logits, *args: logits, **kw)
+    assert torch.equal(fast.sequences, whole.sequences) and torch.equal(fast.commit_step, whole.commit_step)
+    assert fast.nfe == whole.nfe and fast.nfe < 16  # parallel commits happened
+
+
 def test_factor_rule_exact():
     # sorted confidences 0.99, 0.95, 0.8, 0.6: thresholds 1 - 1/(i+1) = -, 0.667, 0.75, 0.8 -> commit 3
     conf = torch.tensor([[0.8, 0.99, 0.6, 0.95, 0.3]], dtype=torch.float64)
