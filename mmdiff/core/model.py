@@ -158,6 +158,10 @@ class KVCache:
     def length(self) -> int:
         return self.keys[0].shape[2]
 
+    def select_rows(self, rows: Tensor) -> KVCache:
+        """A copy holding only the batch rows `rows` (R,)."""
+        return KVCache([k[rows] for k in self.keys], [v[rows] for v in self.values])
+
 
 @dataclass
 class CoreOutput:

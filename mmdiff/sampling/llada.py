@@ -333,6 +333,8 @@ def llada_generate(
                      shared=to_fill if guided and bool(to_fill.any()) else None)
     allowed = None if allowed_token_ids is None else torch.as_tensor(list(allowed_token_ids), device=device)
     nfe, window_cache = 0, None
+    # finished rows may skip a block's remaining steps: exact without a cache and with caches refreshed per block
+    subset_rows = cache in (None, "prefix", "dual") and not guided
     stale = torch.zeros(B, L, dtype=torch.bool, device=device)  # "delayed" cache: keys/values computed before a change
     for lo in range(start, L, block_length):
         hi = min(lo + block_length, L)
@@ -344,20 +346,31 @@ def llada_generate(
         step = 0
         if cache != "delayed":
             window_cache = None  # refreshed at the first step of every block
+        rows = None  # the rows still decoding this block, when not all, and the cache gathered for them
         while step < max_steps:
             still_masked = open_[:, lo:hi]
-            order = None  # (B, n) block columns whose logits are computed, when not all of them
+            order, step_rows = None, None  # (B, n) block columns whose logits are computed, when not all of them
             if adaptive:
-                n_open = int(still_masked.sum(1).max())  # the step's one host sync: is the block done, how wide
+                open_counts = still_masked.sum(1)
+                per_row = open_counts.tolist()  # the step's one host sync: is the block done, how wide, which rows
+                n_open = max(per_row)
                 if n_open == 0:
                     break
                 if n_open < hi - lo and remask_below is None and logits_processor is None:
                     # logits only where a row still has masks (each row's masked columns first, in column order)
                     order = still_masked.long().argsort(dim=1, descending=True, stable=True)[:, :n_open]
                     still_masked = still_masked.gather(1, order)
+                n_rows = sum(c > 0 for c in per_row)
+                if (n_rows < B and subset_rows and logits_processor is None
+                        and remask_below is None and (cache is None or window_cache is not None)):
+                    # rows that finished the block sit out its remaining steps (the next block refreshes them)
+                    if rows is None or len(rows[0]) != n_rows:
+                        keep = (open_counts > 0).nonzero().squeeze(1)
+                        rows = (keep, None if window_cache is None else window_cache.select_rows(keep))
+                    step_rows = rows
             window = _recompute_window(stale, lo, hi) if cache == "delayed" else (lo, hi)
             columns = None if order is None else order + lo
-            logits, window_cache = model(x, lo, hi, cache, window_cache, window, columns)  # (B, K or n, V)
+            logits, window_cache = model(x, lo, hi, cache, window_cache, window, columns, step_rows)  # (B, K|n, V)
             if cache == "delayed":
                 stale[:, : window[1]] = False  # the window is fresh; a first (full) forward refreshed all before it
             nfe += 1
@@ -428,9 +441,19 @@ class _Forward:
             self.position_ids = torch.cat([position_ids, uncond_positions])
 
     def __call__(self, x: Tensor, lo: int, hi: int, cache: str | None, kv: object, window: tuple[int, int],
-                 columns: Tensor | None = None) -> tuple[Tensor, object]:
+                 columns: Tensor | None = None,
+                 rows: tuple[Tensor, object] | None = None) -> tuple[Tensor, object]:
         """Logits (B, K, V) at the block's columns [lo, hi), or (B, n, V) at `columns` (B, n) (canvas positions
-        inside the block) when given."""
+        inside the block) when given. With `rows` = (row indices (R,), their gathered cache) only those rows run
+        (no guidance); the others get zero logits and the returned cache is `kv` unchanged."""
+        if rows is not None:
+            keep, kept_cache = rows
+            logits, _ = _Forward(self.core, None if self.attention is None else self.attention[keep],
+                                 self.position_ids[keep], None, self.cfg_form, None)(
+                x[keep], lo, hi, cache, kept_cache, window, None if columns is None else columns[keep])
+            full = logits.new_zeros((x.shape[0],) + logits.shape[1:])
+            full[keep] = logits
+            return full, kv
         if self.uncond_prompt is not None:  # (2B, L): conditional, unconditional (same generated part)
             P = self.uncond_prompt.shape[1]
             prompt = self.uncond_prompt
