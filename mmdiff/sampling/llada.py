@@ -8,7 +8,9 @@ of commits, the per-step counts floor(M/S) (+1 for the first M mod S steps), the
 = softmax probability of the prediction in the logits' dtype, `logits_eos_inf` / `confidence_eos_eot_inf` /
 `cfg_scale` as it applies them, left-padded prompts with absolute positions and a key mask).
 What it does differently computes the same numbers with less work: logits only for the current block, selection
-vectorised over the batch (no Python loop over rows, no host syncs inside a step).
+vectorised over the batch (no Python loop over rows, no host syncs inside a step). With `threshold` / `factor`
+(one host sync per step, to know when a block is done) it also asks logits only at the block's still-masked
+positions (the core's last layer then runs only there) and only of the rows still decoding the block.
 
 Options beyond the reference:
 - `cache="prefix"` / `"dual"` (Fast-dLLM): keys and values of the whole canvas are computed once per block; each
