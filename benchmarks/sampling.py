@@ -101,8 +101,6 @@ def run_method(model: Any, source: RunningSumsSource, problems: list[list[int]],
         if ar_fill is not None:
             out = ar_fill(model.core, ids, attention, mask_id=model.vocab.mask_id)
             return out.sequences, attention, out.nfe
-        if options["sampler"] == "llada-reference":  # the reference loop returns sequences only
-            return model.generate(ids, attention, **sampler_kw), attention, n
         out = model.generate(ids, attention, return_history=True, **sampler_kw)
         return out.sequences, attention, out.nfe
 

@@ -12,10 +12,7 @@
 # Each stage has its own time limit so that one slow stage cannot eat the others; logs and JSON land in OUT_DIR.
 set -u
 OUT=${1:?usage: scripts/gpu_check.sh OUT_DIR}
-mkdir -p "$OUT"
-PY=${PY:-python3}
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-$PY -c "import mmdiff.zoo_entries" 2>/dev/null || ln -sfn ../zoo mmdiff/zoo_entries
+source "$(dirname "$0")/gpu_env.sh"
 
 stage() {  # stage NAME SECONDS COMMAND...: runs, keeps the whole log, prints its tail
     local name=$1 limit=$2

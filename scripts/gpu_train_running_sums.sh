@@ -7,10 +7,7 @@
 # (the baseline trained through all three recipes from scratch), with their logs.
 set -u
 OUT=${1:?usage: scripts/gpu_train_running_sums.sh OUT_DIR}
-mkdir -p "$OUT"
-PY=${PY:-python3}
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-$PY -c "import mmdiff.zoo_entries" 2>/dev/null || ln -sfn ../zoo mmdiff/zoo_entries
+source "$(dirname "$0")/gpu_env.sh"
 LIMIT=${LIMIT:-420}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 timeout "$LIMIT" $PY -m mmdiff.cli train configs/reasoning/running-sums-small-stage3.yaml \

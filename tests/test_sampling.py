@@ -86,6 +86,15 @@ def test_matches_reference_loop(core, gen_length, steps, block_length):
     assert not (got == MASK).any()
 
 
+def test_reference_loop_history_matches_llada(core):
+    """With `return_history` the reference loop reports the step of every commit and its forward passes, as the
+    `llada` sampler does (what the benchmark and the running-sums eval count)."""
+    options = dict(mask_id=MASK, gen_length=12, steps=6, block_length=4, return_history=True)
+    got, want = llada_generate(core, prompts(3, 5), **options), reference_generate(core, prompts(3, 5), **options)
+    assert torch.equal(got.sequences, want.sequences) and torch.equal(got.commit_step, want.commit_step)
+    assert want.nfe == got.nfe == 6 and (want.commit_step[:, :5] == -1).all()
+
+
 def test_left_padded_batch_matches_reference_and_single_rows(core):
     rows = [prompts(1, 6, seed=4)[0], prompts(1, 3, seed=5)[0], prompts(1, 4, seed=6)[0]]
     ids = torch.full((3, 6), PAD)

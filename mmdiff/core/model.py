@@ -362,7 +362,7 @@ class MaskedDiffusionTransformer(nn.Module):
         elif at.dtype == torch.bool:
             selected = hidden[at]  # (N, d_model)
         else:
-            selected = hidden.gather(1, at[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, K, d_model)
+            selected = _gather_rows(hidden, at)  # (B, K, d_model)
         weight = self.output_weight
         if vocab_range is not None:
             if not 0 <= vocab_range[0] < vocab_range[1] <= weight.shape[0]:

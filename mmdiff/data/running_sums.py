@@ -324,14 +324,12 @@ class RunningSumsSource:
         ids, attention = left_pad(canvases, vocab.pad_id)  # (B, L), (B, L)
         longest = max(len(p) for p in batch)
         options = {"block_length": ids.shape[1], "steps": -(-longest // tokens_per_step), **overrides}
-        history = options.get("sampler", getattr(model.sampler_config, "sampler", "llada")) != "llada-reference"
         out = model.generate(ids.to(model.device), attention.to(model.device), gen_length=0, infill=True,
-                             return_history=history, **options)
-        passes = out.nfe if history else options["steps"]  # the reference loop runs its steps
+                             return_history=True, **options)
         names = self.tokenizer().convert_ids_to_tokens(list(range(len(VOCAB))))
         answers = [[names[t] if 0 <= t < len(names) else f"<{t}>" for t in row[keep].tolist()]
-                   for row, keep in zip((out.sequences if history else out).cpu(), attention, strict=True)]
-        return answers, passes
+                   for row, keep in zip(out.sequences.cpu(), attention, strict=True)]
+        return answers, out.nfe
 
     def _summarize(self, problems: list[list[int]], grades: list[Grade]) -> dict[str, float]:
         metrics = {

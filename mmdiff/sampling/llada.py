@@ -335,8 +335,10 @@ def llada_generate(
                      shared=to_fill if guided and bool(to_fill.any()) else None)
     allowed = None if allowed_token_ids is None else torch.as_tensor(list(allowed_token_ids), device=device)
     nfe, window_cache = 0, None
-    # finished rows may skip a block's remaining steps: exact without a cache and with caches refreshed per block
-    subset_rows = cache in (None, "prefix", "dual") and not guided
+    # adaptive steps may skip what cannot be committed (unless every column's logits are wanted): decided columns, and
+    # rows that finished the block (exact without a cache and with the caches refreshed per block)
+    narrow = adaptive and remask_below is None and logits_processor is None
+    skip_rows = narrow and cache in (None, "prefix", "dual") and not guided
     stale = torch.zeros(B, L, dtype=torch.bool, device=device)  # "delayed" cache: keys/values computed before a change
     for lo in range(start, L, block_length):
         hi = min(lo + block_length, L)
@@ -358,13 +360,12 @@ def llada_generate(
                 n_open = max(per_row)
                 if n_open == 0:
                     break
-                if n_open < hi - lo and remask_below is None and logits_processor is None:
+                if narrow and n_open < hi - lo:
                     # logits only where a row still has masks (each row's masked columns first, in column order)
                     order = still_masked.long().argsort(dim=1, descending=True, stable=True)[:, :n_open]
                     still_masked = still_masked.gather(1, order)
                 n_rows = sum(c > 0 for c in per_row)
-                if (n_rows < B and subset_rows and logits_processor is None
-                        and remask_below is None and (cache is None or window_cache is not None)):
+                if skip_rows and n_rows < B and (cache is None or window_cache is not None):
                     # rows that finished the block sit out its remaining steps (the next block refreshes them)
                     if rows is None or len(rows[0]) != n_rows:
                         keep = (open_counts > 0).nonzero().squeeze(1)
@@ -448,14 +449,12 @@ class _Forward:
         """Logits (B, K, V) at the block's columns [lo, hi), or (B, n, V) at `columns` (B, n) (canvas positions
         inside the block) when given. With `rows` = (row indices (R,), their gathered cache) only those rows run
         (no guidance); the others get zero logits and the returned cache is `kv` unchanged."""
+        attention, position_ids, batch, given_kv = self.attention, self.position_ids, x.shape[0], kv
         if rows is not None:
-            keep, kept_cache = rows
-            logits, _ = _Forward(self.core, None if self.attention is None else self.attention[keep],
-                                 self.position_ids[keep], None, self.cfg_form, None)(
-                x[keep], lo, hi, cache, kept_cache, window, None if columns is None else columns[keep])
-            full = logits.new_zeros((x.shape[0],) + logits.shape[1:])
-            full[keep] = logits
-            return full, kv
+            keep, kv = rows
+            x, position_ids = x[keep], position_ids[keep]
+            attention = None if attention is None else attention[keep]
+            columns = None if columns is None else columns[keep]
         if self.uncond_prompt is not None:  # (2B, L): conditional, unconditional (same generated part)
             P = self.uncond_prompt.shape[1]
             prompt = self.uncond_prompt
@@ -469,7 +468,7 @@ class _Forward:
             x.shape[0] // columns.shape[0], 1)  # (B', n): the unconditional rows ask at the same columns
         if cache is None or kv is None:
             index = columns
-            out = self.core(x, attention_mask=self.attention, position_ids=self.position_ids, logits_at=index,
+            out = self.core(x, attention_mask=attention, position_ids=position_ids, logits_at=index,
                             check_inputs=False, use_cache=cache is not None)
             logits, kv = out.logits, out.cache
         else:
@@ -477,13 +476,17 @@ class _Forward:
             # positions changed since their keys and values were computed)
             start, end = window if cache == "delayed" else (lo, L if cache == "prefix" else hi)
             index = columns - start
-            logits = self.core(x[:, start:end], attention_mask=self.attention,
-                               position_ids=self.position_ids[:, start:end], logits_at=index, check_inputs=False,
+            logits = self.core(x[:, start:end], attention_mask=attention,
+                               position_ids=position_ids[:, start:end], logits_at=index, check_inputs=False,
                                cache=kv, cache_window=(start, end)).logits
         if self.uncond_prompt is not None:
             cond, uncond = logits.chunk(2)
             w = self.cfg_scale
             logits = uncond + (w + 1) * (cond - uncond) if self.cfg_form == "llada" else uncond + w * (cond - uncond)
+        if rows is not None:  # the rows that sat out get zero logits; the caller keeps its whole-batch cache
+            full = logits.new_zeros((batch,) + logits.shape[1:])
+            full[rows[0]] = logits
+            return full, given_kv
         return logits, kv
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from mmdiff.registry import SAMPLERS
+from mmdiff.sampling.output import GIVEN, SamplerOutput
 
 __all__ = ["reference_generate"]
 
@@ -32,7 +33,8 @@ def reference_generate(
     steps: int = 128,
     block_length: int = 32,
     infill: bool = False,
-) -> Tensor:
+    return_history: bool = False,
+) -> Tensor | SamplerOutput:
     """Greedy LLaDA sampling exactly as the reference loop computes it (slow on purpose).
 
     Args:
@@ -44,9 +46,10 @@ def reference_generate(
         steps: total steps, split evenly over blocks.
         block_length: block size; the region from the first mask is cut into blocks of this size.
         infill: also decode the mask ids inside the prompt.
+        return_history: return a `SamplerOutput` (sequences, the step that committed each position, forward passes).
 
     Returns:
-        (B, P + gen_length).
+        (B, P + gen_length), or a `SamplerOutput` with `return_history`.
 
     >>> # reference_generate(model.core, prompt, mask_id=model.vocab.mask_id, gen_length=64, steps=64)
     """
@@ -59,6 +62,8 @@ def reference_generate(
     decodable = x == mask_id if attention is None else (x == mask_id) & attention
     if not infill:
         decodable[:, :P] = False
+    commit_step = torch.where(decodable, 0, GIVEN)
+    nfe = 0
     start = int(decodable.any(0).nonzero()[0])
     n_blocks = math.ceil((P + gen_length - start) / block_length)
     steps_per_block = steps // n_blocks
@@ -72,6 +77,7 @@ def reference_generate(
         for i in range(steps_per_block):
             masked = decodable & (x == mask_id)
             logits = core(x, attention_mask=attention).logits  # (B, L, V): every position, every step
+            nfe += 1
             x0 = logits.argmax(-1)
             p = torch.softmax(logits, dim=-1)
             x0_p = torch.gather(p, -1, x0[..., None]).squeeze(-1)  # (B, L)
@@ -80,4 +86,5 @@ def reference_generate(
             for j in range(B):
                 _, select = torch.topk(confidence[j], k=int(counts[j, i]))
                 x[j, select] = x0[j, select]
-    return x
+                commit_step[j, select] = nfe - 1
+    return SamplerOutput(sequences=x, commit_step=commit_step, nfe=nfe) if return_history else x
