@@ -11,11 +11,11 @@ the diffusion recipe where they are never masked). Decoding is greedy with cache
 (Pope et al. 2022, "Efficiently Scaling Transformer Inference"): each forward pass runs only the tokens that became
 known since the last one (the committed sum and the digit after it) against the cache.
 
-Same budget as the diffusion recipe: `Stage.from_recipe` reads the two recipe files
-(`configs/reasoning/running-sums-small.yaml`, then `-stage2.yaml`) for the data sizes, steps, batch sizes, AdamW
-settings and warmup + cosine schedule, and the batches come from the trainer's own `BatchStream` with the recipe seed,
-so both models see the same problems in the same order. The autoregressive loss scores every sum of an example (the
-diffusion loss scores the masked fraction t of them), which is the usual advantage of next-token training.
+Same budget as the diffusion recipe: `Stage.from_recipe` reads the recipe files
+(`configs/reasoning/running-sums-small.yaml`, then `-stage2.yaml` and `-stage3.yaml`) for the data sizes, steps, batch
+sizes, AdamW settings and warmup + cosine schedule, and the batches come from the trainer's own `BatchStream` with each
+recipe's seed, so both models see the same problems in the same order. The autoregressive loss scores every sum of an
+example (the diffusion loss scores the masked fraction t of them), which is the usual advantage of next-token training.
 
     python benchmarks/ar_baseline.py train --out runs/ar-running-sums            # the full three-stage budget
     python benchmarks/ar_baseline.py train --out runs/ar-smoke --steps-scale 0.01
@@ -96,6 +96,7 @@ class Stage:
         batch_size: problems per step.
         optim: AdamW, warmup and cosine settings (`mmdiff.train.config.OptimSection`).
         core: `CoreConfig` fields of the model (the first stage's build it; later stages must agree or be empty).
+        seed: orders the batches (the recipe's seed, as the trainer uses it).
     """
 
     name: str
@@ -104,6 +105,7 @@ class Stage:
     batch_size: int
     optim: OptimSection = field(default_factory=OptimSection)
     core: Mapping[str, Any] = field(default_factory=dict)
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -127,7 +129,8 @@ class Stage:
             raise ValueError(f"{path}: train.grad_accum={recipe.train.grad_accum}; the baseline runs one batch per "
                              "step, so give the recipe grad_accum 1 and the whole batch in batch_size")
         return cls(name=path.stem, data=dict(recipe.data.options), steps=recipe.train.steps,
-                   batch_size=recipe.train.batch_size, optim=recipe.optim, core=dict(recipe.model.core))
+                   batch_size=recipe.train.batch_size, optim=recipe.optim, core=dict(recipe.model.core),
+                   seed=recipe.seed)
 
     def scaled(self, factor: float) -> Stage:
         """The same stage with `steps` and `warmup_steps` multiplied by `factor` (at least one step each).
@@ -257,6 +260,7 @@ def train_ar(
     threads: int | None = None,
     device: str | torch.device = "cpu",
     bos: bool = True,
+    init: str | os.PathLike | None = None,
     log_every: int = 20,
     log: Callable[[str], Any] = print,
 ) -> Path:
@@ -265,16 +269,19 @@ def train_ar(
     Each stage builds a fresh AdamW + warmup-cosine schedule (as each diffusion recipe does) and continues from the
     weights of the stage before. Writes `out_dir/metrics.jsonl` (loss, lr, tokens/s every `log_every` steps) and
     `out_dir/ar_training.json` (per stage and in total: steps, wall seconds (batches included), compute seconds
-    (the updates alone), training tokens and tokens/s of compute).
+    (the updates alone), training tokens and tokens/s of compute, the device).
 
     Args:
         out_dir: run folder.
         stages: the budget; default `default_stages()` (the diffusion entry's three recipes).
         core: `CoreConfig` fields; default the first stage's `core` (d_model 128, 4 layers, 4 heads, max_seq_len 256).
-        seed: seeds the weights and the batch order (the recipes' seed is 0).
+        seed: seeds the fresh weights (each stage's own `seed` orders its batches).
         threads: torch CPU threads while training (None: torch's current setting; restored afterwards).
         device: where to train.
-        bos: read a BOS token before each row (see `build_ar_model`).
+        bos: read a BOS token before each row (see `build_ar_model`; ignored with `init`).
+        init: continue a trained baseline instead of building a fresh one: a model folder written by this function
+            (`OUT/final`, or the shipped `benchmarks/baselines/ar-running-sums`) with its `ar_training.json` beside
+            it or one level up; its stages open the new training record, so the record covers the whole budget.
         log_every: steps between log lines and metrics records.
         log: called with each log line.
 
@@ -283,6 +290,7 @@ def train_ar(
 
     >>> # train_ar("runs/ar-running-sums")                                     # the full budget
     >>> # train_ar("runs/ar-smoke", stages=[s.scaled(0.01) for s in default_stages()])
+    >>> # train_ar("runs/ar-more", stages=[Stage.from_recipe("next.yml")], init="benchmarks/baselines/ar-running-sums")
     """
     stages = list(default_stages() if stages is None else stages)
     if not stages:
@@ -300,17 +308,21 @@ def train_ar(
     try:
         torch.set_num_threads(threads or previous_threads)
         torch.manual_seed(seed)
-        model = build_ar_model(RunningSumsSource(**stages[0].data), core, bos=bos).to(device).train()
+        if init is None:
+            model, history = build_ar_model(RunningSumsSource(**stages[0].data), core, bos=bos), []
+        else:
+            model, history = _load_trained(init, core)
+        model = model.to(device).train()
         log(f"{AR_NAME}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(stages)} "
-            f"stage(s), {torch.get_num_threads()} thread(s) on {device}")
-        reports = [_train_stage(model, stage, seed, device, out_dir, log_every, log) for stage in stages]
+            f"stage(s) after {len(history)} earlier, {torch.get_num_threads()} thread(s) on {device}")
+        reports = history + [_train_stage(model, stage, device, out_dir, log_every, log) for stage in stages]
         used_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(previous_threads)
 
     model.eval()
     model.config.task_options["data"]["options"] = _source_options(RunningSumsSource(**stages[-1].data))
-    final = model.save_pretrained(out_dir / "final", card=_model_card(stages, reports, core, seed))
+    final = model.save_pretrained(out_dir / "final", card=_model_card(reports, core, seed))
     summary = {
         "name": AR_NAME, "seed": seed, "core": core, "device": str(device), "threads": used_threads,
         "torch": torch.__version__, "platform": platform.platform(),
@@ -322,15 +334,15 @@ def train_ar(
     return final
 
 
-def _train_stage(model: DiffusionModel, stage: Stage, seed: int, device: torch.device, out_dir: Path,
-                 log_every: int, log: Callable[[str], Any]) -> dict[str, Any]:
+def _train_stage(model: DiffusionModel, stage: Stage, device: torch.device, out_dir: Path, log_every: int,
+                 log: Callable[[str], Any]) -> dict[str, Any]:
     """Runs one stage in place on `model`; returns its record for the training JSON."""
     source = RunningSumsSource(**stage.data)
     vocab = model.vocab
     if VocabLayout.build(len(source.tokenizer()), source.specials).to_dict() != vocab.to_dict():
         raise ValueError(f"stage {stage.name!r}: its data source builds another vocabulary than the model's")
     stream = BatchStream(source.dataset("train", vocab), lambda examples: TextTask.collate(examples, vocab),
-                         batch_size=stage.batch_size, seed=seed)
+                         batch_size=stage.batch_size, seed=stage.seed)
     optimizer = build_optimizer(model, stage.optim)
     scheduler = build_scheduler(optimizer, stage.optim, stage.steps)
     max_norm = stage.optim.grad_clip if stage.optim.grad_clip > 0 else float("inf")
@@ -356,7 +368,7 @@ def _train_stage(model: DiffusionModel, stage: Stage, seed: int, device: torch.d
                 f"{record['tokens_per_s']:,.0f} tokens/s")
             window, losses, last_loss = {"tokens": 0, "time": 0.0}, [], record["loss"]
     return {"name": stage.name, "data": dict(stage.data), "steps": stage.steps, "batch_size": stage.batch_size,
-            "lr": stage.optim.lr, "warmup_steps": stage.optim.warmup_steps,
+            "lr": stage.optim.lr, "warmup_steps": stage.optim.warmup_steps, "seed": stage.seed, "device": str(device),
             "wall_s": time.perf_counter() - stage_started, "compute_s": compute, "tokens": tokens,
             "tokens_per_s": tokens / max(compute, 1e-9), "final_loss": last_loss}
 
@@ -373,17 +385,33 @@ def _update(model: DiffusionModel, canvas: Canvas, bos_id: int | None, optimizer
     return loss.detach()
 
 
-def _model_card(stages: Sequence[Stage], reports: Sequence[dict[str, Any]], core: Mapping[str, Any],
-                seed: int) -> str:
+def _load_trained(folder: str | os.PathLike, core: Mapping[str, Any]) -> tuple[DiffusionModel, list[dict[str, Any]]]:
+    """A trained baseline to continue, and the stage records of its training JSON."""
+    folder = Path(folder)
+    records = [p / TRAINING_JSON for p in (folder, folder.parent) if (p / TRAINING_JSON).is_file()]
+    if not records:
+        raise FileNotFoundError(f"{folder}: no {TRAINING_JSON} in it or one level up; continue a baseline written by "
+                                "`ar_baseline.py train` (its OUT/final) so that the record covers its whole budget")
+    model = DiffusionModel.from_pretrained(folder)
+    model_bos_id(model)  # raises unless it is an autoregressive baseline
+    shape = {k: getattr(model.core.config, k) for k in core}
+    if shape != dict(core):
+        raise ValueError(f"{folder}: its core {shape} differs from the stages' {dict(core)}; every stage trains the "
+                         "same model")
+    return model, json.loads(records[0].read_text())["stages"]
+
+
+def _model_card(reports: Sequence[dict[str, Any]], core: Mapping[str, Any], seed: int) -> str:
     lines = [f"# {AR_NAME}", "",
              "The autoregressive baseline of the sampler benchmark (not a diffusion model): the mmdiff core with "
              "causal attention, trained with the next-token loss on the running sums. Decode it with "
              "`benchmarks/ar_baseline.py` (`ar_fill` / `evaluate_ar`), not with `model.generate`.", "",
-             f"Core: {dict(core)}; seed {seed}.", "", "| stage | data | steps | batch | lr | wall (s) | final loss |",
-             "|---|---|---|---|---|---|---|"]
-    for stage, r in zip(stages, reports, strict=True):
-        lines.append(f"| {stage.name} | {dict(stage.data)} | {r['steps']} | {r['batch_size']} | {r['lr']} | "
-                     f"{r['wall_s']:.1f} | {r['final_loss']:.4f} |")
+             f"Core: {dict(core)}; seed {seed}.", "",
+             "| stage | data | steps | batch | lr | device | wall (s) | final loss |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in reports:
+        lines.append(f"| {r['name']} | {r['data']} | {r['steps']} | {r['batch_size']} | {r['lr']} | "
+                     f"{r.get('device', '')} | {r['wall_s']:.1f} | {r['final_loss']:.4f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -604,6 +632,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     train.add_argument("--device", default="cpu")
     train.add_argument("--log-every", type=int, default=20)
+    train.add_argument("--init", default=None, help="continue this trained baseline (a folder written by train, with "
+                       "its ar_training.json) instead of starting from scratch")
     evaluate = commands.add_parser("eval", help="exact match and decoding speed of a trained baseline")
     evaluate.add_argument("model", help="the model folder written by train (OUT/final)")
     evaluate.add_argument("--limit", type=int, default=None, help="problems to grade (default: the whole val split)")
@@ -620,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.steps_scale != 1.0:
             stages = [s.scaled(args.steps_scale) for s in stages]
         train_ar(args.out, stages=stages, seed=args.seed, threads=args.threads, device=args.device,
-                 log_every=args.log_every)
+                 init=args.init, log_every=args.log_every)
         return 0
     if args.threads is not None:
         torch.set_num_threads(args.threads)

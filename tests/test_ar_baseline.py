@@ -232,6 +232,7 @@ def test_default_stages_are_the_diffusion_recipes_budget():
     stages = ar.default_stages()
     assert [(s.data["n_min"], s.data["n_max"], s.steps, s.batch_size) for s in stages] == [
         (8, 32, 1500, 64), (32, 128, 1500, 32), (32, 128, 6000, 128)]
+    assert [s.seed for s in stages] == [0, 0, 0]  # the recipes' seeds order the batches
     for stage, lr, warmup in zip(stages, (1e-3, 1e-3, 5e-4), (100, 50, 100), strict=True):
         o = stage.optim
         assert (o.lr, o.betas, o.weight_decay, o.warmup_steps, o.min_lr_ratio, o.grad_clip) == (
@@ -274,6 +275,24 @@ def test_tiny_ar_model_learns_running_sums(tmp_path, one_thread):
     assert records[-1]["loss"] < 0.05 < records[0]["loss"]
     assert lines[-1].startswith(f"saved {final}")
 
+    # continuing: the trained weights go on learning, and the record holds both stages
+    more = ar.Stage("more", {"n_min": 4, "n_max": 8, "val_size": 64}, steps=20, batch_size=64,
+                    optim=OptimSection(lr=1e-3, warmup_steps=2), seed=1)
+    core = {"d_model": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 16}
+    again = ar.train_ar(tmp_path / "more", stages=[more], core=core, init=final, log_every=10, log=lines.append)
+    summary2 = json.loads((tmp_path / "more" / ar.TRAINING_JSON).read_text())
+    assert [(r["name"], r["steps"], r["seed"]) for r in summary2["stages"]] == [("tiny", 250, 0), ("more", 20, 1)]
+    assert summary2["steps"] == 270 and summary2["wall_s"] > summary["wall_s"]
+    assert "after 1 earlier" in lines[-4]
+    second = json.loads((tmp_path / "more" / ar.METRICS_JSONL).read_text().splitlines()[0])
+    assert second["loss"] < 0.05  # started from the trained weights, not from scratch
+    assert "| more |" in (again / "README.md").read_text() and "| tiny |" in (again / "README.md").read_text()
+    with pytest.raises(ValueError, match="differs from the stages"):
+        ar.train_ar(tmp_path / "bad", stages=[more], core={**core, "d_model": 32}, init=final)
+    (tmp_path / "run" / ar.TRAINING_JSON).unlink()
+    with pytest.raises(FileNotFoundError, match="no ar_training.json"):
+        ar.train_ar(tmp_path / "bad", stages=[more], core=core, init=final)
+
     model = DiffusionModel.from_pretrained(final)
     source = RunningSumsSource(n_min=4, n_max=8, val_size=64)
     metrics = ar.evaluate_ar(model, source, batch_size=32)
@@ -295,8 +314,8 @@ def test_cli_trains_the_full_size_model_for_a_few_steps_and_evaluates(tmp_path, 
     out = tmp_path / "ar"
     assert ar.main(["train", "--out", str(out), "--steps-scale", "0.001", "--log-every", "100"]) == 0
     summary = json.loads((out / ar.TRAINING_JSON).read_text())
-    assert [(s["steps"], s["batch_size"], s["data"]["n_max"]) for s in summary["stages"]] == [
-        (2, 64, 32), (2, 32, 128), (6, 128, 128)]
+    assert [(s["steps"], s["batch_size"], s["data"]["n_max"], s["seed"]) for s in summary["stages"]] == [
+        (2, 64, 32, 0), (2, 32, 128, 0), (6, 128, 128, 0)]
     config = json.loads((out / "final" / "config.json").read_text())
     assert config["core"]["d_model"] == 128 and config["task_options"]["data"]["options"]["n_min"] == 32
     capsys.readouterr()
