@@ -27,9 +27,12 @@ Makefile's OMP_WAIT_POLICY=PASSIVE for this script): passive waiting puts the th
 which costs every forward pass a wake-up and the small windows of the cached methods the most. The policy in effect
 is written into the table's header.
 
-Generated tokens/s counts the sums filled in (the given digits are not generated), over the wall time of all
-batches after one warm-up batch. Peak memory: the extra memory at the peak of one batch over what was live before
-it (CUDA: max_memory_allocated; CPU: resident-set peak, see benchmarks/common.py).
+Generated tokens/s counts the sums filled in (the given digits are not generated), over the wall time of all batches
+after one warm-up batch. The methods of one table block (canvas length and batch size) are timed interleaved: each
+batch of problems is decoded by every method in turn, in an order that rotates from batch to batch, so a machine whose
+speed drifts during the run (other tenants, memory reclaim) weighs on all of them alike. Peak memory: the extra memory
+at the peak of one batch over what was live before it (CUDA: max_memory_allocated; CPU: resident-set peak, see
+benchmarks/common.py).
 
     python benchmarks/sampling.py                                  # 200 problems, lengths 64 and 256, batch 1 and 16
     python benchmarks/sampling.py --problems 16 --lengths 64 --batch-sizes 4     # a smoke run
@@ -87,13 +90,11 @@ def canvases(source: RunningSumsSource, problems: list[list[int]], vocab: Any) -
     return left_pad(rows, vocab.pad_id)
 
 
-def run_method(model: Any, source: RunningSumsSource, problems: list[list[int]], batch: int, options: dict[str, Any],
-               device: torch.device, ar_fill: Any = None) -> dict[str, Any]:
-    """Decodes all problems in batches; returns accuracy, NFE per batch, generated tokens/s, peak memory, outputs."""
-    n = len(problems[0])
+def make_decoder(model: Any, source: RunningSumsSource, options: dict[str, Any], device: torch.device,
+                 ar_fill: Any = None) -> Any:
+    """A function: a chunk of problems -> (decoded canvases, attention mask, forward passes) with one method."""
     options = dict(options)
     per_step = options.pop("sums_per_step", 1)
-    sampler_kw = {**options, "gen_length": 0, "infill": True, "steps": n // per_step}
 
     def decode(chunk: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
         ids, attention = canvases(source, chunk, model.vocab)
@@ -101,35 +102,58 @@ def run_method(model: Any, source: RunningSumsSource, problems: list[list[int]],
         if ar_fill is not None:
             out = ar_fill(model.core, ids, attention, mask_id=model.vocab.mask_id)
             return out.sequences, attention, out.nfe
-        out = model.generate(ids, attention, return_history=True, **sampler_kw)
+        steps = len(chunk[0]) // per_step
+        out = model.generate(ids, attention, return_history=True, gen_length=0, infill=True, steps=steps, **options)
         return out.sequences, attention, out.nfe
 
+    return decode
+
+
+def run_methods(decoders: dict[str, Any], source: RunningSumsSource, problems: list[list[int]], batch: int,
+                device: torch.device) -> dict[str, dict[str, Any]]:
+    """Decodes all problems in batches with every method; returns per method its accuracy, NFE per batch,
+    generated tokens/s, peak memory and outputs.
+
+    The timing is interleaved: every batch is decoded by each method in turn (the order rotating from batch to
+    batch), so that a machine that slows down or speeds up during the run (other tenants, memory reclaim) weighs
+    on every method alike and the speed-ups, ratios measured in the same stretch of time, stay comparable."""
     chunks = [problems[i : i + batch] for i in range(0, len(problems), batch)]
+    names = list(decoders)
+    seconds = dict.fromkeys(names, 0.0)
+    results: dict[str, list[Any]] = {name: [] for name in names}
+    memory = {}
     with torch.inference_mode():
-        decode(chunks[0])  # warm-up
-        memory = peak_memory_of(lambda: decode(chunks[0]), device)
-        sync(device)
-        start = time.perf_counter()
-        results = [decode(chunk) for chunk in chunks]
-        sync(device)
-        seconds = time.perf_counter() - start
-    names = source.tokenizer().convert_ids_to_tokens(list(range(10)))
-    outputs, exact, nfe = [], 0, 0
-    for chunk, (seqs, attention, calls) in zip(chunks, results, strict=True):
-        nfe += calls
-        for digits, row, keep in zip(chunk, seqs.cpu(), attention.cpu(), strict=True):
-            tokens = row[keep].tolist()
-            outputs.append(tokens)
-            exact += grade_answer(digits, [names[t] if 0 <= t < 10 else f"<{t}>" for t in tokens]).exact
-    return {
-        "exact_match": exact / len(problems),
-        "nfe_per_batch": nfe / len(chunks),
-        "tokens_per_s": n * len(problems) / seconds,
-        "seconds": seconds,
-        "peak_mib": memory["peak_mib"],
-        "memory_method": memory["method"],
-        "outputs": outputs,
-    }
+        for name, decode in decoders.items():
+            decode(chunks[0])  # warm-up
+            memory[name] = peak_memory_of(lambda decode=decode: decode(chunks[0]), device)
+        for i, chunk in enumerate(chunks):
+            for name in names[i % len(names):] + names[: i % len(names)]:
+                sync(device)
+                start = time.perf_counter()
+                results[name].append(decoders[name](chunk))
+                sync(device)
+                seconds[name] += time.perf_counter() - start
+    tokens = source.tokenizer().convert_ids_to_tokens(list(range(10)))
+    n = len(problems[0])
+    out = {}
+    for name in names:
+        outputs, exact, nfe = [], 0, 0
+        for chunk, (seqs, attention, calls) in zip(chunks, results[name], strict=True):
+            nfe += calls
+            for digits, row, keep in zip(chunk, seqs.cpu(), attention.cpu(), strict=True):
+                decoded = row[keep].tolist()
+                outputs.append(decoded)
+                exact += grade_answer(digits, [tokens[t] if 0 <= t < 10 else f"<{t}>" for t in decoded]).exact
+        out[name] = {
+            "exact_match": exact / len(problems),
+            "nfe_per_batch": nfe / len(chunks),
+            "tokens_per_s": n * len(problems) / seconds[name],
+            "seconds": seconds[name],
+            "peak_mib": memory[name]["peak_mib"],
+            "memory_method": memory[name]["method"],
+            "outputs": outputs,
+        }
+    return out
 
 
 def load_ar(path: Path | None, device: torch.device) -> tuple[Any, Any]:
@@ -153,19 +177,17 @@ def bench(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]
         source = RunningSumsSource(n_min=n, n_max=n, val_size=args.problems)  # held out: the val stream
         problems = source.val_problems
         for batch in args.batch_sizes:
-            reference_out = None
-            runs = dict(methods(args.block, args.parallel, args.thresholds, args.small_block))
+            decoders = {name: make_decoder(model, source, options, device)
+                        for name, options in methods(args.block, args.parallel, args.thresholds,
+                                                     args.small_block).items()}
             if ar_model is not None:
-                runs["AR baseline (KV cache)"] = {}
-            for name, options in runs.items():
-                is_ar = name.startswith("AR")
-                result = run_method(ar_model if is_ar else model, source, problems, batch, options, device,
-                                    ar_fill if is_ar else None)
-                if name == REFERENCE:
-                    reference_out = result["outputs"]
-                same = None if is_ar or reference_out is None else sum(
-                    a == b for a, b in zip(result.pop("outputs"), reference_out, strict=True)) / len(problems)
-                result.pop("outputs", None)
+                decoders["AR baseline (KV cache)"] = make_decoder(ar_model, source, {}, device, ar_fill)
+            results = run_methods(decoders, source, problems, batch, device)
+            reference_out = results[REFERENCE]["outputs"]
+            for name, result in results.items():
+                outputs = result.pop("outputs")
+                same = None if name.startswith("AR") else sum(
+                    a == b for a, b in zip(outputs, reference_out, strict=True)) / len(problems)
                 rows.append({"length": length, "batch": batch, "method": name, "same_as_reference": same, **result})
                 print(f"length {length} batch {batch} {name}: exact {result['exact_match']:.3f} "
                       f"{result['tokens_per_s']:.0f} tok/s", file=sys.stderr, flush=True)

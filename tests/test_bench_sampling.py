@@ -1,0 +1,63 @@
+"""The sampler benchmark (benchmarks/sampling.py) on the shipped checkable entry, at smoke size: the reference row is
+exact and defines the speed-up, the `llada` row equals it token for token, forward passes are counted as the method
+implies, the timing interleaves the methods batch by batch, and the results files are written."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmdiff.data.running_sums import RunningSumsSource
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import sampling as bench  # noqa: E402
+
+
+def test_methods_are_timed_batch_by_batch_in_rotating_order():
+    source = RunningSumsSource(n_min=2, n_max=2, val_size=6)
+    calls = []
+
+    def decoder(name, nfe):
+        def decode(chunk):
+            calls.append((name, len(chunk)))
+            ids = torch.zeros(len(chunk), 4, dtype=torch.long)
+            for row, digits in zip(ids, chunk, strict=True):  # d1 s1 d2 s2 with the right sums
+                row[0], row[1], row[2], row[3] = digits[0], digits[0], digits[1], (digits[0] + digits[1]) % 10
+            return ids, torch.ones_like(ids, dtype=torch.bool), nfe
+        return decode
+
+    out = bench.run_methods({"a": decoder("a", 2), "b": decoder("b", 1), "c": decoder("c", 5)}, source,
+                            source.val_problems, 4, torch.device("cpu"))
+    # per method: a warm-up and a memory call on the first batch, then batch 0 in the order a b c, batch 1 in b c a
+    assert calls[:6] == [("a", 4)] * 2 + [("b", 4)] * 2 + [("c", 4)] * 2
+    assert calls[6:] == [("a", 4), ("b", 4), ("c", 4), ("b", 2), ("c", 2), ("a", 2)]
+    assert [out[m]["nfe_per_batch"] for m in "abc"] == [2.0, 1.0, 5.0]
+    assert all(out[m]["exact_match"] == 1.0 for m in "abc")
+    for m in "abc":
+        assert out[m]["tokens_per_s"] == pytest.approx(2 * 6 / out[m]["seconds"])
+        assert len(out[m]["outputs"]) == 6
+
+
+def test_smoke_run_of_the_shipped_entry(tmp_path):
+    argv = ["--problems", "6", "--lengths", "64", "--batch-sizes", "3", "--thresholds", "0.995", "--parallel", "2",
+            "--small-block", "8", "--device", "cpu", "--out", str(tmp_path)]
+    assert bench.main(argv) == 0
+    result = json.loads((tmp_path / "sampling.json").read_text())
+    rows = {r["method"]: r for r in result["rows"]}
+    ref = rows[bench.REFERENCE]
+    assert ref["speedup"] == 1.0 and ref["exact_match"] == 1.0
+    assert ref["nfe_per_batch"] == 32.0  # one sum per step, 32 sums
+    assert rows["llada"]["same_as_reference"] == 1.0 and rows["llada"]["nfe_per_batch"] == 32.0
+    assert rows["llada, 2 sums/step"]["nfe_per_batch"] == 16.0
+    assert rows["dual cache + threshold 0.995"]["exact_match"] == 1.0
+    assert rows["dual cache + threshold 0.995"]["nfe_per_batch"] < 16
+    assert "AR baseline (KV cache)" in rows and rows["AR baseline (KV cache)"]["same_as_reference"] is None
+    for r in rows.values():
+        assert r["speedup"] == pytest.approx(r["tokens_per_s"] / ref["tokens_per_s"])
+    table = (tmp_path / "sampling.md").read_text()
+    assert "| 64 | 3 | dual cache + threshold 0.995 | 100.0 % | 100 % |" in table
