@@ -210,7 +210,7 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Na
     head = (f"Sampler benchmark: `{args.model}`, {args.problems} held-out problems per canvas length, blocks of "
             f"{args.block}; device {info['device']} ({info.get('gpu', info['cpu'])}), torch {info['torch']}, "
             f"{info['torch_threads']} threads, OMP_WAIT_POLICY {info['omp_wait_policy']}"
-            + "".join(f", {k}={v}" for k, v in info.get("malloc_env", {}).items())
+            + "".join(f", {k}={v}" for k, v in info["malloc_env"].items())
             + f". Command: `{args.command}`.")
     return head + "\n\n" + fmt_table(table, columns) + "\n"
 
