@@ -8,6 +8,7 @@ VLM, ASR, text-to-image, VLA) runs through the same canvas -> core -> head -> sa
 ['shakespeare-tiny']
 """
 
+import mmdiff.convert  # noqa: F401  (registers the foreign layouts that save_pretrained(layout=...) looks up)
 from mmdiff.canvas import Canvas
 from mmdiff.core import CoreConfig, CoreOutput, MaskedDiffusionTransformer, build_attention_mask
 from mmdiff.diffusion import LossOutput, Schedule, diffusion_loss, forward_process, get_schedule

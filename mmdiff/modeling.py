@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from mmdiff.canvas import Canvas, CanvasCore
+from mmdiff.card import ZooCard
 from mmdiff.core.config import CoreConfig
 from mmdiff.dataclass_io import from_dict
 from mmdiff.diffusion.objective import LossOutput, diffusion_loss
@@ -30,7 +31,7 @@ from mmdiff.io import (
     save_json,
     save_safetensors,
 )
-from mmdiff.registry import ARCHITECTURES, SAMPLERS
+from mmdiff.registry import ARCHITECTURES, CONVERTERS, SAMPLERS
 from mmdiff.vocab import VocabLayout
 
 __all__ = ["DiffusionModel", "ModelConfig", "SamplerConfig", "CONFIG_NAME", "WEIGHTS_NAME", "SAMPLER_CONFIG_NAME"]
@@ -129,6 +130,9 @@ class DiffusionModel(nn.Module):
     >>> model.generate(torch.tensor([[1, 2, 3]]), gen_length=4, steps=4, block_length=4).shape
     torch.Size([1, 7])
     """
+
+    card: ZooCard | None = None  # the zoo card `mmdiff.create_model` built it from (presets, chat template)
+    checkpoint_folder: Path | None = None  # the folder `mmdiff.create_model` loaded it from
 
     def __init__(self, config: ModelConfig, *, tokenizer: Any = None, sampler_config: SamplerConfig | None = None,
                  load_pretrained_adapters: bool | None = None):
@@ -313,7 +317,7 @@ class DiffusionModel(nn.Module):
         """
         self._need_tokenizer()
         messages = [{"role": "user", "content": message}] if isinstance(message, str) else list(message)
-        card = getattr(self, "card", None)
+        card = self.card
         template = getattr(self.tokenizer, "chat_template", None) or (card.chat_template if card else None)
         if not template:
             raise ValueError("this model has no chat template (neither its tokenizer files nor its zoo card give "
@@ -343,9 +347,7 @@ class DiffusionModel(nn.Module):
         "mmada") the original layout of that family (config.json + safetensors with its key names), so a converted
         checkpoint round-trips bit for bit."""
         if layout is not None:
-            from mmdiff.convert import save_foreign
-
-            return save_foreign(self, directory, layout)
+            return _foreign_saver(layout)(self, directory)
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_json(directory / CONFIG_NAME, self.config.to_dict())
@@ -395,6 +397,23 @@ def _is_one_text(x: Any) -> bool:
     if isinstance(x, Tensor):
         return x.dim() == 1
     return len(x) > 0 and not isinstance(x[0], (str, Sequence)) and not (isinstance(x[0], Tensor) and x[0].dim())
+
+
+def _foreign_saver(layout: str) -> Any:
+    """The `save(model, folder)` of the converter registered as `layout` in `CONVERTERS` (a lookup by name: the
+    converters sit above the model and register themselves when `mmdiff` is imported).
+
+    Raises:
+        KeyError: no converter of that name (the message lists the registered ones).
+        TypeError: the converter only loads.
+    """
+    if layout not in CONVERTERS:
+        raise KeyError(f"{CONVERTERS.unknown_message(layout)}; the foreign layouts register when mmdiff.convert is "
+                       "imported (`import mmdiff` does it)")
+    save = getattr(CONVERTERS.get(layout), "save", None)
+    if not callable(save):
+        raise TypeError(f"converter {layout!r} is a plain loader and cannot export")
+    return save
 
 
 def load_tokenizer(directory: str | os.PathLike) -> Any:
