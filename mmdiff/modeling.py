@@ -34,7 +34,8 @@ from mmdiff.io import (
 from mmdiff.registry import ARCHITECTURES, CONVERTERS, SAMPLERS
 from mmdiff.vocab import VocabLayout
 
-__all__ = ["DiffusionModel", "ModelConfig", "SamplerConfig", "CONFIG_NAME", "WEIGHTS_NAME", "SAMPLER_CONFIG_NAME"]
+__all__ = ["DiffusionModel", "ModelConfig", "SamplerConfig", "CONFIG_NAME", "WEIGHTS_NAME", "SAMPLER_CONFIG_NAME",
+           "ADAPTER_PREFIX"]
 
 ADAPTER_PREFIX = "adapters."  # adapter weights in model.safetensors: adapters.<modality>.<key>
 CONFIG_NAME = "config.json"

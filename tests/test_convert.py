@@ -27,14 +27,18 @@ from mmdiff.convert import (
     DREAM,
     LLADA,
     MMADA,
+    Converter,
     CorruptCheckpointError,
     detect_layout,
     load_foreign,
     save_foreign,
     scan_checkpoint,
 )
+from mmdiff.core.config import CoreConfig
 from mmdiff.io import StateDictMismatch
+from mmdiff.modeling import DiffusionModel, ModelConfig
 from mmdiff.registry import CONVERTERS
+from mmdiff.vocab import VocabLayout
 
 # ------------------------------------------------------------------------------------------ tiny foreign checkpoints
 TEXT, MASK, EOS, PAD = 100, 90, 91, 92  # mask/eos/pad ids sit inside the text range, as in LLaDA's tokenizer
@@ -604,3 +608,96 @@ def test_loading_does_not_hold_the_weights_twice(tmp_path):
     increase = (peak - before) * 1024
     assert increase <= 1.3 * size + 16 * 2**20, f"peak RSS grew by {increase / 2**20:.1f} MiB for a " \
                                                 f"{size / 2**20:.1f} MiB checkpoint"
+
+
+# ---------------------------------------------------------------------------------------------------- one contract
+def test_every_converter_loads_through_one_signature(tmp_path):
+    """No converter overrides `load` with its own signature: the layouts' own keywords are `load_options`, and an
+    unknown one is a TypeError naming the ones the layout takes."""
+    import inspect
+
+    from mmdiff.convert import LUMINA_DIMOO, MMADA
+    from mmdiff.convert.vlm import LAVIDA, LLAVA_LLADA
+    from mmdiff.registry import CONVERTERS
+
+    base = inspect.signature(Converter.load)
+    for name in CONVERTERS.list():
+        converter = CONVERTERS.get(name)
+        assert inspect.signature(type(converter).load) == base, name
+    assert MMADA.load_options == {"task": "text", "tokenizer_weights": "showlab/magvitv2", "image_size": None}
+    assert LUMINA_DIMOO.load_options == {"task": "t2i", "image_size": None}
+    assert LAVIDA.load_options == {"vision_config": None} and LLADA.load_options == {}
+    with pytest.raises(TypeError, match=r"unexpected keyword\(s\) \['task'\].*takes: none"):
+        LLADA.load(tmp_path, task="t2i")
+    with pytest.raises(TypeError, match=r"\['vision_config'\].*takes: task, tokenizer_weights, image_size"):
+        MMADA.load(tmp_path, vision_config={})
+    with pytest.raises(ValueError, match="task must be 'text' or 't2i', got 'vlm'"):
+        MMADA.load(tmp_path, task="vlm")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        LLAVA_LLADA.load(tmp_path / "absent", vision_config={})
+
+
+def test_decoder_key_maps_are_written_once():
+    """The LLaDA, Qwen2 (Dream) and LLaMA (LLaDA-V) key maps come from one `DecoderNames` expansion; spelled out by
+    hand for one layer, in each checkpoint's order."""
+    from mmdiff.convert.base import DecoderNames
+    from mmdiff.convert.dream import QWEN2_NAMES
+    from mmdiff.convert.llada import LLADA_NAMES
+    from mmdiff.convert.vlm import LLADA_V, LLAMA_NAMES
+
+    assert all(isinstance(n, DecoderNames) for n in (LLADA_NAMES, QWEN2_NAMES, LLAMA_NAMES))
+    core = CoreConfig(VocabLayout.build(16), d_model=8, n_layers=1, n_heads=2, qkv_bias=True, tie_embeddings=False)
+    t = "model.transformer."
+    assert list(LLADA.key_map(core).items()) == [
+        (f"{t}wte.weight", "embed_tokens.weight"), (f"{t}blocks.0.attn_norm.weight", "blocks.0.attn_norm.weight"),
+        (f"{t}blocks.0.q_proj.weight", "blocks.0.attn.q_proj.weight"),
+        (f"{t}blocks.0.q_proj.bias", "blocks.0.attn.q_proj.bias"),
+        (f"{t}blocks.0.k_proj.weight", "blocks.0.attn.k_proj.weight"),
+        (f"{t}blocks.0.k_proj.bias", "blocks.0.attn.k_proj.bias"),
+        (f"{t}blocks.0.v_proj.weight", "blocks.0.attn.v_proj.weight"),
+        (f"{t}blocks.0.v_proj.bias", "blocks.0.attn.v_proj.bias"),
+        (f"{t}blocks.0.attn_out.weight", "blocks.0.attn.o_proj.weight"),
+        (f"{t}blocks.0.ff_norm.weight", "blocks.0.mlp_norm.weight"),
+        (f"{t}blocks.0.ff_proj.weight", "blocks.0.mlp.gate_proj.weight"),
+        (f"{t}blocks.0.up_proj.weight", "blocks.0.mlp.up_proj.weight"),
+        (f"{t}blocks.0.ff_out.weight", "blocks.0.mlp.down_proj.weight"),
+        (f"{t}ln_f.weight", "norm.weight"), (f"{t}ff_out.weight", "lm_head.weight")]
+    plain = CoreConfig(VocabLayout.build(16), d_model=8, n_layers=1, n_heads=2, tie_embeddings=True)
+    llama = [(f"model.layers.0.{k}", f"blocks.0.{v}") for k, v in (
+        ("self_attn.q_proj.weight", "attn.q_proj.weight"), ("self_attn.k_proj.weight", "attn.k_proj.weight"),
+        ("self_attn.v_proj.weight", "attn.v_proj.weight"), ("self_attn.o_proj.weight", "attn.o_proj.weight"),
+        ("mlp.gate_proj.weight", "mlp.gate_proj.weight"), ("mlp.up_proj.weight", "mlp.up_proj.weight"),
+        ("mlp.down_proj.weight", "mlp.down_proj.weight"), ("input_layernorm.weight", "attn_norm.weight"),
+        ("post_attention_layernorm.weight", "mlp_norm.weight"))]
+    assert list(LLADA_V.key_map(plain).items()) == [("model.embed_tokens.weight", "embed_tokens.weight"), *llama,
+                                                    ("model.norm.weight", "norm.weight")]
+    dream = DREAM.key_map(plain)  # Dream's layout always stores q/k/v biases
+    assert sorted(dream) == sorted([*(k for k, _ in llama), "model.embed_tokens.weight", "model.norm.weight",
+                                    *(f"model.layers.0.self_attn.{p}_proj.bias" for p in "qkv")])
+    assert list(dream)[:4] == ["model.embed_tokens.weight", "model.layers.0.input_layernorm.weight",
+                               "model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.q_proj.bias"]
+
+
+def test_save_pretrained_layout_is_a_registry_lookup(tmp_path):
+    """`save_pretrained(layout=...)` finds the exporter by name in CONVERTERS (modeling never imports the
+    converters); an unknown name lists the registered ones, a load-only converter says it cannot export."""
+    model = DiffusionModel(ModelConfig(CoreConfig(VocabLayout.build(16), d_model=8, n_layers=1, n_heads=2)))
+    calls = []
+
+    class Recorder:
+        def save(self, model, folder):
+            calls.append((model, folder))
+            return folder
+
+    CONVERTERS.add("zz-recorder", Recorder())
+    CONVERTERS.add("zz-loader", lambda folder, **kw: None)
+    try:
+        assert model.save_pretrained(tmp_path / "out", layout="zz-recorder") == tmp_path / "out"
+        assert calls == [(model, tmp_path / "out")]
+        with pytest.raises(TypeError, match="'zz-loader' is a plain loader and cannot export"):
+            model.save_pretrained(tmp_path / "y", layout="zz-loader")
+    finally:
+        CONVERTERS.remove("zz-recorder")
+        CONVERTERS.remove("zz-loader")
+    with pytest.raises(KeyError, match=r"unknown converter 'lladda'.*Did you mean: llada.*mmdiff.convert"):
+        model.save_pretrained(tmp_path / "x", layout="lladda")

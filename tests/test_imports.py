@@ -76,8 +76,6 @@ KNOWN_UPWARD: dict[tuple[str, str], str] = {
                                             "(the tasks floor's pipeline() serves)",
 }
 KNOWN_PRIVATE: dict[tuple[str, str], str] = {
-    ("mmdiff.convert.vlm", "mmdiff.modeling"): "ADAPTER_PREFIX (the adapters' key prefix in model.safetensors) is "
-                                               "missing from modeling's __all__",
     ("mmdiff.train.config", "mmdiff.diffusion.schedules"): "SCHEDULES is the registry's (mmdiff.registry exports it)",
     ("mmdiff.tasks.t2i", "mmdiff.sampling.llada"): "the T2I pipeline draws its uniforms with the LLaDA loop's "
                                                    "unexported uniform64 (issue 15: the sampler objects own it)",

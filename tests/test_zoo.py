@@ -389,3 +389,21 @@ def test_publish_script_sums_wall_time_per_training_machine():
     assert result.attempted >= 4 and result.failed == 0
     with pytest.raises(ValueError, match="give one device per training run: 2 runs, 1 devices"):
         module.train_wall_time([REPO, REPO], ["one GPU"])
+
+
+def test_the_card_is_a_declared_model_attribute(tmp_path):
+    """`DiffusionModel.card` is declared (None until the zoo builds the model from a card); the card dataclass lives
+    below the model (`mmdiff.card`), re-exported by `mmdiff.zoo`; `chat_prompt` reads the card's template."""
+    import mmdiff.card
+    import mmdiff.modeling
+    from mmdiff.modeling import DiffusionModel
+
+    assert zoo.ZooCard is mmdiff.card.ZooCard and zoo.load_card is mmdiff.card.load_card
+    assert DiffusionModel.__annotations__["card"] == "ZooCard | None"
+    assert mmdiff.modeling.ZooCard is mmdiff.card.ZooCard
+    assert DiffusionModel.card is None and DiffusionModel.checkpoint_folder is None
+    model = create_model("shakespeare-tiny")
+    assert model.card is model_info("shakespeare-tiny") and model.card.folder == model.checkpoint_folder
+    model.card = ZooCard.from_dict({**model.card.to_dict(), "chat_template": "{{ messages[0]['content'] }}!"})
+    model.tokenizer.chat_template = None
+    assert model.chat_prompt("hi") == "hi!"

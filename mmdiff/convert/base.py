@@ -34,13 +34,15 @@ from torch import Tensor
 
 from mmdiff.core.config import CoreConfig
 from mmdiff.io import PICKLE_SUFFIXES, StateDictMismatch, atomic_write, load_json, save_json
-from mmdiff.modeling import CONFIG_NAME, DiffusionModel, ModelConfig, SamplerConfig
+from mmdiff.modeling import ADAPTER_PREFIX, CONFIG_NAME, DiffusionModel, ModelConfig, SamplerConfig
 from mmdiff.registry import CONVERTERS
 from mmdiff.vocab import VocabLayout
 
 __all__ = [
     "Converter",
     "CorruptCheckpointError",
+    "DecoderNames",
+    "qkv_parts",
     "TensorEntry",
     "INDEX_NAME",
     "SINGLE_NAME",
@@ -310,11 +312,63 @@ def load_foreign_tokenizer(folder: str | os.PathLike, fallback: str | None = Non
     return None
 
 
+# ------------------------------------------------------------------------------------------ decoder key maps
+@dataclass(frozen=True)
+class DecoderNames:
+    """The tensor names of a Llama-style decoder checkpoint (LLaDA's, Qwen2's for Dream, LLaMA's for LLaDA-V), the
+    one description `key_map` expands for every layer.
+
+    Args:
+        embed: the token embedding.
+        layer: the prefix of layer i's tensors, with "{i}".
+        parts: (foreign name after `layer`, core name after "blocks.{i}.") in the checkpoint's order; q/k/v biases
+            end in ".bias" and are mapped only when the checkpoint has them.
+        norm: the final norm.
+        head: the untied LM head (absent with tied embeddings).
+
+    >>> names = DecoderNames("emb", "l{i}.", (("q.weight", "attn.q_proj.weight"), ("q.bias", "attn.q_proj.bias")),
+    ...                      "norm", "head")
+    >>> names.expand(n_layers=1, qkv_bias=False, tied=True)
+    {'emb': 'embed_tokens.weight', 'l0.q.weight': 'blocks.0.attn.q_proj.weight', 'norm': 'norm.weight'}
+    """
+
+    embed: str
+    layer: str
+    parts: tuple[tuple[str, str], ...]
+    norm: str
+    head: str
+
+    def expand(self, *, n_layers: int, qkv_bias: bool, tied: bool) -> dict[str, str]:
+        """Foreign tensor name -> core parameter name for `n_layers` layers, in the checkpoint's order."""
+        out = {self.embed: "embed_tokens.weight"}
+        for i in range(n_layers):
+            prefix = self.layer.format(i=i)
+            out.update({prefix + foreign: f"blocks.{i}.{core}" for foreign, core in self.parts
+                        if qkv_bias or not foreign.endswith(".bias")})
+        out[self.norm] = "norm.weight"
+        if not tied:
+            out[self.head] = "lm_head.weight"
+        return out
+
+    def key_map(self, core: CoreConfig, *, qkv_bias: bool | None = None) -> dict[str, str]:
+        """`expand` for a core config (`qkv_bias` overrides the core's, for layouts that always store biases)."""
+        bias = core.qkv_bias if qkv_bias is None else qkv_bias
+        return self.expand(n_layers=core.n_layers, qkv_bias=bias, tied=core.tie_embeddings)
+
+
+def qkv_parts(prefix: str, *, bias: bool) -> tuple[tuple[str, str], ...]:
+    """The q, k, v projections of a decoder layer (`prefix` + "{q,k,v}_proj"), each weight followed by its bias."""
+    suffixes = ("weight", "bias") if bias else ("weight",)
+    return tuple((f"{prefix}{p}_proj.{w}", f"attn.{p}_proj.{w}") for p in "qkv" for w in suffixes)
+
+
 # ------------------------------------------------------------------------------------------ the converter
 class Converter:
     """One foreign checkpoint layout: its config.json fields and tensor names, both directions.
 
-    Subclasses set `name`, `model_types`, `label` and implement `core_config`, `key_map`, `config_fields`.
+    Subclasses set `name`, `model_types`, `label` and implement `core_config`, `key_map`, `config_fields`; a layout
+    with more than a core (an image tokenizer, a vision tower) declares its own `load` keywords in `load_options` and
+    fills the load hooks, so every converter loads through the one `load` signature.
     An instance is callable like the zoo expects: `converter(folder, pretrained=, device=, dtype=)`.
     """
 
@@ -327,6 +381,8 @@ class Converter:
     eot_tokens: tuple[str, ...] = ()  # tokenizer strings of an end-of-turn token, recorded as special "eot"
     tokenizer_fallback: str | None = None
     ignored_keys: tuple[str, ...] = ()  # regexes of checkpoint tensors that carry no weights (e.g. RoPE buffers)
+    kept_keys: tuple[str, ...] = ()  # regexes of stored tensors nothing reads, kept for export (`foreign_unused`)
+    load_options: dict[str, Any] = {}  # the layout's own `load` keywords -> their defaults
 
     # -------------------------------------------------------------------------------- layout-specific parts
     def core_config(self, hf_config: Mapping[str, Any], *, specials: Mapping[str, int] | None = None) -> CoreConfig:
@@ -404,58 +460,140 @@ class Converter:
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         specials: Mapping[str, int] | None = None,
+        **options: Any,
     ) -> DiffusionModel:
         """Loads a checkpoint folder in this layout into a `DiffusionModel`, strictly and with low memory.
 
-        The core is built on the meta device and each tensor is read from its shard straight into its own memory
+        The model is built on the meta device and each tensor is read from its shard straight into its own memory
         on `device`, so the weights exist once. With `dtype=None` every tensor keeps the checkpoint's dtype
-        (bf16 stays bf16); otherwise floating tensors are cast as they arrive.
+        (bf16 stays bf16); otherwise floating tensors are cast as they arrive. Every layout takes these arguments;
+        what differs between layouts goes through the hooks `check_request`, `model_config`, `export_options`,
+        `mismatch_hint` and `finish`, with the layout's own keywords declared in `load_options`.
 
         Args:
             folder: the checkpoint folder (config.json + model.safetensors or shards with an index).
             pretrained: False builds random weights from config.json alone (no weights file needed).
             device: where the weights go.
             dtype: cast floating weights to this dtype; None keeps the checkpoint's.
-            specials: special-token ids to add or override (e.g. {"eot": 126348}).
+            specials: special-token ids to add or override (e.g. {"eot": 126348}, or a zoo card's map).
+            **options: the layout's own keywords (`load_options`, e.g. MMaDA's `task`, LaViDa's `vision_config`).
 
         Raises:
             StateDictMismatch: one report of every missing, unexpected and mis-shaped tensor.
             CorruptCheckpointError: a truncated or corrupt weights file (named).
+            TypeError: a keyword this layout does not take (the message lists the ones it does).
+
+        >>> from mmdiff.convert import LLADA
+        >>> model = LLADA.load("LLaDA-8B-Instruct", dtype=torch.bfloat16)   # doctest: +SKIP
         """
         folder = Path(folder)
+        options = self.resolve_options(options)
         if not folder.is_dir():
             raise FileNotFoundError(f"checkpoint folder {folder} not found")
+        self.check_request(folder, specials, options)
+        config = self.folder_config(folder, specials, options)
+        tokenizer = load_foreign_tokenizer(folder, self.tokenizer_fallback)
+        if not pretrained:
+            with torch.device(device):
+                model = DiffusionModel(config, tokenizer=tokenizer, sampler_config=self.default_sampler(),
+                                       load_pretrained_adapters=False)
+            model = (model.to(dtype) if dtype is not None else model).eval()
+        else:
+            model = self.read_weights(folder, config, tokenizer, device, dtype, options)
+        return self.finish(model, folder, options, device=device)
+
+    def resolve_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """`load_options` with the given keywords over their defaults; an unknown keyword is a TypeError."""
+        unknown = sorted(set(options) - set(self.load_options))
+        if unknown:
+            known = ", ".join(self.load_options) or "none"
+            raise TypeError(f"the {self.label} converter's load() got unexpected keyword(s) {unknown}; beyond "
+                            f"pretrained, device, dtype and specials it takes: {known}")
+        return {**self.load_options, **options}
+
+    def folder_config(self, folder: Path, specials: Mapping[str, int] | None,
+                      options: Mapping[str, Any]) -> ModelConfig:
+        """The model config of a checkpoint folder, with what export needs in task_options: foreign_layout,
+        foreign_config, the layout's `export_options`, foreign_specials, foreign_generation_config."""
         hf = read_config(folder)
         self.check_model_type(hf, folder)
         extra = {**self.tokenizer_specials(folder), **(specials or {})}
         try:
-            core = self.core_config(hf, specials=extra)
+            config = self.model_config(hf, specials=extra, options=options)
+            exported = self.export_options(hf, options)
         except (ValueError, TypeError) as err:
             raise type(err)(f"{folder / CONFIG_NAME}: {err}") from err
-        options: dict[str, Any] = {"foreign_layout": self.name, "foreign_config": hf}
+        task_options = config.task_options
+        task_options.update(foreign_layout=self.name, foreign_config=hf, **exported)
         if specials:  # overrides given at load time (e.g. a zoo card's map) are not a change to export
-            options["foreign_specials"] = {k: int(v) for k, v in specials.items()}
+            task_options["foreign_specials"] = {k: int(v) for k, v in specials.items()}
         if (folder / GENERATION_CONFIG_NAME).is_file():
-            options["foreign_generation_config"] = load_json(folder / GENERATION_CONFIG_NAME)
-        config = ModelConfig(core=core, task="text", task_options=options)
-        tokenizer = load_foreign_tokenizer(folder, self.tokenizer_fallback)
-        if not pretrained:
-            with torch.device(device):
-                model = DiffusionModel(config, tokenizer=tokenizer, sampler_config=self.default_sampler())
-            return (model.to(dtype) if dtype is not None else model).eval()
+            task_options["foreign_generation_config"] = load_json(folder / GENERATION_CONFIG_NAME)
+        return config
+
+    def read_weights(self, folder: Path, config: ModelConfig, tokenizer: Any, device: str | torch.device,
+                     dtype: torch.dtype | None, options: Mapping[str, Any]) -> DiffusionModel:
+        """Builds the model on the meta device and reads every mapped tensor once, shard by shard, into its own
+        memory (assigned, no copy); stored tensors matching `kept_keys` are kept as `model.foreign_unused`."""
         entries = scan_checkpoint(folder)  # headers only: a mismatch is reported before any weight is read
         with torch.device("meta"), _skip_init():
-            model = DiffusionModel(config, tokenizer=tokenizer, sampler_config=self.default_sampler())
-        plan = self.match(entries, model, folder)
+            model = DiffusionModel(config, tokenizer=tokenizer, sampler_config=self.default_sampler(),
+                                   load_pretrained_adapters=False)
+        plan = self.match(entries, model, folder, options)
         for path, group in plan.items():
-            state = {}
+            core, adapters = {}, {}
             for foreign, tensor in read_tensors(path, {f: entries[f] for f in group}):
-                state[group[foreign]] = _place(tensor, device, dtype)
-            model.core.load_state_dict(state, strict=False, assign=True)
+                target = group[foreign]
+                if target.startswith(ADAPTER_PREFIX):
+                    adapters[target.removeprefix(ADAPTER_PREFIX)] = _place(tensor, device, dtype)
+                else:
+                    core[target] = _place(tensor, device, dtype)
+            model.core.load_state_dict(core, strict=False, assign=True)
+            if adapters:
+                model.adapters.load_state_dict(adapters, strict=False, assign=True)
+        if self.kept_keys:
+            model.foreign_unused = self.read_kept(entries)
+        _materialize_index_buffers(model, device)
         left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
         if left:
             raise RuntimeError(f"internal error: {left} were not loaded from {folder}")
         return model.eval()
+
+    def read_kept(self, entries: Mapping[str, TensorEntry]) -> dict[str, Tensor]:
+        """The stored-but-unused tensors (`kept_keys`), read as stored, for export."""
+        names = [name for name in entries if self.kept(name)]
+        out: dict[str, Tensor] = {}
+        by_file: dict[Path, dict[str, TensorEntry]] = {}
+        for name in names:
+            by_file.setdefault(entries[name].file, {})[name] = entries[name]
+        for path, group in by_file.items():
+            out.update(dict(read_tensors(path, group)))
+        return {name: out[name] for name in names}
+
+    def kept(self, name: str) -> bool:
+        return any(re.search(p, name) for p in self.kept_keys)
+
+    # -------------------------------------------------------------------------------- load hooks
+    def check_request(self, folder: Path, specials: Mapping[str, int] | None, options: Mapping[str, Any]) -> None:
+        """Checks the load arguments against the folder before anything is read (default: nothing to check)."""
+
+    def model_config(self, hf: Mapping[str, Any], *, specials: Mapping[str, int] | None = None,
+                     options: Mapping[str, Any] | None = None) -> ModelConfig:
+        """The mmdiff model config a config.json describes (default: a text model of `core_config`)."""
+        return ModelConfig(core=self.core_config(hf, specials=specials), task="text")
+
+    def export_options(self, hf: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+        """Extra task_options an export back to this layout needs (default: none)."""
+        return {}
+
+    def mismatch_hint(self, folder: Path, named: list[str], options: Mapping[str, Any]) -> str:
+        """Text appended to a mismatch report naming the tensors `named` (default: none)."""
+        return ""
+
+    def finish(self, model: DiffusionModel, folder: Path, options: Mapping[str, Any], *,
+               device: str | torch.device) -> DiffusionModel:
+        """Completes a loaded model (e.g. attaches a tokenizer the core's checkpoint does not hold); default: as is."""
+        return model
 
     def check_model_type(self, hf: Mapping[str, Any], folder: Path) -> None:
         model_type = hf.get("model_type")
@@ -464,23 +602,31 @@ class Converter:
                              f"converter reads {list(self.model_types)}; use load_foreign(folder) to pick the "
                              "converter from model_type")
 
-    def match(self, entries: Mapping[str, TensorEntry], model: DiffusionModel,
-              folder: Path) -> dict[Path, dict[str, str]]:
-        """Checks names and shapes of the checkpoint against the (meta) model; returns file -> {foreign: core}."""
-        expected = {k: tuple(v.shape) for k, v in model.core.state_dict().items()}
-        kmap = self.key_map(model.config.core)
+    def weight_map(self, config: ModelConfig) -> dict[str, str]:
+        """Every foreign tensor name -> its `DiffusionModel.weights()` name (default: the core's `key_map`)."""
+        return self.key_map(config.core)
+
+    def match(self, entries: Mapping[str, TensorEntry], model: DiffusionModel, folder: Path,
+              options: Mapping[str, Any] | None = None) -> dict[Path, dict[str, str]]:
+        """Checks names and shapes of the checkpoint against the (meta) model; returns file -> {foreign: target}."""
+        expected = {k: tuple(v.shape) for k, v in model.weights().items()}
+        kmap = self.weight_map(model.config)
         unmapped = sorted(set(expected) - set(kmap.values()))
         if unmapped:
-            raise RuntimeError(f"internal error: the {self.name} key map has no source for core tensors {unmapped}")
+            raise RuntimeError(f"internal error: the {self.name} key map has no source for {self.target_names} "
+                               f"tensors {unmapped}")
         missing = [(f, c) for f, c in kmap.items() if f not in entries]
-        unexpected = [f for f in entries if f not in kmap and not any(re.search(p, f) for p in self.ignored_keys)]
+        unexpected = [f for f in entries if f not in kmap and not self.kept(f)
+                      and not any(re.search(p, f) for p in self.ignored_keys)]
         shapes = [(f, c, entries[f].shape, expected[c]) for f, c in kmap.items()
                   if f in entries and entries[f].shape != expected[c]]
         if missing or unexpected or shapes:
-            raise StateDictMismatch(self.report(folder, missing, unexpected, shapes, entries, expected))
+            named = [*(m[0] for m in missing), *unexpected, *(s[0] for s in shapes)]
+            hint = self.mismatch_hint(folder, named, options or {})
+            raise StateDictMismatch(self.report(folder, missing, unexpected, shapes, entries, expected) + hint)
         plan: dict[Path, dict[str, str]] = {}
-        for foreign, core in kmap.items():
-            plan.setdefault(entries[foreign].file, {})[foreign] = core
+        for foreign, target in kmap.items():
+            plan.setdefault(entries[foreign].file, {})[foreign] = target
         return plan
 
     def report(self, folder: Path, missing: list, unexpected: list, shapes: list,
@@ -619,6 +765,16 @@ def _skip_init() -> Iterator[None]:
 
 def _keep(tensor: Tensor, *args: Any, **kwargs: Any) -> Tensor:
     return tensor
+
+
+def _materialize_index_buffers(model: DiffusionModel, device: str | torch.device) -> None:
+    """Non-persistent index buffers the checkpoint cannot hold (SigLIP's `position_ids`, arange over positions) are
+    still on the meta device after loading: rebuild them."""
+    for module in model.modules():
+        for name, buf in list(module.named_buffers(recurse=False)):
+            if buf is not None and buf.is_meta and name == "position_ids":
+                value = torch.arange(buf.shape[-1], device=device).expand(buf.shape).to(buf.dtype)
+                module.register_buffer(name, value, persistent=False)
 
 
 def dtype_name(dtype: torch.dtype) -> str:

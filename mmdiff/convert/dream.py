@@ -25,17 +25,30 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mmdiff.convert.base import Converter, dtype_name
+from mmdiff.convert.base import Converter, DecoderNames, dtype_name, qkv_parts
 from mmdiff.core.config import CoreConfig
 from mmdiff.modeling import DiffusionModel, SamplerConfig
 from mmdiff.registry import CONVERTERS
 from mmdiff.vocab import VocabLayout
 
-__all__ = ["DreamConverter", "DREAM"]
+__all__ = ["DreamConverter", "DREAM", "QWEN2_NAMES", "LLAMA_NORMS", "LLAMA_MLP", "LLAMA_O"]
 
 # DreamConfig's defaults for fields config.json may omit
 _DEFAULTS = {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 32768,
              "tie_word_embeddings": False, "mask_token_id": 151666, "pad_token_id": 151643}
+
+
+# Qwen2's tensor names (Dream), in its checkpoint's order; LLaMA's (LLaDA-V, `mmdiff.convert.vlm`) are the same names
+LLAMA_NORMS = (("input_layernorm.weight", "attn_norm.weight"), ("post_attention_layernorm.weight", "mlp_norm.weight"))
+LLAMA_MLP = tuple((f"mlp.{p}_proj.weight", f"mlp.{p}_proj.weight") for p in ("gate", "up", "down"))
+LLAMA_O = (("self_attn.o_proj.weight", "attn.o_proj.weight"),)
+QWEN2_NAMES = DecoderNames(
+    embed="model.embed_tokens.weight",
+    layer="model.layers.{i}.",
+    parts=(LLAMA_NORMS[0], *qkv_parts("self_attn.", bias=True), *LLAMA_O, LLAMA_NORMS[1], *LLAMA_MLP),
+    norm="model.norm.weight",
+    head="lm_head.weight",
+)
 
 
 class DreamConverter(Converter):
@@ -101,22 +114,9 @@ class DreamConverter(Converter):
             raise ValueError(f"this Dream config describes a variant the core does not run: {'; '.join(bad)}")
 
     def key_map(self, core_config: CoreConfig) -> dict[str, str]:
-        """Dream tensor names -> core parameter names (see the module docstring for the layout)."""
-        out = {"model.embed_tokens.weight": "embed_tokens.weight"}
-        for i in range(core_config.n_layers):
-            b, c = f"model.layers.{i}.", f"blocks.{i}."
-            out[f"{b}input_layernorm.weight"] = f"{c}attn_norm.weight"
-            for proj in ("q", "k", "v"):
-                out[f"{b}self_attn.{proj}_proj.weight"] = f"{c}attn.{proj}_proj.weight"
-                out[f"{b}self_attn.{proj}_proj.bias"] = f"{c}attn.{proj}_proj.bias"
-            out[f"{b}self_attn.o_proj.weight"] = f"{c}attn.o_proj.weight"
-            out[f"{b}post_attention_layernorm.weight"] = f"{c}mlp_norm.weight"
-            for proj in ("gate", "up", "down"):
-                out[f"{b}mlp.{proj}_proj.weight"] = f"{c}mlp.{proj}_proj.weight"
-        out["model.norm.weight"] = "norm.weight"
-        if not core_config.tie_embeddings:
-            out["lm_head.weight"] = "lm_head.weight"
-        return out
+        """Dream tensor names -> core parameter names (see the module docstring for the layout); the q/k/v biases
+        are always there."""
+        return QWEN2_NAMES.key_map(core_config, qkv_bias=True)
 
     def export_tensors(self, model: DiffusionModel) -> dict[str, Tensor]:
         """As the base, with zero q/k/v biases for a core built without them (Dream's layout always has them)."""

@@ -28,12 +28,12 @@ from typing import Any
 
 import torch
 
-from mmdiff.convert.base import Converter, dtype_name
+from mmdiff.convert.base import Converter, DecoderNames, dtype_name, qkv_parts
 from mmdiff.core.config import CoreConfig
 from mmdiff.registry import CONVERTERS
 from mmdiff.vocab import VocabLayout
 
-__all__ = ["LLaDAConverter", "LLADA"]
+__all__ = ["LLaDAConverter", "LLADA", "LLADA_NAMES"]
 
 # Field values of LLaDA's reference `ModelConfig` when config.json omits them (LLaDAConfig fills these defaults),
 # and the values this converter supports (LLaDA-8B's own): anything else changes the network.
@@ -51,6 +51,19 @@ _SUPPORTED: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "input_emb_norm": (False, (False,)),
     "block_group_size": (1, (1,)),
 }
+
+
+# LLaDA's tensor names (`model.transformer.*`), in its checkpoint's order
+LLADA_NAMES = DecoderNames(
+    embed="model.transformer.wte.weight",
+    layer="model.transformer.blocks.{i}.",
+    parts=(("attn_norm.weight", "attn_norm.weight"), *qkv_parts("", bias=True),
+           ("attn_out.weight", "attn.o_proj.weight"), ("ff_norm.weight", "mlp_norm.weight"),
+           ("ff_proj.weight", "mlp.gate_proj.weight"), ("up_proj.weight", "mlp.up_proj.weight"),
+           ("ff_out.weight", "mlp.down_proj.weight")),
+    norm="model.transformer.ln_f.weight",
+    head="model.transformer.ff_out.weight",
+)
 
 
 class LLaDAConverter(Converter):
@@ -118,7 +131,7 @@ class LLaDAConverter(Converter):
             raise ValueError(f"this {self.label} config describes a variant the core does not run: {'; '.join(bad)}")
         if hf.get("rope_full_precision", True) is False:
             warnings.warn("config.json has rope_full_precision=false; mmdiff always applies RoPE in float32, so "
-                          "low-precision logits differ slightly from the reference", stacklevel=4)
+                          "low-precision logits differ slightly from the reference", stacklevel=6)
 
     def vocab_layout(self, hf: Mapping[str, Any], vocab_size: int, special: dict[str, int]) -> VocabLayout:
         """Text ids (special ids inside them, as in the tokenizer), then MMaDA's image codes when present."""
@@ -142,24 +155,7 @@ class LLaDAConverter(Converter):
     # -------------------------------------------------------------------------------- names
     def key_map(self, core_config: CoreConfig) -> dict[str, str]:
         """LLaDA tensor names -> core parameter names (see the module docstring for the layout)."""
-        p = "model.transformer."
-        out = {f"{p}wte.weight": "embed_tokens.weight"}
-        for i in range(core_config.n_layers):
-            b, c = f"{p}blocks.{i}.", f"blocks.{i}."
-            out[f"{b}attn_norm.weight"] = f"{c}attn_norm.weight"
-            for proj in ("q", "k", "v"):
-                out[f"{b}{proj}_proj.weight"] = f"{c}attn.{proj}_proj.weight"
-                if core_config.qkv_bias:
-                    out[f"{b}{proj}_proj.bias"] = f"{c}attn.{proj}_proj.bias"
-            out[f"{b}attn_out.weight"] = f"{c}attn.o_proj.weight"
-            out[f"{b}ff_norm.weight"] = f"{c}mlp_norm.weight"
-            out[f"{b}ff_proj.weight"] = f"{c}mlp.gate_proj.weight"
-            out[f"{b}up_proj.weight"] = f"{c}mlp.up_proj.weight"
-            out[f"{b}ff_out.weight"] = f"{c}mlp.down_proj.weight"
-        out[f"{p}ln_f.weight"] = "norm.weight"
-        if not core_config.tie_embeddings:
-            out[f"{p}ff_out.weight"] = "lm_head.weight"
-        return out
+        return LLADA_NAMES.key_map(core_config)
 
     # -------------------------------------------------------------------------------- core -> config.json
     def config_fields(self, core: CoreConfig, dtype: torch.dtype) -> dict[str, Any]:

@@ -60,7 +60,7 @@ import torch
 
 from mmdiff.convert.base import read_config
 from mmdiff.convert.llada import LLaDAConverter
-from mmdiff.convert.mmada import T2I_TASK, attach_image_tokenizer, t2i_sampler_config
+from mmdiff.convert.mmada import T2I_TASK, attach_image_tokenizer, check_task, t2i_sampler_config
 from mmdiff.core.config import CoreConfig
 from mmdiff.dataclass_io import to_dict
 from mmdiff.modeling import CONFIG_NAME, DiffusionModel
@@ -123,34 +123,24 @@ class LuminaDiMOOConverter(LLaDAConverter):
         core = super().core_config(hf_config, specials=specials)
         return dataclasses.replace(core, max_seq_len=max(core.max_seq_len, LUMINA_MAX_CANVAS))
 
-    def load(  # type: ignore[override]
-        self,
-        folder: str | os.PathLike,
-        *,
-        pretrained: bool = True,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
-        specials: Mapping[str, int] | None = None,
-        task: str = T2I_TASK,
-        image_size: tuple[int, int] | list[int] | None = None,
-    ) -> DiffusionModel:
-        """Loads a Lumina-DiMOO checkpoint folder (see `LLaDAConverter.load`) with its VQ tokenizer.
+    load_options = {"task": T2I_TASK, "image_size": None}
 
-        Args:
-            folder, pretrained, device, dtype: as `LLaDAConverter.load`; the tokenizer always comes from `vqvae/`.
-            specials: the special ids the canvas needs beyond config.json's: soi (<boi> 126349), eoi (126350),
-                newline (126084), answer_start (<answer> 126354), answer_end (126355) and pad; the zoo card
-                `lumina-dimoo` passes them.
-            task: "t2i" (default, with Lumina-DiMOO's sampler defaults) or "text".
-            image_size: [height, width] of generated images (default 1024 x 1024; any multiple of 16).
+    def check_request(self, folder: Path, specials: Mapping[str, int] | None, options: Mapping[str, Any]) -> None:
+        """Lumina-DiMOO's load keywords (`LUMINA_DIMOO.load(folder, task=..., image_size=...)`); the tokenizer always
+        comes from `vqvae/`:
+
+        - task: "t2i" (default, with Lumina-DiMOO's sampler defaults) or "text".
+        - image_size: [height, width] of generated images (default 1024 x 1024; any multiple of 16).
+
+        `specials` gives the special ids the canvas needs beyond config.json's: soi (<boi> 126349), eoi (126350),
+        newline (126084), answer_start (<answer> 126354), answer_end (126355) and pad; the zoo card `lumina-dimoo`
+        passes them.
 
         Raises:
             FileNotFoundError: the folder has no `vqvae/` tokenizer (config.json + safetensors).
             ValueError: task "t2i" without the marker specials.
         """
-        if task not in ("text", T2I_TASK):
-            raise ValueError(f"task must be 'text' or '{T2I_TASK}', got {task!r}")
-        folder = Path(folder)
+        task = check_task(options["task"])
         vq = folder / VQ_SUBFOLDER
         if not (vq / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"{folder} has no {VQ_SUBFOLDER}/{CONFIG_NAME}: Lumina-DiMOO's image tokenizer is "
@@ -162,12 +152,16 @@ class LuminaDiMOOConverter(LLaDAConverter):
             raise ValueError(f"text-to-image needs the {missing} special ids of Lumina-DiMOO (<boi>, <eoi>, the row "
                              "newline, <answer>, </answer>); load through the zoo card (lumina-dimoo) or pass "
                              "specials={...}")
-        model = super().load(folder, pretrained=pretrained, device=device, dtype=dtype, specials=specials)
+
+    def finish(self, model: DiffusionModel, folder: Path, options: Mapping[str, Any], *,
+               device: str | torch.device) -> DiffusionModel:
+        """Attaches the VQ tokenizer of `vqvae/` and the text-to-image options; for task "t2i", its defaults."""
+        image_size = options["image_size"]
         size = [int(s) for s in (image_size if image_size is not None else LUMINA_IMAGE_SIZE)]
         attach_image_tokenizer(model, {"adapter": "image/diffusers_vq", "path": str(folder),
                                        "subfolder": VQ_SUBFOLDER, "image_size": size}, device=device)
         model.config.task_options[T2I_TASK] = lumina_t2i_options(size)
-        if task == T2I_TASK:
+        if options["task"] == T2I_TASK:
             model.config.task = T2I_TASK
             model.sampler_config = t2i_sampler_config(LUMINA_T2I_PRESET)
         return model

@@ -54,7 +54,6 @@ MMaDA's choice temperature is annealed as T * prod((1 - (s + 1) / S)) over steps
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -73,7 +72,8 @@ from mmdiff.modeling import CONFIG_NAME, DiffusionModel, SamplerConfig
 from mmdiff.registry import CONVERTERS
 from mmdiff.tasks.t2i import T2IOptions
 
-__all__ = ["MMaDAConverter", "MMADA", "attach_image_tokenizer", "mmada_t2i_options", "T2I_TASK", "MMADA_T2I_PRESET"]
+__all__ = ["MMaDAConverter", "MMADA", "attach_image_tokenizer", "check_task", "mmada_t2i_options", "T2I_TASK",
+           "MMADA_T2I_PRESET"]
 
 T2I_TASK = "t2i"
 MMADA_CODEBOOK = 8192  # MAGVIT-v2: 2**13 lookup-free codes (config codebook_size)
@@ -118,42 +118,35 @@ class MMaDAConverter(LLaDAConverter):
     def __init__(self) -> None:
         super().__init__("mmada", "MMaDA", ("mmada",), "MMadaModelLM", image_codes=MMADA_CODEBOOK)
 
-    def load(  # type: ignore[override]
-        self,
-        folder: str | os.PathLike,
-        *,
-        pretrained: bool = True,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
-        specials: Mapping[str, int] | None = None,
-        task: str = "text",
-        tokenizer_weights: str | None = MAGVITV2_REPO,
-        image_size: tuple[int, int] | list[int] | None = None,
-    ) -> DiffusionModel:
-        """Loads an MMaDA checkpoint folder (see `LLaDAConverter.load`) with its image side.
+    load_options = {"task": "text", "tokenizer_weights": MAGVITV2_REPO, "image_size": None}
 
-        Args:
-            folder, pretrained, device, dtype, specials: as `LLaDAConverter.load` (a zoo card passes its special
-                ids, which include MMaDA's <|soi|>, <|eoi|>, <|t2i|>, [iPAD] markers).
-            task: "text" (LLaDA-style text generation) or "t2i" (`mmdiff.pipeline("text-to-image", model)`, with
-                MMaDA's text-to-image sampler defaults).
-            tokenizer_weights: the MAGVIT-v2 weights: hub repo id (default `showlab/magvitv2`) or local folder; read
-                the first time an image is encoded or decoded, never when only text is generated.
-            image_size: [height, width] of generated images (default: from config.json's num_vq_tokens, 32 x 32
-                codes = 512 x 512 for MMaDA-8B).
+    def check_request(self, folder: Path, specials: Mapping[str, int] | None, options: Mapping[str, Any]) -> None:
+        """MMaDA's load keywords (`MMADA.load(folder, task=..., tokenizer_weights=..., image_size=...)`):
+
+        - task: "text" (LLaDA-style text generation) or "t2i" (`mmdiff.pipeline("text-to-image", model)`, with
+          MMaDA's text-to-image sampler defaults).
+        - tokenizer_weights: the MAGVIT-v2 weights: hub repo id (default `showlab/magvitv2`) or local folder; read
+          the first time an image is encoded or decoded, never when only text is generated.
+        - image_size: [height, width] of generated images (default: from config.json's num_vq_tokens, 32 x 32
+          codes = 512 x 512 for MMaDA-8B).
+
+        A zoo card passes its special ids, which include MMaDA's <|soi|>, <|eoi|>, <|t2i|>, [iPAD] markers.
 
         Raises:
             ValueError: task "t2i" without MMaDA's marker specials (load through the zoo card, or pass them).
         """
-        if task not in ("text", T2I_TASK):
-            raise ValueError(f"task must be 'text' or '{T2I_TASK}', got {task!r}")
+        task = check_task(options["task"])
         missing = [m for m in T2I_MARKERS if m not in (specials or {})]  # config.json and tokenizer never name them
         if task == T2I_TASK and missing:
             raise ValueError(f"text-to-image needs MMaDA's {missing} special ids (<|soi|>, <|eoi|>, <|t2i|>, [iPAD]: "
                              "reserved LLaDA ids); load through the zoo card (mmada-8b-base) or pass specials={...}")
-        model = super().load(folder, pretrained=pretrained, device=device, dtype=dtype, specials=specials)
+
+    def finish(self, model: DiffusionModel, folder: Path, options: Mapping[str, Any], *,
+               device: str | torch.device) -> DiffusionModel:
+        """Adds the image side (MAGVIT-v2 tokenizer, text-to-image options) and, for task "t2i", its defaults."""
+        task, image_size = options["task"], options["image_size"]
         size = list(image_size) if image_size is not None else _image_size(model.config.task_options["foreign_config"])
-        if not self._attach_image_side(model, tokenizer_weights, size, device, required=task == T2I_TASK):
+        if not self._attach_image_side(model, options["tokenizer_weights"], size, device, required=task == T2I_TASK):
             return model
         if task == T2I_TASK:
             model.config.task = T2I_TASK
@@ -173,11 +166,18 @@ class MMaDAConverter(LLaDAConverter):
                        "the range>")
             if required:
                 raise ValueError(message)
-            warnings.warn(f"{message}. Loaded for text generation only (no image tokenizer)", stacklevel=3)
+            warnings.warn(f"{message}. Loaded for text generation only (no image tokenizer)", stacklevel=4)
             return False
         attach_image_tokenizer(model, spec, device=device)
         model.config.task_options[T2I_TASK] = mmada_t2i_options(size)
         return True
+
+
+def check_task(task: str) -> str:
+    """`task` when a converted text-to-image checkpoint can take it ("text" or "t2i"), else a ValueError."""
+    if task not in ("text", T2I_TASK):
+        raise ValueError(f"task must be 'text' or '{T2I_TASK}', got {task!r}")
+    return task
 
 
 def mmada_t2i_options(image_size: list[int]) -> dict[str, Any]:

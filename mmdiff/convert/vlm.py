@@ -88,21 +88,16 @@ from torch import Tensor
 import mmdiff.adapters.anyres  # noqa: F401  (registers "vision/siglip_anyres")
 from mmdiff.adapters.anyres import parse_grid_pinpoints
 from mmdiff.convert.base import (
-    GENERATION_CONFIG_NAME,
     Converter,
-    TensorEntry,
-    _place,
-    _skip_init,
     dtype_name,
-    load_foreign_tokenizer,
+    qkv_parts,
     read_config,
-    read_tensors,
-    scan_checkpoint,
 )
+from mmdiff.convert.dream import LLAMA_MLP, LLAMA_NORMS, LLAMA_O, QWEN2_NAMES
 from mmdiff.convert.llada import LLADA
 from mmdiff.core.config import CoreConfig
 from mmdiff.hub import cached_checkpoint, is_hub_id
-from mmdiff.io import StateDictMismatch, load_json
+from mmdiff.io import load_json
 from mmdiff.modeling import ADAPTER_PREFIX, CONFIG_NAME, DiffusionModel, ModelConfig, SamplerConfig
 from mmdiff.registry import CONVERTERS
 from mmdiff.tasks.vlm import VLMOptions
@@ -130,7 +125,7 @@ VISION = "model.vision_tower.vision_tower.vision_model."
 PROJECTOR = "model.mm_projector."
 NEWLINE = "model.image_newline"
 UNUSED_VISION = (f"{VISION}post_layernorm.weight", f"{VISION}post_layernorm.bias")  # stored, never read
-_UNUSED_PATTERN = re.compile(re.escape(VISION) + r"(post_layernorm|head)\.")
+_UNUSED_PATTERN = re.compile("^" + re.escape(VISION) + r"(post_layernorm|head)\.")
 _ANYRES_MAX = re.compile(r"anyres_max_(\d+)")
 _MLP = re.compile(r"mlp(\d+)x_gelu")
 
@@ -184,6 +179,8 @@ class LlavaLladaConverter(Converter):
     """
 
     eot_tokens = ("<|eot_id|>",)
+    load_options = {"vision_config": None}  # SiglipVisionConfig fields of the tower (see resolve_tower_config)
+    kept_keys = (_UNUSED_PATTERN.pattern,)  # post_layernorm / head: stored, never read, written back on export
     target_names = "mmdiff"  # keys of DiffusionModel.weights(): core and adapters.vision.*
     tokenizer_fallback = "PreTrainedTokenizerFast"
     architecture = ""
@@ -192,24 +189,6 @@ class LlavaLladaConverter(Converter):
     pools_views = False
 
     # -------------------------------------------------------------------------------- config.json -> ModelConfig
-    def model_config(self, hf: Mapping[str, Any], *, specials: Mapping[str, int] | None = None,
-                     tower: Mapping[str, Any] | None = None) -> ModelConfig:
-        """The mmdiff VLM config a config.json describes: core (with the "image" placeholder special), the anyres
-        SigLIP adapter, the VLM task options (attention kind, answer length, prompt template)."""
-        specials = dict(specials or {})
-        if "image" not in specials:
-            specials["image"] = self.default_image_id(hf)
-        core = self.core_config(hf, specials=specials)
-        clash = [k for k, v in core.vocab.special.items() if v == core.vocab.special["image"] and k != "image"]
-        if clash:
-            raise ValueError(f"the image placeholder id {core.vocab.special['image']} is also the {clash} id; pass "
-                             "specials={'image': <an id no text maps to>}")
-        adapter = self.adapter_config(hf, dict(tower or SIGLIP_SO400M_384), core.d_model)
-        vlm = {"answer_length": self.answer_length, "attention": self.attention, "prompt_template": PROMPT_TEMPLATE}
-        if "anyres" in {f.name for f in dataclasses.fields(VLMOptions)}:  # once the VLM task feeds anyres tokens
-            vlm["anyres"] = True
-        return ModelConfig(core=core, task="vlm", task_options={"vlm": vlm}, adapters={"vision": adapter})
-
     def default_image_id(self, hf: Mapping[str, Any]) -> int:
         """The last id of the vocabulary (LLaDA: 126463), unused by text and by every LLaDA special."""
         return int(self.require(hf, "vocab_size")) - 1
@@ -238,7 +217,7 @@ class LlavaLladaConverter(Converter):
         if hf.get("mm_vision_select_layer", -2) != -2:
             warnings.warn(f"config.json has mm_vision_select_layer={hf['mm_vision_select_layer']}; LLaVA-NeXT's "
                           "SigLIP tower ignores it and always reads the penultimate layer, and so does mmdiff",
-                          stacklevel=4)
+                          stacklevel=5)
         pool_mode = hf.get("mm_spatial_pool_mode") or "bilinear"
         if self.pools_views and pool_mode not in ("average", "bilinear"):
             raise ValueError(f"mm_spatial_pool_mode={pool_mode!r}: 2x2 pooling runs 'average' or 'bilinear'")
@@ -285,95 +264,47 @@ class LlavaLladaConverter(Converter):
         head = {k: v for k, v in llm.items() if k.startswith("lm_head.")}
         return {**body, **self.vision_key_map(config.adapters["vision"]), **head}
 
-    # -------------------------------------------------------------------------------- load
-    def load(
-        self,
-        folder: str | os.PathLike,
-        *,
-        pretrained: bool = True,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
-        specials: Mapping[str, int] | None = None,
-        vision_config: Mapping[str, Any] | None = None,
-    ) -> DiffusionModel:
-        """Loads a checkpoint folder of this layout as an mmdiff VLM, strictly and with low memory (the model is
-        built on the meta device, each tensor read once into its own memory; `dtype=None` keeps bf16 as bf16).
+    # -------------------------------------------------------------------------------- load hooks
+    def model_config(self, hf: Mapping[str, Any], *, specials: Mapping[str, int] | None = None,
+                     options: Mapping[str, Any] | None = None, tower: Mapping[str, Any] | None = None
+                     ) -> ModelConfig:
+        """The mmdiff VLM config a config.json describes: core (with the "image" placeholder special), the anyres
+        SigLIP adapter, the VLM task options (attention kind, answer length, prompt template).
 
         Args:
-            folder: config.json + model.safetensors or shards with model.safetensors.index.json.
-            pretrained: False builds random weights from config.json alone.
-            device: where the weights go.
-            dtype: cast floating weights to this dtype; None keeps the checkpoint's.
-            specials: special ids to add or override (a zoo card's map), e.g. {"mask": 126336, "image": 126463}.
-            vision_config: SiglipVisionConfig fields of the tower, when config.json's mm_vision_tower is neither a
-                local folder nor cached (default: SigLIP so400m-patch14-384).
-
-        Raises:
-            StateDictMismatch: one report of every missing, unexpected and mis-shaped tensor.
-            CorruptCheckpointError: a truncated or corrupt weights file (named).
+            hf: the config.json dict.
+            specials: special ids to add or override.
+            options: the load keywords (`vision_config`), which resolve the tower when `tower` is not given.
+            tower: SiglipVisionConfig fields of the tower (default: `resolve_tower_config`).
         """
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"checkpoint folder {folder} not found")
-        config, source = self.folder_config(folder, specials, vision_config)
-        tokenizer = load_foreign_tokenizer(folder, self.tokenizer_fallback)
-        if not pretrained:
-            with torch.device(device):
-                model = DiffusionModel(config, tokenizer=tokenizer, sampler_config=self.default_sampler(),
-                                       load_pretrained_adapters=False)
-            return (model.to(dtype) if dtype is not None else model).eval()
-        entries = scan_checkpoint(folder)  # headers only: a mismatch is reported before any weight is read
-        with torch.device("meta"), _skip_init():
-            model = DiffusionModel(config, tokenizer=tokenizer, sampler_config=self.default_sampler(),
-                                   load_pretrained_adapters=False)
-        plan, unused = self.match(entries, model, folder, source)
-        for path, group in plan.items():  # shard by shard, each tensor into its own memory, assigned (no copy)
-            core, adapters = {}, {}
-            for foreign, tensor in read_tensors(path, {f: entries[f] for f in group}):
-                target = group[foreign]
-                if target.startswith(ADAPTER_PREFIX):
-                    adapters[target.removeprefix(ADAPTER_PREFIX)] = _place(tensor, device, dtype)
-                else:
-                    core[target] = _place(tensor, device, dtype)
-            model.core.load_state_dict(core, strict=False, assign=True)
-            model.adapters.load_state_dict(adapters, strict=False, assign=True)
-        model.foreign_unused = self.read_unused(entries, unused)
-        _materialize_index_buffers(model, device)
-        left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-        if left:
-            raise RuntimeError(f"internal error: {left} were not loaded from {folder}")
-        return model.eval()
+        if tower is None:
+            tower = resolve_tower_config(hf, (options or {}).get("vision_config"))[0]
+        specials = dict(specials or {})
+        if "image" not in specials:
+            specials["image"] = self.default_image_id(hf)
+        core = self.core_config(hf, specials=specials)
+        clash = [k for k, v in core.vocab.special.items() if v == core.vocab.special["image"] and k != "image"]
+        if clash:
+            raise ValueError(f"the image placeholder id {core.vocab.special['image']} is also the {clash} id; pass "
+                             "specials={'image': <an id no text maps to>}")
+        adapter = self.adapter_config(hf, dict(tower), core.d_model)
+        vlm = {"answer_length": self.answer_length, "attention": self.attention, "prompt_template": PROMPT_TEMPLATE}
+        if "anyres" in {f.name for f in dataclasses.fields(VLMOptions)}:  # once the VLM task feeds anyres tokens
+            vlm["anyres"] = True
+        return ModelConfig(core=core, task="vlm", task_options={"vlm": vlm}, adapters={"vision": adapter})
 
-    def folder_config(self, folder: Path, specials: Mapping[str, int] | None,
-                      vision_config: Mapping[str, Any] | None) -> tuple[ModelConfig, str]:
-        """The model config of a checkpoint folder, with what export needs in task_options (foreign_layout,
-        foreign_config, foreign_tower, foreign_specials, foreign_generation_config); and where the tower config
-        came from."""
-        hf = read_config(folder)
-        self.check_model_type(hf, folder)
-        tower, source = resolve_tower_config(hf, vision_config)
-        extra = {**self.tokenizer_specials(folder), **(specials or {})}
-        try:
-            config = self.model_config(hf, specials=extra, tower=tower)
-        except (ValueError, TypeError) as err:
-            raise type(err)(f"{folder / CONFIG_NAME}: {err}") from err
-        options = config.task_options
-        options.update(foreign_layout=self.name, foreign_config=hf, foreign_tower=tower)
-        if specials:  # a zoo card's map is not a change to export
-            options["foreign_specials"] = {k: int(v) for k, v in specials.items()}
-        if (folder / GENERATION_CONFIG_NAME).is_file():
-            options["foreign_generation_config"] = load_json(folder / GENERATION_CONFIG_NAME)
-        return config, source
+    def export_options(self, hf: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+        """The tower config, which export checks the vision adapter against."""
+        return {"foreign_tower": resolve_tower_config(hf, options.get("vision_config"))[0]}
 
-    def read_unused(self, entries: Mapping[str, TensorEntry], names: list[str]) -> dict[str, Tensor]:
-        """The stored-but-unused tensors (post_layernorm, head), read as stored, for export."""
-        out: dict[str, Tensor] = {}
-        by_file: dict[Path, dict[str, TensorEntry]] = {}
-        for name in names:
-            by_file.setdefault(entries[name].file, {})[name] = entries[name]
-        for path, group in by_file.items():
-            out.update(dict(read_tensors(path, group)))
-        return {name: out[name] for name in names}
+    def mismatch_hint(self, folder: Path, named: list[str], options: Mapping[str, Any]) -> str:
+        """Where the tower config came from, when a vision tensor does not match."""
+        if not any(f.startswith(VISION) for f in named):
+            return ""
+        source = resolve_tower_config(read_config(folder), options.get("vision_config"))[1]
+        return (f"\n  the SigLIP tower config came from {source}: if it is not this checkpoint's, pass "
+                "vision_config={...SiglipVisionConfig fields...} or point config.json's mm_vision_tower at a local "
+                "SigLIP folder")
 
     def check_model_type(self, hf: Mapping[str, Any], folder: Path) -> None:
         if str(hf.get("model_type")) != "llava_llada":
@@ -387,33 +318,6 @@ class LlavaLladaConverter(Converter):
     def describes(self, hf: Mapping[str, Any]) -> bool:
         """True when config.json's LLM fields are this layout's."""
         raise NotImplementedError
-
-    def match(self, entries: Mapping[str, TensorEntry], model: DiffusionModel, folder: Path,
-              tower_source: str = "") -> tuple[dict[Path, dict[str, str]], list[str]]:
-        """Checks names and shapes against the (meta) model; returns (file -> {foreign: weight name}, the unused
-        tensors the checkpoint stores)."""
-        expected = {k: tuple(v.shape) for k, v in model.weights().items()}
-        kmap = self.weight_map(model.config)
-        unmapped = sorted(set(expected) - set(kmap.values()))
-        if unmapped:
-            raise RuntimeError(f"internal error: the {self.name} key map has no source for weights {unmapped}")
-        unused = [f for f in entries if f not in kmap and _UNUSED_PATTERN.match(f)]
-        missing = [(f, c) for f, c in kmap.items() if f not in entries]
-        unexpected = [f for f in entries if f not in kmap and f not in unused]
-        shapes = [(f, c, entries[f].shape, expected[c]) for f, c in kmap.items()
-                  if f in entries and entries[f].shape != expected[c]]
-        if missing or unexpected or shapes:
-            report = self.report(folder, missing, unexpected, shapes, entries, expected)
-            named = [*(m[0] for m in missing), *unexpected, *(s[0] for s in shapes)]
-            if any(f.startswith(VISION) for f in named):
-                report += (f"\n  the SigLIP tower config came from {tower_source}: if it is not this checkpoint's, "
-                           "pass vision_config={...SiglipVisionConfig fields...} or point config.json's "
-                           "mm_vision_tower at a local SigLIP folder")
-            raise StateDictMismatch(report)
-        plan: dict[Path, dict[str, str]] = {}
-        for foreign, target in kmap.items():
-            plan.setdefault(entries[foreign].file, {})[foreign] = target
-        return plan, unused
 
     # -------------------------------------------------------------------------------- export
     def export_config(self, model: DiffusionModel) -> dict[str, Any]:
@@ -488,6 +392,11 @@ _LLAMA_DEFAULTS = {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_em
                    "tie_word_embeddings": False, "hidden_act": "silu", "attention_bias": False}
 
 
+# LLaMA's tensor names as LLaDA-V stores them (Qwen2's names, `mmdiff.convert.dream`, in another order, no biases)
+LLAMA_NAMES = dataclasses.replace(
+    QWEN2_NAMES, parts=(*qkv_parts("self_attn.", bias=False), *LLAMA_O, *LLAMA_MLP, *LLAMA_NORMS))
+
+
 class LLaDAVConverter(LlavaLladaConverter):
     """LLaDA-V's layout: LLaDA with LLaMA's config fields and tensor names, full attention, unpooled views.
 
@@ -545,22 +454,7 @@ class LLaDAVConverter(LlavaLladaConverter):
 
     def key_map(self, core_config: CoreConfig) -> dict[str, str]:
         """LLaDA-V (LLaMA) tensor names -> core parameter names."""
-        out = {"model.embed_tokens.weight": "embed_tokens.weight"}
-        for i in range(core_config.n_layers):
-            b, c = f"model.layers.{i}.", f"blocks.{i}."
-            out[f"{b}self_attn.q_proj.weight"] = f"{c}attn.q_proj.weight"
-            out[f"{b}self_attn.k_proj.weight"] = f"{c}attn.k_proj.weight"
-            out[f"{b}self_attn.v_proj.weight"] = f"{c}attn.v_proj.weight"
-            out[f"{b}self_attn.o_proj.weight"] = f"{c}attn.o_proj.weight"
-            out[f"{b}mlp.gate_proj.weight"] = f"{c}mlp.gate_proj.weight"
-            out[f"{b}mlp.up_proj.weight"] = f"{c}mlp.up_proj.weight"
-            out[f"{b}mlp.down_proj.weight"] = f"{c}mlp.down_proj.weight"
-            out[f"{b}input_layernorm.weight"] = f"{c}attn_norm.weight"
-            out[f"{b}post_attention_layernorm.weight"] = f"{c}mlp_norm.weight"
-        out["model.norm.weight"] = "norm.weight"
-        if not core_config.tie_embeddings:
-            out["lm_head.weight"] = "lm_head.weight"
-        return out
+        return LLAMA_NAMES.key_map(core_config)
 
     def config_fields(self, core: CoreConfig, dtype: torch.dtype) -> dict[str, Any]:
         if core.qkv_bias or core.qk_norm or core.logits_shift != "none":
@@ -600,25 +494,18 @@ class LlavaLladaDispatch(Converter):
         raise ValueError(f"{Path(folder) / CONFIG_NAME} is a llava_llada config with neither LLaDA's d_model (LaViDa) "
                          "nor LLaMA's hidden_size (LLaDA-V) field; the LLM layout is unknown")
 
-    def load(self, folder: str | os.PathLike, **kwargs: Any) -> DiffusionModel:  # type: ignore[override]
-        """Loads with the converter `pick` chooses (keywords as `LlavaLladaConverter.load`)."""
-        return self.pick(folder).load(folder, **kwargs)
+    def load(self, folder: str | os.PathLike, *, pretrained: bool = True, device: str | torch.device = "cpu",
+             dtype: torch.dtype | None = None, specials: Mapping[str, int] | None = None,
+             **options: Any) -> DiffusionModel:
+        """Loads with the converter `pick` chooses (arguments as `Converter.load`, options as its `load_options`)."""
+        return self.pick(folder).load(folder, pretrained=pretrained, device=device, dtype=dtype, specials=specials,
+                                      **options)
 
     def save(self, model: DiffusionModel, folder: str | os.PathLike, **kwargs: Any) -> Path:
         layout = model.config.task_options.get("foreign_layout")
         if layout not in (LAVIDA.name, LLADA_V.name):
             raise ValueError("name the layout to write: 'lavida' or 'llada_v'")
         return CONVERTERS.get(layout).save(model, folder, **kwargs)
-
-
-def _materialize_index_buffers(model: DiffusionModel, device: str | torch.device) -> None:
-    """Non-persistent index buffers the checkpoint cannot hold (SigLIP's `position_ids`, arange over positions) are
-    still on the meta device after loading: rebuild them."""
-    for module in model.modules():
-        for name, buf in list(module.named_buffers(recurse=False)):
-            if buf is not None and buf.is_meta and name == "position_ids":
-                value = torch.arange(buf.shape[-1], device=device).expand(buf.shape).to(buf.dtype)
-                module.register_buffer(name, value, persistent=False)
 
 
 LAVIDA = LaViDaConverter()
