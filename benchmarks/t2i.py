@@ -4,7 +4,7 @@ against the number of denoising steps (4, 8, 16, 32), batch sizes 1 and 16, meas
 Every setting generates one image per held-out caption (class-balanced) through `mmdiff.pipeline("text-to-image")`
 with the entry's sampler defaults (MaskGIT cosine schedule, its guidance, temperature and choice temperature) and
 one seeded generator; only the step count and the batch size change. Accuracy is the fraction of images that the
-shipped digit classifier (`mmdiff.data.digit_classifier`, 98.4 % on real held-out digits) reads as the requested
+shipped digit classifier (`mmdiff.evaluation.digit_classifier`, 98.4 % on real held-out digits) reads as the requested
 digit; FID is the Frechet distance of the classifier's 64-d features of the generated images against the 1000 real
 held-out digits, next to the FID of as many real train-pool digits (`fid_real`, the floor at this sample size).
 
@@ -37,9 +37,9 @@ from common import add_run_arguments, fmt_table, run_benchmark, sync  # noqa: E4
 from vlm import CountingCore  # noqa: E402
 
 import mmdiff  # noqa: E402
-from mmdiff.data.digit_classifier import score_digits  # noqa: E402
 from mmdiff.data.mnist_digits import MnistDigitsSource  # noqa: E402
 from mmdiff.data.mnist_grid import load_mnist_digits  # noqa: E402
+from mmdiff.evaluation.digit_classifier import score_digits  # noqa: E402
 
 
 def run_setting(model: Any, captions: list[str], batch: int, steps: int, device: torch.device,

@@ -4,7 +4,7 @@ it inside the package.
 The recipe is this script's argparse defaults: the train pool of `mmdiff.data.mnist_grid.digit_split` (400 digits per
 class; the held-out pool, 100 per class, is never seen in training), AdamW with a one-cycle learning rate, small
 random affine jitter. Reports the held-out accuracy and the wall time, and writes `<out>/config.json`,
-`<out>/model.safetensors` (`mmdiff.data.digit_classifier.load_digit_classifier`) and `<out>/metrics.json`.
+`<out>/model.safetensors` (`mmdiff.evaluation.digit_classifier.load_digit_classifier`) and `<out>/metrics.json`.
 
     python scripts/train_digit_classifier.py            # -> mmdiff/data/assets/digit-classifier/
 """
@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from mmdiff.data.digit_classifier import (
+from mmdiff.data.mnist_grid import digit_split, load_mnist_digits
+from mmdiff.evaluation.digit_classifier import (
     SHIPPED_FOLDER,
     DigitClassifierConfig,
     accuracy,
@@ -31,7 +32,6 @@ from mmdiff.data.digit_classifier import (
     save_digit_classifier,
     train_digit_classifier,
 )
-from mmdiff.data.mnist_grid import digit_split, load_mnist_digits
 from mmdiff.io import save_json
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from mmdiff import CoreConfig, DiffusionModel, ModelConfig, SamplerConfig, VocabLayout
 from mmdiff.data import running_sums as rs
 from mmdiff.data import shakespeare as sh
-from mmdiff.metrics import (
+from mmdiff.evaluation.metrics import (
     bits_per_byte,
     elbo_bits_per_byte,
     elbo_nats,

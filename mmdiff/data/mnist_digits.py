@@ -22,7 +22,7 @@ built in code: the digit words (ids 0..9, id = digit), "a", "an", the default te
 then any further words of custom templates alphabetically; `decode(encode(caption)) == caption`.
 
 `evaluate` generates one image per held-out caption with the text-to-image pipeline and judges them with the shipped
-digit classifier (`mmdiff.data.digit_classifier.score_digits`): accuracy on the requested digit, FID in the
+digit classifier (`mmdiff.evaluation.digit_classifier.score_digits`): accuracy on the requested digit, FID in the
 classifier's feature space against the whole held-out pool, and the same FID of as many real train-pool digits (the
 floor a perfect generator would reach at that sample size).
 
@@ -44,8 +44,8 @@ import torch
 from torch.utils.data import Dataset
 
 from mmdiff.data import check_vocab_fits
-from mmdiff.data.digit_classifier import score_digits
 from mmdiff.data.mnist_grid import DIGIT_WORDS, N_CLASSES, digit_split, load_mnist_digits
+from mmdiff.evaluation.digit_classifier import score_digits
 from mmdiff.registry import DATASETS
 from mmdiff.vocab import VocabLayout
 

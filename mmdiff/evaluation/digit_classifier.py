@@ -59,7 +59,8 @@ __all__ = [
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-SHIPPED_FOLDER = Path(__file__).resolve().parent / "assets" / "digit-classifier"
+# the shipped weights stay package data of mmdiff.data (pyproject.toml)
+SHIPPED_FOLDER = Path(__file__).resolve().parents[1] / "data" / "assets" / "digit-classifier"
 DIGIT_SIZE = 28
 TRAIN_HINT = "python scripts/train_digit_classifier.py"
 
