@@ -127,3 +127,14 @@ def test_build_files_name_only_files_that_exist():
     for path in files:
         for doc in re.findall(r"\b([\w./-]+\.md)\b", path.read_text()):
             assert (REPO / doc).is_file() or doc == "README.md", f"{path.name} names {doc}, which does not exist"
+
+
+def test_every_declared_marker_is_used():
+    import re
+
+    block = re.search(r"^markers = \[\n(.*?)^\]", (REPO / "pyproject.toml").read_text(), re.MULTILINE | re.DOTALL)
+    declared = re.findall(r'^\s+"(\w+):', block.group(1), re.MULTILINE)
+    assert declared == ["slow", "cuda", "hub", "dist"]
+    used = {m for p in (REPO / "tests").glob("*.py") for m in re.findall(r"pytest\.mark\.(\w+)", p.read_text())}
+    for name in declared:
+        assert name in used, f"marker {name!r} is declared in pyproject.toml and used by no test"
