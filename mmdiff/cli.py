@@ -482,7 +482,8 @@ def _overrides(extra: list[str]) -> list[str]:
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     import mmdiff.train as training
 
-    config = training.load_train_config(args.config, _overrides(extra))  # a file or a shipped recipe name
+    path = training.resolve_recipe(args.config)  # a file, or a recipe shipped with mmdiff (configs/)
+    config = training.load_train_config(path, _overrides(extra))
     out = training.train(config, resume=not args.no_resume, max_steps=args.max_steps)
     if int(os.environ.get("RANK", "0")) == 0:  # one line, also under `accelerate launch`
         print(f"final model: {out}")

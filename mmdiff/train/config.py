@@ -398,7 +398,7 @@ def resolve_recipe(path: str | os.PathLike) -> Path:
         if len(found) == 1 or (found and found[0] in candidates[:2]):
             return found[0]
     names = sorted(str(p.relative_to(root).with_suffix("")) for p in root.glob("*/*.yaml")) if root else []
-    raise FileNotFoundError(f"recipe {given} not found, neither as a file nor among the shipped recipes "
+    raise FileNotFoundError(f"training recipe {given} not found, neither as a file nor among the shipped recipes "
                             f"(configs/: {', '.join(names) or 'none found'}); give a YAML file or a shipped name, "
                             "e.g. configs/toy/copy-tiny.yaml")
 
