@@ -135,6 +135,11 @@ def test_readme_command(command, tmp_path, monkeypatch, capsys):
     from mmdiff.cli import main
 
     monkeypatch.chdir(tmp_path)
+    if "--device cuda" in command:
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device (and the checkpoint from the hub)")
     if "--image grid.png" in command:
         write_grid_image(tmp_path / "grid.png")
     if "--include_path my_tasks/" in command:
