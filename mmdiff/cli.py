@@ -482,9 +482,7 @@ def _overrides(extra: list[str]) -> list[str]:
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     import mmdiff.train as training
 
-    path = Path(args.config)
-    if not path.is_file():
-        raise FileNotFoundError(f"training recipe {path} not found (recipes live in configs/)")
+    path = training.resolve_recipe(args.config)  # a file, or a recipe shipped with mmdiff (configs/)
     config = training.load_train_config(path, _overrides(extra))
     out = training.train(config, resume=not args.no_resume, max_steps=args.max_steps)
     if int(os.environ.get("RANK", "0")) == 0:  # one line, also under `accelerate launch`
@@ -636,7 +634,7 @@ def cmd_harness(extra: list[str]) -> int:
         from mmdiff.harness import main as harness_main
     except ImportError as err:
         raise CLIError(str(err)) from err
-    return harness_main(extra) or 0
+    return harness_main(extra, prog="mmdiff harness") or 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -499,9 +499,31 @@ def _load_model(model: Any, pretrained: Any, device: Any, dtype: Any) -> Diffusi
     return create_model(model, device=device, dtype=dtype)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+USAGE = """usage: {prog} [run] [lm-eval options] --model_args model=NAME[,key=value...] --tasks TASK [TASK ...]
+
+Scores and samples an mmdiff model (a zoo name or a checkpoint folder) on lm-evaluation-harness tasks, e.g. custom
+tasks on local jsonl files, fully offline. Every argument is passed to lm-eval's `run` command, with
+`--model mmdiff` added when no --model is given.
+
+model_args (comma-separated key=value, the keywords of mmdiff.harness.MMDiffLM):
+  model=NAME            zoo name or checkpoint folder (required)
+  mc_samples=N          Monte-Carlo samples of each loglikelihood ELBO
+  greedy_check=MODE     is_greedy by {greedy} decoding
+  device=, dtype=, seed=, batch_size=, and sampler options (steps=, block_length=, ...) for generate_until
+
+examples:
+  {prog} --model_args model=running-sums-small,mc_samples=32 --include_path my_tasks/ --tasks my_task
+  {prog} ls tasks --include_path my_tasks/      list tasks (lm-eval's `ls`)
+  {prog} run --help                             every lm-eval option (lm-eval's own usage)
+
+Needs EleutherAI's lm-evaluation-harness: pip install 'mmdiff[eval]'.
+"""
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m mmdiff.harness") -> None:
     """lm-eval's command line with the "mmdiff" model registered: arguments as for `lm-eval run`, and
-    `--model mmdiff` when no --model is given.
+    `--model mmdiff` when no --model is given. No arguments, `-h` or `--help` print mmdiff's usage (`USAGE`);
+    `run --help` prints lm-eval's.
 
     >>> # main(["--model_args", "model=running-sums-small,mc_samples=32", "--include_path", "my_tasks/",
     >>> #       "--tasks", "my_task"])
@@ -509,7 +531,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     from lm_eval.__main__ import cli_evaluate
 
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] != ["-h"] and args[:1] != ["--help"] and (not args or args[0] not in _SUBCOMMANDS):
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE.format(prog=prog, greedy="/".join(GREEDY_CHECKS)), end="")
+        return
+    if args[0] not in _SUBCOMMANDS:
         args.insert(0, "run")
     if args[0] == "run" and not any(a in ("--model", "-M") or a.startswith("--model=") for a in args):
         args[1:1] = ["--model", "mmdiff"]

@@ -1,10 +1,12 @@
-"""Safe, strict, atomic file I/O: safetensors only (never pickle), temp-name-then-rename writes, and one readable
-report of missing, unexpected and mis-shaped keys."""
+"""Safe, strict, atomic file I/O: safetensors only (never pickle), temp-name-then-rename writes of files and of
+whole folders, and one readable report of missing, unexpected and mis-shaped keys."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -17,6 +19,8 @@ from torch import nn
 
 __all__ = [
     "atomic_write",
+    "write_folder",
+    "interrupted_folder",
     "save_json",
     "load_json",
     "save_safetensors",
@@ -27,6 +31,8 @@ __all__ = [
 ]
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+logger = logging.getLogger(__name__)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
@@ -55,6 +61,98 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _sibling(path: Path, kind: str) -> Path:
+    """The hidden folder beside `path` that `write_folder` uses: kind "new" (being written) or "old" (set aside)."""
+    return path.with_name(f".{path.name}.{kind}-mmdiff")
+
+
+def interrupted_folder(path: str | os.PathLike) -> Path | None:
+    """The complete previous folder that a save interrupted between its two renames set aside, if any.
+
+    `write_folder` renames the old folder aside and then the new one in; a crash between the two leaves `path`
+    missing and the old folder, complete, at this name (the next `write_folder` puts it back first).
+    """
+    old = _sibling(Path(os.path.abspath(path)), "old")
+    return old if old.is_dir() and not Path(path).exists() else None
+
+
+def write_folder(
+    path: str | os.PathLike,
+    write: Callable[[Path], None],
+    *,
+    replace: Callable[[Path], bool] | bool = True,
+    what: str = "folder",
+) -> Path:
+    """Writes a whole folder atomically: `write(tmp)` fills a hidden folder beside `path`, which is then swapped in.
+
+    The swap renames an existing `path` aside, renames the new folder in and deletes the old one, so a crash at any
+    point leaves either the complete old folder or the complete new one (never a mix), and files of the old folder
+    that the new one does not write are gone. Leftovers of an interrupted earlier call are cleaned first (a
+    half-written folder is deleted; an old folder set aside with `path` missing is put back).
+
+    Args:
+        path: the folder to write.
+        write: fills the (empty) temporary folder it is given.
+        replace: whether an existing non-empty `path` may be replaced: a bool, or a predicate on the folder. Checked
+            before anything is written; a refusal raises `FileExistsError`.
+        what: what the folder is, for the messages ("checkpoint folder").
+
+    Returns:
+        `path` as a `Path`.
+
+    >>> import tempfile
+    >>> target = Path(tempfile.mkdtemp()) / "ckpt"
+    >>> _ = write_folder(target, lambda tmp: (tmp / "a.txt").write_text("1"))
+    >>> _ = write_folder(target, lambda tmp: (tmp / "b.txt").write_text("2"))
+    >>> sorted(p.name for p in target.iterdir())
+    ['b.txt']
+    """
+    target = Path(os.path.abspath(path))
+    new, old = _sibling(target, "new"), _sibling(target, "old")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if old.is_dir() and not target.exists():
+        os.rename(old, target)  # a crash between the two renames: the complete old folder goes back
+        logger.warning("restored %s from %s, set aside by an interrupted save", target, old.name)
+    shutil.rmtree(new, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"{target} is a file, not a folder; choose another path for the {what}")
+    existing = target.is_dir() and any(target.iterdir())
+    if existing and not (replace(target) if callable(replace) else replace):
+        raise FileExistsError(f"{target} exists and is not empty; refusing to replace it with a {what}")
+    new.mkdir()
+    try:
+        write(new)
+        _fsync_dir(new)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    if target.exists():
+        os.rename(target, old)
+        os.rename(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+        if existing:
+            logger.warning("replaced the existing %s %s (its previous files were removed)", what, target)
+    else:
+        os.rename(new, target)
+    _fsync_dir(target.parent)
+    return Path(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Flushes a folder's entries (renames, new files) to disk where the platform allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _read_umask() -> int:

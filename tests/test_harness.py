@@ -314,3 +314,23 @@ def test_command_line_runs_a_local_task(sums_model, tmp_path, capsys):
           "--include_path", str(tmp_path), "--tasks", "sums_cli"])
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|sums_cli")]
     assert len(table) == 1 and table[0].split("|")[7].strip() == "1"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["-h"], []])
+def test_help_describes_mmdiffs_harness_command(argv, capsys):
+    from mmdiff.cli import main as cli_main
+
+    assert cli_main(["harness", *argv]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: mmdiff harness [run] [lm-eval options] --model_args model=NAME")
+    assert "model=NAME            zoo name or checkpoint folder" in out
+    assert "greedy_check=MODE     is_greedy by sequential/parallel/off decoding" in out
+    assert "mmdiff harness run --help" in out and "lm-eval run" not in out.splitlines()[0]
+    main(["--help"])
+    assert capsys.readouterr().out.startswith("usage: python -m mmdiff.harness [run]")
+
+
+def test_run_help_is_lm_evals_own(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert capsys.readouterr().out.startswith("usage: lm-eval run --model <model>")

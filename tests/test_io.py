@@ -109,3 +109,35 @@ def test_strict_load_report():
     good = {k: torch.full_like(v, 0.5) for k, v in model.state_dict().items()}
     load_state_dict_strict(model, good)
     assert torch.equal(model[1].bias, torch.full((2,), 0.5))
+
+
+def test_write_folder_swaps_whole_folders_and_refuses_when_told(tmp_path):
+    from mmdiff.io import interrupted_folder, write_folder
+
+    target = tmp_path / "ckpt"
+    write_folder(target, lambda tmp: (tmp / "a.json").write_text("1"))
+    write_folder(target, lambda tmp: (tmp / "b.json").write_text("2"))
+    assert [p.name for p in target.iterdir()] == ["b.json"] and interrupted_folder(target) is None
+    with pytest.raises(FileExistsError, match="ckpt exists and is not empty; refusing to replace it with a folder"):
+        write_folder(target, lambda tmp: None, replace=False)
+    with pytest.raises(FileExistsError, match="exists and is not empty"):
+        write_folder(target, lambda tmp: None, replace=lambda folder: (folder / "a.json").is_file())
+    assert [p.name for p in target.iterdir()] == ["b.json"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="is a file, not a folder"):
+        write_folder(tmp_path / "file", lambda tmp: None)
+    (tmp_path / ".ckpt.new-mmdiff").mkdir()  # a half-written folder left by a crash: cleaned, never loaded
+    (tmp_path / ".ckpt.new-mmdiff" / "half.json").write_text("{")
+    write_folder(target, lambda tmp: (tmp / "c.json").write_text("3"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "file"]
+    assert [p.name for p in target.iterdir()] == ["c.json"]
+
+
+def test_corrupt_sampler_config_names_the_file(tmp_path):
+    from mmdiff import CoreConfig, DiffusionModel, ModelConfig, VocabLayout
+
+    model = DiffusionModel(ModelConfig(CoreConfig(VocabLayout.build(16), d_model=32, n_layers=1, n_heads=2)))
+    folder = model.save_pretrained(tmp_path / "ckpt")
+    (folder / "sampler_config.json").write_text('{"steps": 12')
+    with pytest.raises(ValueError, match=r"ckpt/sampler_config.json is not valid JSON .* corrupt or truncated"):
+        DiffusionModel.from_pretrained(folder)

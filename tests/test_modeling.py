@@ -4,8 +4,8 @@ and a tiny model trained inside the test that learns to reverse digit strings an
 from __future__ import annotations
 
 import json
+import logging
 import math
-import time
 
 import pytest
 import torch
@@ -157,6 +157,136 @@ def test_tokenizer_round_trip(tmp_path):
         make_model().decode([1, 2])
 
 
+def test_corrupt_tokenizer_names_the_file_and_the_fix(tmp_path):
+    folder = make_model().save_pretrained(tmp_path / "ckpt")
+    (folder / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "WordLe')
+    with pytest.raises(ValueError, match=r"ckpt/tokenizer.json is not valid JSON .* corrupt or truncated"):
+        DiffusionModel.from_pretrained(folder)
+    (folder / "tokenizer.json").write_text('{"version": "1.0"}')  # valid JSON, not a tokenizer
+    with pytest.raises(ValueError, match=r"ckpt/tokenizer.json could not be loaded as a tokenizer .*replace it"):
+        DiffusionModel.from_pretrained(folder)
+
+
+# ----------------------------------------------------------------------------------- the folder is saved whole
+def folder_bytes(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_interrupted_save_leaves_the_old_checkpoint_bit_for_bit(tmp_path, monkeypatch):
+    import mmdiff.modeling
+
+    old = make_model(seed=0)
+    folder = old.save_pretrained(tmp_path / "ckpt")
+    before = folder_bytes(folder)
+    new = make_model(seed=1)
+    new.sampler_config = SamplerConfig(gen_length=6, steps=3, block_length=6)
+
+    def crash(*args, **kwargs):  # config.json and sampler_config.json are written by now, the weights are not
+        raise OSError("disk full")
+
+    monkeypatch.setattr(mmdiff.modeling, "save_safetensors", crash)
+    with pytest.raises(OSError, match="disk full"):
+        new.save_pretrained(folder)
+    assert folder_bytes(folder) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # the half-written folder is gone
+    loaded = DiffusionModel.from_pretrained(folder)
+    assert loaded.sampler_config == old.sampler_config
+    x = ids()
+    assert torch.equal(loaded(x).logits, old.eval()(x).logits)
+    monkeypatch.undo()
+    assert not torch.equal(new.eval()(x).logits, old(x).logits)
+    new.save_pretrained(folder)
+    assert torch.equal(DiffusionModel.from_pretrained(folder)(x).logits, new(x).logits)
+
+
+def test_crash_between_the_renames_keeps_the_old_folder_and_the_next_save_recovers(tmp_path, monkeypatch):
+    import mmdiff.io
+
+    old = make_model(seed=0)
+    folder = old.save_pretrained(tmp_path / "ckpt")
+    before = folder_bytes(folder)
+    real_rename, calls = mmdiff.io.os.rename, []
+
+    def rename(src, dst):  # the old folder goes aside, then the machine dies before the new one is renamed in
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_rename(src, dst)
+
+    monkeypatch.setattr(mmdiff.io.os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        make_model(seed=1).save_pretrained(folder)
+    monkeypatch.undo()
+    aside = tmp_path / ".ckpt.old-mmdiff"
+    assert not folder.exists() and folder_bytes(aside) == before  # the old checkpoint, complete
+    with pytest.raises(FileNotFoundError, match=r"interrupted save set the previous checkpoint aside as .*old-mmdiff"):
+        DiffusionModel.from_pretrained(folder)
+    assert torch.equal(DiffusionModel.from_pretrained(aside)(ids()).logits, old.eval()(ids()).logits)
+    newer = make_model(seed=2)
+    newer.save_pretrained(folder)  # puts the old one back, then replaces it; no leftover
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    assert torch.equal(DiffusionModel.from_pretrained(folder)(ids()).logits, newer.eval()(ids()).logits)
+
+
+def test_saving_over_another_entry_removes_its_stale_files_and_says_so(tmp_path, caplog):
+    folder = tmp_path / "entry"
+    folder.mkdir()
+    for name, text in [("config.json", "{}"), ("card.yaml", "name: other\n"), ("tokenizer.json", "{}"),
+                       ("tokenizer_config.json", "{}"), ("README.md", "# other entry\n")]:
+        (folder / name).write_text(text)
+    with caplog.at_level(logging.WARNING, logger="mmdiff.io"):
+        make_model().save_pretrained(folder)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md", "config.json", "model.safetensors", "sampler_config.json"
+    ]
+    replaced = [r.getMessage() for r in caplog.records if "replaced" in r.getMessage()]
+    assert len(replaced) == 1 and str(folder) in replaced[0]
+    assert DiffusionModel.from_pretrained(folder).tokenizer is None
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mmdiff.io"):
+        make_model().save_pretrained(tmp_path / "fresh")
+    assert not caplog.records  # a new folder is no news
+
+
+def test_save_refuses_a_folder_that_is_not_a_checkpoint(tmp_path):
+    home = tmp_path / "home"
+    (home / "src").mkdir(parents=True)
+    (home / "setup.py").write_text("print('mine')\n")
+    (home / "config.json").write_text("{}")
+    with pytest.raises(FileExistsError, match=r"does not look like a checkpoint folder .*'setup.py', 'src'.*"
+                                              r"overwrite=True"):
+        make_model().save_pretrained(home)
+    assert sorted(p.name for p in home.iterdir()) == ["config.json", "setup.py", "src"]
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("x")
+    with pytest.raises(FileExistsError, match=r"it holds none of \['config.json'"):
+        make_model().save_pretrained(notes)
+    folder = make_model().save_pretrained(tmp_path / "ckpt")
+    with pytest.raises(FileExistsError, match="exists and is not empty; refusing to replace"):
+        make_model().save_pretrained(folder, overwrite=False)
+    make_model().save_pretrained(home, overwrite=True)  # told to: replaced whole
+    assert sorted(p.name for p in home.iterdir()) == [
+        "README.md", "config.json", "model.safetensors", "sampler_config.json"
+    ]
+    (tmp_path / "empty").mkdir()
+    make_model().save_pretrained(tmp_path / "empty")  # an empty folder is fine
+
+
+def test_generated_model_card(tmp_path):
+    model = make_model()
+    folder = model.save_pretrained(tmp_path / "ckpt")
+    card = (folder / "README.md").read_text()
+    n = sum(p.numel() for p in model.parameters())
+    assert card.startswith("# unit\n")
+    assert "| task | text |" in card and f"| parameters | {n:,} |" in card
+    assert "d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64" in card
+    assert "34 ids: text [0, 30); special mask=30, eos=31, pad=32, bos=33" in card
+    assert "gen_length=8, steps=8, block_length=4" in card.replace("'", "")
+    assert 'DiffusionModel.from_pretrained("<this folder>")' in card
+    assert (model.save_pretrained(tmp_path / "given", card="# mine\n") / "README.md").read_text() == "# mine\n"
+
+
 # ------------------------------------------------------------------------------------- a model that learns a task
 def reverse_data(n_digits: int = 4, held_out: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
     """Every n-digit string, split at random into training prompts and held-out prompts."""
@@ -170,7 +300,6 @@ def test_tiny_model_learns_to_reverse():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: one thread is faster and deterministic
     try:
-        start = time.time()
         torch.manual_seed(0)
         layout = VocabLayout.build(text_size=10)
         config = ModelConfig(CoreConfig(vocab=layout, d_model=64, n_layers=2, n_heads=4, max_seq_len=16))
@@ -191,13 +320,16 @@ def test_tiny_model_learns_to_reverse():
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
+        calls = []
+        hook = model.core.register_forward_hook(lambda *_: calls.append(1))
         answers = model.generate(held)[:, 4:]  # one token per step, greedy
+        hook.remove()
+        assert len(calls) == 4  # one forward pass per step, no more
         token_acc = (answers == held.flip(1)).float().mean().item()
         exact = (answers == held.flip(1)).all(1).float().mean().item()
         assert token_acc > 0.95, token_acc  # chance: 0.1
         assert exact > 0.9, exact  # chance: 1e-4
         assert loss.item() < 0.1
-        assert time.time() - start < 120  # loose: the machine is shared
     finally:
         torch.set_num_threads(threads)
 

@@ -328,6 +328,7 @@ def test_bad_input_names_the_fix(model, tiny_tokenizer):
                                                                                        n_heads=2))))
 
 
+@pytest.mark.slow  # over a minute on 2 shared cores; `make test-all` runs it
 def test_tiny_t2i_trained_here_draws_digits_the_classifier_recognises():
     """A VQ tokenizer and a tiny T2I core trained inside the test on captioned MNIST train-pool digits: the shipped
     digit classifier recognises the requested digit in generated images far above chance (0.1)."""

@@ -204,6 +204,7 @@ def test_pil_images_of_any_mode_are_answered_like_the_array(model, source):
     assert pipe(pil.convert("RGBA"), question) == pipe(grid, question) == pipe(pil.convert("P"), question)
 
 
+@pytest.mark.slow  # about a minute on 2 shared cores; `make test-all` runs it
 def test_tiny_vlm_learns_which_digit_is_where():
     """A tiny VLM trained inside the test (its tower first pre-trained to name train-pool digits, as a VLM starts
     from a pretrained image encoder; then projector and core on position questions, tower frozen) answers far

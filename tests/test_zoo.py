@@ -333,7 +333,7 @@ def test_shipped_entries_are_consistent(name):
 def _copy_project(dst: Path) -> Path:
     ignore = shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__", "runs", ".pytest_cache")
     dst.mkdir(parents=True)
-    for item in ["pyproject.toml", "README.md", "mmdiff", "zoo"]:
+    for item in ["pyproject.toml", "README.md", "LICENSE", "mmdiff", "zoo", "configs"]:
         src = REPO / item
         if src.is_dir():
             shutil.copytree(src, dst / item, ignore=ignore)

@@ -16,6 +16,7 @@ from mmdiff.train.config import (
     TrainSection,
     load_train_config,
     parse_overrides,
+    resolve_recipe,
 )
 from mmdiff.train.loop import (
     METRICS_FILE,
@@ -37,6 +38,7 @@ __all__ = [
     "TrainSection",
     "ConfigError",
     "load_train_config",
+    "resolve_recipe",
     "parse_overrides",
     "train",
     "Trainer",

@@ -42,6 +42,8 @@ __all__ = [
     "TrainSection",
     "ConfigError",
     "load_train_config",
+    "resolve_recipe",
+    "shipped_recipes",
     "parse_overrides",
     "apply_cli_overrides",
     "CORE_FROM_DATA",
@@ -356,6 +358,51 @@ def apply_cli_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainC
         raise ConfigError(f"{err} (after overrides {list(overrides)})") from err
 
 
+def shipped_recipes() -> Path | None:
+    """The folder of the recipes shipped with mmdiff: the installed package's `mmdiff.configs` (the repository's
+    `configs/` as package data), else the `configs/` folder beside the package in a source checkout."""
+    import importlib.resources
+
+    try:
+        root = importlib.resources.files("mmdiff.configs")
+        if isinstance(root, Path) and root.is_dir():
+            return root
+    except ModuleNotFoundError:
+        pass
+    clone = Path(__file__).resolve().parents[2] / "configs"
+    return clone if clone.is_dir() else None
+
+
+def resolve_recipe(path: str | os.PathLike) -> Path:
+    """The recipe file `path` names: the file itself if it exists, else a shipped recipe, so the zoo cards'
+    `mmdiff train configs/...yaml` commands work after `pip install mmdiff` too.
+
+    A shipped recipe is found by its path under `configs/` (with or without the leading `configs/` and `.yaml`)
+    or by its bare name when that is unique.
+
+    >>> resolve_recipe("configs/toy/copy-tiny.yaml").parts[-2:]
+    ('toy', 'copy-tiny.yaml')
+    >>> resolve_recipe("copy-tiny") == resolve_recipe("toy/copy-tiny")
+    True
+    """
+    given = Path(path)
+    if given.is_file():
+        return given
+    root = shipped_recipes()
+    if root is not None and not given.is_absolute():
+        rel = Path(*given.parts[1:]) if given.parts[:1] == ("configs",) else given
+        candidates = [root / rel, root / rel.with_name(rel.name + ".yaml")]
+        if len(rel.parts) == 1:
+            candidates += sorted(root.glob(f"*/{rel.stem}.yaml"))
+        found = list(dict.fromkeys(p for p in candidates if p.is_file()))
+        if len(found) == 1 or (found and found[0] in candidates[:2]):
+            return found[0]
+    names = sorted(str(p.relative_to(root).with_suffix("")) for p in root.glob("*/*.yaml")) if root else []
+    raise FileNotFoundError(f"training recipe {given} not found, neither as a file nor among the shipped recipes "
+                            f"(configs/: {', '.join(names) or 'none found'}); give a YAML file or a shipped name, "
+                            "e.g. configs/toy/copy-tiny.yaml")
+
+
 def load_train_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> TrainConfig:
     """Reads a YAML recipe, applies command-line overrides and returns the typed, validated config.
 
@@ -369,9 +416,7 @@ def load_train_config(path: str | os.PathLike, overrides: Sequence[str] = ()) ->
 
     >>> # cfg = load_train_config("configs/toy/copy-tiny.yaml", ["--train.steps=20"])
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe {path} not found; recipes live under configs/ (e.g. configs/toy/*.yaml)")
+    path = resolve_recipe(path)
     data = _apply(_load_yaml_mapping(path.read_text(), str(path)), overrides)
     suffix = f" (after overrides {list(overrides)})" if overrides else ""
     try:
