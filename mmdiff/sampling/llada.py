@@ -241,7 +241,7 @@ class LLaDASampler(Sampler):
                 nfe += 1
                 logits = run.filters(logits, x, lo, hi)
                 x0, conf = self._choose(logits, run.no_confidence_for, step / max_steps, generator)  # (B, K or n)
-                commit = self._commit(conf, still_masked, counts[:, step])
+                commit = self._commit(conf, still_masked, counts, step)
                 if order is not None:  # back to the block's columns
                     commit = torch.zeros_like(open_[:, lo:hi]).scatter(1, order, commit)
                     x0 = x[:, lo:hi].scatter(1, order, x0)
@@ -274,14 +274,15 @@ class LLaDASampler(Sampler):
             conf = torch.log(conf.clamp(min=1e-300)) + anneal * -torch.log(-torch.log(u.clamp(min=1e-300)))
         return x0, conf
 
-    def _commit(self, conf: Tensor, still_masked: Tensor, k: Tensor) -> Tensor:
-        """Bool (B, K): the still-masked positions this step commits (threshold, factor, or the step's count k)."""
+    def _commit(self, conf: Tensor, still_masked: Tensor, counts: Tensor, step: int) -> Tensor:
+        """Bool (B, K): the still-masked positions this step commits (threshold, factor, or the step's count of
+        `counts` (B, S))."""
         o = self.options
         if o.threshold is not None:
             return threshold_commits(conf, still_masked, o.threshold)
         if o.factor is not None:
             return factor_commits(conf, still_masked, o.factor)
-        return commit_mask(conf.masked_fill(~still_masked, -math.inf), k) & still_masked
+        return commit_mask(conf.masked_fill(~still_masked, -math.inf), counts[:, step]) & still_masked
 
     def _remask(self, run: _Run, logits: Tensor, commit: Tensor, still_masked: Tensor, next_count: Tensor, lo: int,
                 hi: int, mask_id: int) -> None:
