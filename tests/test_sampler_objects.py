@@ -18,7 +18,6 @@ from mmdiff.sampling import (
     LLaDASampler,
     ReferenceSampler,
     Sampler,
-    SamplerOutput,
     llada_generate,
 )
 from mmdiff.sampling.schedule import commit_counts
