@@ -14,7 +14,7 @@ from mmdiff.core import CoreConfig, CoreOutput, MaskedDiffusionTransformer, buil
 from mmdiff.diffusion import LossOutput, Schedule, diffusion_loss, forward_process, get_schedule
 from mmdiff.modeling import DiffusionModel, ModelConfig, SamplerConfig
 from mmdiff.registry import ADAPTERS, ARCHITECTURES, HEADS, SAMPLERS, SCHEDULES, TASKS, Registry
-from mmdiff.sampling import llada_generate
+from mmdiff.sampling import DreamSampler, LLaDASampler, Sampler, llada_generate
 from mmdiff.tasks import pipeline
 from mmdiff.vocab import VocabLayout
 from mmdiff.zoo import create_model, list_models, model_info, register_model
@@ -43,6 +43,9 @@ __all__ = [
     "SCHEDULES",
     "TASKS",
     "llada_generate",
+    "Sampler",
+    "LLaDASampler",
+    "DreamSampler",
     "pipeline",
     "VocabLayout",
     "create_model",

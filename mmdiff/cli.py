@@ -81,12 +81,9 @@ def _seeded_generator(seed: int | None, device: Any) -> Any:
 
 
 def _sampler_accepts(model: Any, name: str, overrides: dict[str, Any]) -> bool:
-    import inspect
-
     from mmdiff.registry import SAMPLERS
 
-    sampler = SAMPLERS.get(overrides.get("sampler", model.sampler_config.sampler))
-    return name in inspect.signature(sampler).parameters
+    return SAMPLERS.get(overrides.get("sampler", model.sampler_config.sampler)).accepts(name)
 
 
 def _jsonable(value: Any) -> Any:

@@ -34,7 +34,6 @@ lm-eval's command line through it:
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
@@ -426,7 +425,8 @@ class MMDiffLM(LM):
             options["temperature"] = 0.0
         defaults = self.model.sampler_config
         name = options.pop("sampler", defaults.sampler)
-        params = inspect.signature(SAMPLERS.get(name)).parameters
+        sampler_cls = SAMPLERS.get(name)
+        params = (*sampler_cls.option_names(), *sampler_cls.inputs, "generator", "return_history")
         accepted = [k for k in params if k not in _SET_BY_GENERATE]
         unknown = [k for k in options if k not in accepted]
         if unknown:
@@ -454,7 +454,7 @@ class MMDiffLM(LM):
         ids, attention = left_pad(rows, self._pad_id)  # (B, P), (B, P)
         device = self.model.device
         extra = {}
-        if "generator" in inspect.signature(SAMPLERS.get(options["sampler"])).parameters:
+        if SAMPLERS.get(options["sampler"]).accepts("generator"):
             extra["generator"] = torch.Generator(device=device).manual_seed(self.seed)
         mask = attention.to(device) if not bool(attention.all()) else None
         out = self.model.generate(ids.to(device), mask, **options, **extra)  # (B, P + gen_length)

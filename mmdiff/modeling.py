@@ -7,7 +7,6 @@ A checkpoint folder holds `config.json` (core + vocabulary layout + task), `mode
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -34,6 +33,8 @@ from mmdiff.io import (
     write_folder,
 )
 from mmdiff.registry import ARCHITECTURES, CONVERTERS, SAMPLERS
+from mmdiff.sampling.base import Sampler, unknown_option_error
+from mmdiff.sampling.output import SamplerOutput
 from mmdiff.vocab import VocabLayout
 
 __all__ = ["DiffusionModel", "ModelConfig", "SamplerConfig", "CONFIG_NAME", "WEIGHTS_NAME", "SAMPLER_CONFIG_NAME",
@@ -126,6 +127,30 @@ class SamplerConfig:
         """The flat keyword defaults: the named fields, then `options`."""
         named = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "options"}
         return {**named, **self.options}
+
+    def build(self, **overrides: Any) -> Sampler:
+        """The sampler these defaults describe (fields its options do not have are dropped), with `overrides`.
+
+        >>> SamplerConfig(sampler="dream", steps=8, gen_length=8).build().options.steps
+        8
+        """
+        cls = SAMPLERS.get(self.sampler)
+        defaults = {k: v for k, v in self.defaults().items() if k in cls.option_names()}
+        return cls(**{**defaults, **overrides})
+
+    @classmethod
+    def from_sampler(cls, sampler: Sampler) -> SamplerConfig:
+        """The `sampler_config.json` content of a sampler object: its options, the shared ones as named fields.
+
+        >>> from mmdiff.sampling import LLaDASampler
+        >>> SamplerConfig.from_sampler(LLaDASampler(steps=8, threshold=0.9)).options
+        {'threshold': 0.9}
+        """
+        options = sampler.options.to_dict()
+        named = {f.name: options.pop(f.name) for f in fields(cls) if f.name in options}
+        base = sampler.Options()
+        extra = {k: v for k, v in options.items() if v != getattr(base, k)}
+        return cls(sampler=sampler.name, **named, options=extra)
 
 
 class DiffusionModel(nn.Module):
@@ -260,52 +285,91 @@ class DiffusionModel(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ sampling
     @torch.no_grad()
-    def generate(self, input_ids: Tensor | Canvas, attention_mask: Tensor | None = None, **overrides: Any) -> Tensor:
-        """Samples answers after `input_ids` (B, P) with the checkpoint's sampler defaults, overridden by keywords.
+    def generate(self, input_ids: Tensor | Canvas | Sequence[int] | Sequence[Sequence[int]],
+                 attention_mask: Tensor | None = None, *, sampler: Sampler | str | None = None,
+                 batch_size: int = 64, progress: bool = True, **overrides: Any) -> Tensor | SamplerOutput:
+        """Samples answers after `input_ids` (B, P) with a sampler: a `Sampler` object, a name in
+        `mmdiff.registry.SAMPLERS` (its options: the checkpoint's `sampler_config` defaults, overridden by keywords),
+        or None (the checkpoint's sampler). A keyword that is neither an option nor a per-call input of the sampler
+        is an error naming the ones it takes.
 
-        The sampler is `SAMPLERS.get(sampler)`, called as `sampler(core, input_ids, attention_mask, mask_id=...,
-        **options)`; a keyword it does not take is an error naming the ones it does. A `Canvas` (a prompt built by a
-        task: soft tokens, raw signals for the adapters, an attention kind) can stand for `input_ids`: its ids and
-        padding mask are the prompt and the sampler runs a `CanvasCore` that places its soft tokens and applies its
-        attention kind at every forward pass.
+        A `Canvas` (a prompt built by a task: soft tokens, raw signals for the adapters, an attention kind) can stand
+        for `input_ids`: its ids and padding mask are the prompt and the sampler runs a `CanvasCore` that places its
+        soft tokens and applies its attention kind at every forward pass. A list of equal-length id lists (or one
+        list: one row) is turned into a tensor.
+
+        When `gen_length` is given and the checkpoint's `block_length` / `steps` (not given) do not fit it, they are
+        derived: the largest block <= the default block that divides gen_length, steps scaled with gen_length to a
+        multiple of the block count. Batches of more than `batch_size` rows run in chunks of `batch_size` (a progress
+        bar unless `progress=False`); with `return_history=True` the chunks' outputs are concatenated and `nfe` is
+        the forward passes of all chunks together.
 
         Returns:
-            (B, P + gen_length): prompt then answer, on the model's device (inputs are moved there).
+            (B, P + gen_length): prompt then answer, on the model's device (inputs are moved there), or a
+            `SamplerOutput` with `return_history=True`.
+
+        >>> # model.generate(ids, mask, sampler="llada", steps=64, threshold=0.9)
+        >>> # model.generate(ids, mask, sampler=LLaDASampler(steps=64, gen_length=64, block_length=32))
         """
-        options = {**self.sampler_config.defaults(), **overrides}
-        name = options.pop("sampler")
-        sampler = SAMPLERS.get(name)
-        params = inspect.signature(sampler).parameters
-        special = {"mask_id": self.vocab.mask_id, "eos_id": self.vocab.eos_id, "eot_id": self.vocab.get_id("eot")}
-        reserved = ("core", "input_ids", "attention_mask", *special)
-        clash = [k for k in overrides if k in reserved]
-        if clash:
-            raise TypeError(f"generate() sets {clash} itself; pass input_ids and attention_mask positionally")
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        accepted = [k for k, p in params.items() if k not in reserved and p.kind is not inspect.Parameter.VAR_KEYWORD]
-        unknown = [k for k in overrides if k not in accepted and k != "sampler"]
-        if unknown and not takes_any:
-            raise TypeError(f"sampler {name!r} does not take {unknown}; it accepts: {', '.join(accepted)}")
-        # checkpoint defaults the sampler does not take are dropped; explicit overrides always reach a **kwargs sampler
-        options = {k: v for k, v in options.items() if k in accepted or (k in overrides and takes_any)}
+        sampler, inputs = self._resolve_sampler(sampler, overrides)
         # inputs follow the model: a CPU prompt works with a model on the GPU (the output is on the model's device)
         device = self.device
-        input_ids = input_ids.to(device)
+        if not isinstance(input_ids, Canvas):
+            input_ids = _as_id_tensor(input_ids).to(device)
         attention_mask = attention_mask.to(device) if attention_mask is not None else None
-        options = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in options.items()}
+        inputs = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in inputs.items()}
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         was_training = self.training
         self.eval()
         try:
-            core: nn.Module = self.core
-            if isinstance(input_ids, Canvas):
-                if attention_mask is not None:
-                    raise TypeError("a Canvas carries its own attention mask; do not pass attention_mask with it")
-                canvas = self.embed_signals(input_ids)
-                core, input_ids, attention_mask = CanvasCore(self.core, canvas), canvas.ids, canvas.attention_mask
-            given = {k: v for k, v in special.items() if k == "mask_id" or k in params}
-            return sampler(core, input_ids, attention_mask, **given, **options)
+            rows = input_ids.ids.shape[0] if isinstance(input_ids, Canvas) else input_ids.shape[0]
+            if rows <= batch_size:
+                return self._sample(sampler, input_ids, attention_mask, inputs)
+            from tqdm import tqdm
+
+            outs = [self._sample(sampler, *_rows((input_ids, attention_mask, inputs), rows, lo, lo + batch_size))
+                    for lo in tqdm(range(0, rows, batch_size), desc="mmdiff generate", disable=not progress)]
+            return _concat_outputs(outs)
         finally:
             self.train(was_training)
+
+    def _sample(self, sampler: Sampler, input_ids: Tensor | Canvas, attention_mask: Tensor | None,
+                inputs: dict[str, Any]) -> Tensor | SamplerOutput:
+        """One batch through `sampler` (a Canvas becomes a `CanvasCore` and its ids)."""
+        core: nn.Module = self.core
+        if isinstance(input_ids, Canvas):
+            if attention_mask is not None:
+                raise TypeError("a Canvas carries its own attention mask; do not pass attention_mask with it")
+            canvas = self.embed_signals(input_ids)
+            core, input_ids, attention_mask = CanvasCore(self.core, canvas), canvas.ids, canvas.attention_mask
+        return sampler(core, input_ids, attention_mask, mask_id=self.vocab.mask_id, eos_id=self.vocab.eos_id,
+                       eot_id=self.vocab.get_id("eot"), **inputs)
+
+    def _resolve_sampler(self, sampler: Sampler | str | None,
+                         overrides: dict[str, Any]) -> tuple[Sampler, dict[str, Any]]:
+        """(the sampler object, its per-call inputs) from `generate`'s `sampler` and keywords."""
+        clash = [k for k in overrides if k in ("core", "input_ids", "mask_id", "eos_id", "eot_id")]
+        if clash:
+            raise TypeError(f"generate() sets {clash} itself; pass input_ids and attention_mask positionally")
+        if isinstance(sampler, Sampler):
+            cls, defaults = type(sampler), {}
+        else:
+            name = sampler if sampler is not None else self.sampler_config.sampler
+            cls = SAMPLERS.get(name)
+            if not (isinstance(cls, type) and issubclass(cls, Sampler)):
+                raise TypeError(f"sampler {name!r} is registered as a {type(cls).__name__}; register a subclass of "
+                                "mmdiff.sampling.Sampler (a name, an options dataclass and a call)")
+            # checkpoint defaults the sampler does not take are dropped (a text default never reaches another sampler)
+            defaults = {k: v for k, v in self.sampler_config.defaults().items() if k in cls.option_names()}
+        unknown = [k for k in overrides if not cls.accepts(k)]
+        if unknown:
+            raise unknown_option_error(cls.name, unknown, cls.option_names() + cls.inputs)
+        options = {k: v for k, v in overrides.items() if k in cls.option_names()}
+        inputs = {k: v for k, v in overrides.items() if k not in options}
+        if isinstance(sampler, Sampler):
+            return (sampler.replace(**options) if options else sampler), inputs
+        return cls(**_fit_to_length({**defaults, **options}, defaults, options)), inputs
 
     # ---------------------------------------------------------------------------------------------- text helpers
     def encode(self, text: str | list[str]) -> list[list[int]]:
@@ -462,6 +526,80 @@ def _looks_like_checkpoint(folder: Path) -> bool:
     found = f"it holds {others[:5]}" if others else f"it holds none of {list(CHECKPOINT_MARKERS)}"
     raise FileExistsError(f"{folder} does not look like a checkpoint folder ({found}); refusing to replace it. "
                           "Save into a new or empty folder, or pass overwrite=True to replace it whole")
+
+
+def _fit_to_length(options: dict[str, Any], defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """Options whose `block_length` / `steps` came from the checkpoint's defaults, derived again when `gen_length`
+    is given and they do not fit it: the largest block <= the default that divides gen_length, and steps scaled by
+    gen_length / default gen_length to a multiple of the block count (explicitly given ones are left alone).
+
+    >>> _fit_to_length({"gen_length": 96, "steps": 128, "block_length": 128},
+    ...                {"gen_length": 128, "steps": 128, "block_length": 128}, {"gen_length": 96})
+    {'gen_length': 96, 'steps': 96, 'block_length': 96}
+    """
+    G = options.get("gen_length")
+    if "gen_length" not in given or not isinstance(G, int) or G < 1 or options.get("infill"):
+        return options
+    block, steps = options.get("block_length"), options.get("steps")
+    adapted = dict(options)
+    if "block_length" not in given and isinstance(block, int) and block >= 1 and G % block:
+        block = min(block, G)
+        while G % block:
+            block -= 1
+        adapted["block_length"] = block
+    n_blocks = G // adapted["block_length"] if isinstance(adapted.get("block_length"), int) else 1
+    if "steps" not in given and isinstance(steps, int) and (adapted != options or steps % n_blocks):
+        scaled = steps * G / defaults["gen_length"] if defaults.get("gen_length") else steps
+        adapted["steps"] = max(n_blocks, round(scaled / n_blocks) * n_blocks)
+    return adapted
+
+
+def _as_id_tensor(input_ids: Any) -> Tensor:
+    """`generate`'s ids as a (B, P) long tensor: a tensor of integers as it is, a list of equal-length id lists or one
+    list of ids (one row) converted; float tensors and ragged lists are errors naming the fix."""
+    if isinstance(input_ids, Tensor):
+        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+            raise TypeError(f"input_ids must hold integer token ids, got a {input_ids.dtype} tensor; pass "
+                            "ids.long() if they are ids")
+        return input_ids
+    if not isinstance(input_ids, Sequence) or isinstance(input_ids, (str, bytes)):
+        raise TypeError(f"input_ids must be a (batch, prompt_length) tensor of token ids, a list of id lists or a "
+                        f"Canvas, got {type(input_ids).__name__}; encode text with model.encode first")
+    rows = [input_ids] if len(input_ids) == 0 or not isinstance(input_ids[0], (Sequence, Tensor)) else input_ids
+    rows = [r.tolist() if isinstance(r, Tensor) else list(r) for r in rows]
+    if any(isinstance(i, (bool, float)) or not isinstance(i, int) for r in rows for i in r):
+        raise TypeError("input_ids lists must hold integer token ids")
+    lengths = sorted({len(r) for r in rows})
+    if len(lengths) > 1:
+        raise ValueError(f"input_ids rows have different lengths {lengths}; left-pad them to one length with "
+                         "mmdiff.tasks.left_pad (which also gives the attention_mask)")
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def _rows(batch: tuple[Tensor | Canvas, Tensor | None, dict[str, Any]], n: int, lo: int,
+          hi: int) -> tuple[Tensor | Canvas, Tensor | None, dict[str, Any]]:
+    """Rows [lo, hi) of `generate`'s (ids or Canvas, attention mask, per-call inputs): every tensor whose first
+    dimension is the batch is sliced (a Canvas's fields, its signals included)."""
+
+    def cut(value: Any) -> Any:
+        if isinstance(value, Tensor) and value.dim() and value.shape[0] == n:
+            return value[lo:hi]
+        if isinstance(value, dict):
+            return {k: cut(v) for k, v in value.items()}
+        if isinstance(value, Canvas):
+            return replace(value, **{f.name: cut(getattr(value, f.name)) for f in fields(value)})
+        return value
+
+    ids, mask, inputs = batch
+    return cut(ids), cut(mask), cut(inputs)
+
+
+def _concat_outputs(outs: list[Tensor | SamplerOutput]) -> Tensor | SamplerOutput:
+    """The chunks' outputs as one: sequences (and commit steps) concatenated by rows, NFE summed."""
+    if isinstance(outs[0], SamplerOutput):
+        return SamplerOutput(sequences=torch.cat([o.sequences for o in outs]),
+                             commit_step=torch.cat([o.commit_step for o in outs]), nfe=sum(o.nfe for o in outs))
+    return torch.cat(outs)
 
 
 def _is_one_text(x: Any) -> bool:

@@ -685,8 +685,7 @@ def test_card_params_specials_presets_and_readme(name):
     """The card: hub repo and converter, the published special ids (and the image placeholder), presets the llada
     sampler takes, params = the converted model's weight count at the official shapes (8.0B LLaDA + 397.7M SigLIP
     without its last layer + 21.5M projector + 4096 newline), README generated from card + config."""
-    import inspect
-
+    
     from mmdiff.convert.base import _skip_init
     from mmdiff.modeling import DiffusionModel
     from mmdiff.registry import SAMPLERS
@@ -705,7 +704,7 @@ def test_card_params_specials_presets_and_readme(name):
     tower = 678_528 + 839_808 + 26 * 15_239_504  # embeddings + 26 layers of so400m
     assert counted == card.params == 8_015_581_184 + tower + 21_504_000 + 4096 == 8_434_834_720
     assert (card.folder / "README.md").read_text() == write_card_readme(card, config)
-    params = inspect.signature(SAMPLERS.get("llada")).parameters
+    params = SAMPLERS.get("llada").option_names()
     for preset in card.sampler.values():
         assert preset["sampler"] == "llada" and set(preset) - {"sampler"} <= set(params)
     assert card.sampler["default"]["gen_length"] == converter.answer_length

@@ -322,7 +322,7 @@ def test_tiny_model_learns_to_reverse():
             sched.step()
         calls = []
         hook = model.core.register_forward_hook(lambda *_: calls.append(1))
-        answers = model.generate(held)[:, 4:]  # one token per step, greedy
+        answers = model.generate(held, batch_size=len(held))[:, 4:]  # one chunk; one token per step, greedy
         hook.remove()
         assert len(calls) == 4  # one forward pass per step, no more
         token_acc = (answers == held.flip(1)).float().mean().item()

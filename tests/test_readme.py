@@ -35,7 +35,6 @@ COMMANDS = mmdiff_commands(README)
 
 # What some commands need besides the README's own words (matched on the start of the command).
 NEEDS_HUB_AND_GPU = "mmdiff generate llada-8b-instruct"  # an 8B hub checkpoint, bf16 on CUDA
-BLOCK_LENGTH_BUG = 'mmdiff generate shakespeare-tiny --prompt "ROMEO. " --gen-length 96'
 SLOW = ("mmdiff eval running-sums-small --arg",)  # the whole validation set at 4 sums per step: over a minute
 
 
@@ -45,9 +44,6 @@ def _marks(command: str) -> list[pytest.MarkDecorator]:
         marks += [pytest.mark.hub, pytest.mark.cuda]
     if command.startswith(SLOW):
         marks.append(pytest.mark.slow)
-    if command.startswith(BLOCK_LENGTH_BUG):
-        marks.append(pytest.mark.xfail(strict=True, reason="the entry's block length (128) stays above "
-                                       "--gen-length 96; the sampler is to clamp or derive it (issue 15)"))
     return marks
 
 

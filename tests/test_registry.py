@@ -4,6 +4,7 @@ that mmdiff's own APIs (get_schedule, diffusion_loss, DiffusionModel.generate) t
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from mmdiff import Canvas, CoreConfig, DiffusionModel, ModelConfig, VocabLayout, diffusion_loss, get_schedule
 from mmdiff.diffusion.schedules import Schedule
 from mmdiff.registry import SAMPLERS, SCHEDULES, Registry, natural_key
+from mmdiff.sampling import Sampler, SamplerOptions
 
 
 @pytest.fixture
@@ -93,24 +95,33 @@ class ConstantSchedule(Schedule):
         return torch.full_like(t, 2.0)
 
 
-def fill_sampler(core, input_ids, attention_mask=None, *, mask_id: int, gen_length: int = 4, fill: int = 1):
+@dataclass(frozen=True)
+class FillOptions(SamplerOptions):
+    gen_length: int = 4
+    fill: int = 1
+
+
+class FillSampler(Sampler):
     """A third-party sampler: appends `fill` gen_length times."""
-    answer = torch.full((input_ids.shape[0], gen_length), fill, dtype=input_ids.dtype)
-    return torch.cat([input_ids, answer], dim=1)
+
+    name, Options = "test-fill", FillOptions
+
+    def _sample(self, core, input_ids, attention_mask, *, mask_id, **call):
+        answer = torch.full((input_ids.shape[0], self.options.gen_length), self.options.fill, dtype=input_ids.dtype)
+        return torch.cat([input_ids, answer], dim=1)
 
 
-def kwargs_sampler(core, input_ids, attention_mask=None, *, mask_id: int, **options):
-    """Takes any option; appends the value of `fill` (default mask_id) gen_length times."""
-    n = options.get("gen_length", 1)
-    answer = torch.full((input_ids.shape[0], n), options.get("fill", mask_id), dtype=input_ids.dtype)
-    return torch.cat([input_ids, answer], dim=1)
+class InputSampler(FillSampler):
+    """Takes a per-call input (`anything`) besides its options."""
+
+    name, inputs = "test-kwargs", ("anything",)
 
 
 @pytest.fixture
 def third_party():
     SCHEDULES.add("test-constant", ConstantSchedule)
-    SAMPLERS.add("test-fill", fill_sampler)
-    SAMPLERS.add("test-kwargs", kwargs_sampler)
+    SAMPLERS.add("test-fill", FillSampler)
+    SAMPLERS.add("test-kwargs", InputSampler)
     yield
     SCHEDULES.remove("test-constant")
     SAMPLERS.remove("test-fill")

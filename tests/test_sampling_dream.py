@@ -16,7 +16,7 @@ from torch import nn
 
 from mmdiff import CoreConfig, MaskedDiffusionTransformer, VocabLayout
 from mmdiff.registry import SAMPLERS
-from mmdiff.sampling.dream import ALGORITHMS, dream_generate, sample_tokens, transfer_counts
+from mmdiff.sampling.dream import ALGORITHMS, DreamSampler, dream_generate, sample_tokens, transfer_counts
 from mmdiff.sampling.output import GIVEN, SamplerOutput
 
 LAYOUT = VocabLayout.build(text_size=20)  # mask 20, eos 21, pad 22, bos 23
@@ -79,8 +79,9 @@ def ref_sample_tokens(logits, temperature=0.0, top_p=None, top_k=None, margin_co
 
 @torch.no_grad()
 def reference_dream(unshifted, prompt, gen_length, steps, alg, attention_mask=None, temperature=0.0, top_p=None,
-                    top_k=None, alg_temp=None, eps=1e-3):
-    """Dream's `_sample` (random draws from the global generator). Like mmdiff it never samples the mask id."""
+                    top_k=None, alg_temp=None, eps=1e-3, mask_inf=False):
+    """Dream's `_sample` (random draws from the global generator); `mask_inf`: never sample the mask id (mmdiff's
+    `logits_mask_inf`, not Dream's behaviour)."""
     x = F.pad(prompt, (0, gen_length), value=MASK)
     mask4 = tok_idx = None
     if attention_mask is not None and torch.any(attention_mask == 0):
@@ -94,7 +95,8 @@ def reference_dream(unshifted, prompt, gen_length, steps, alg, attention_mask=No
         mask_index = x == MASK
         logits = unshifted(x, attention_mask=mask4, position_ids=tok_idx).logits
         logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-        logits[..., MASK] = -math.inf
+        if mask_inf:
+            logits[..., MASK] = -math.inf
         mask_logits = logits[mask_index]
         t, s = timesteps[i], timesteps[i + 1]
         if alg == "origin":
@@ -190,15 +192,17 @@ def test_left_padded_batch(cores, alg):
     shifted, unshifted = cores
     ids, mask, rows = left_padded([6, 3, 4])
     gen = torch.Generator().manual_seed(2)
-    got = dream_generate(shifted, ids, mask, mask_id=MASK, gen_length=8, steps=5, alg=alg, generator=gen)
-    assert torch.equal(got, ref_with_seed(2, unshifted, ids, 8, 5, alg, attention_mask=mask))
+    # with the mask id suppressed (this random core gives it real probability, see test_dream_parity_*)
+    got = dream_generate(shifted, ids, mask, mask_id=MASK, gen_length=8, steps=5, alg=alg, generator=gen,
+                         logits_mask_inf=True)
+    assert torch.equal(got, ref_with_seed(2, unshifted, ids, 8, 5, alg, attention_mask=mask, mask_inf=True))
     assert torch.equal(got[:, :6], ids) and not (got == MASK).any()
     assert torch.equal(dream_generate(shifted, ids, mask.long(), mask_id=MASK, gen_length=8, steps=5, alg=alg,
-                                      generator=torch.Generator().manual_seed(2)), got)
+                                      generator=torch.Generator().manual_seed(2), logits_mask_inf=True), got)
     if alg == "origin":
         return  # its random draws interleave the rows, so a row alone draws differently
     for i, r in enumerate(rows):  # every padded row decodes exactly like its prompt alone
-        alone = dream_generate(shifted, r[None], mask_id=MASK, gen_length=8, steps=5, alg=alg)
+        alone = dream_generate(shifted, r[None], mask_id=MASK, gen_length=8, steps=5, alg=alg, logits_mask_inf=True)
         assert torch.equal(got[i, 6:], alone[0, len(r) :]), i
 
 
@@ -282,10 +286,14 @@ def test_origin_commits_every_position_once_and_reports_nfe(core):
 def test_mask_id_is_never_produced(core, alg):
     wrapped = CountingCore(core, mask_bonus=30.0)  # the mask id is now every position's argmax
     out = dream_generate(wrapped, prompts(2, 4), mask_id=MASK, gen_length=6, steps=3, alg=alg, temperature=0.0,
-                         generator=torch.Generator().manual_seed(0))
+                         generator=torch.Generator().manual_seed(0), logits_mask_inf=True)
     assert (wrapped.argmax[0] == MASK).all()
     assert not (out == MASK).any()
     assert out.shape == (2, 10)
+    # Dream's default: the mask id is chosen and every position stays masked
+    out = dream_generate(wrapped, prompts(2, 4), mask_id=MASK, gen_length=6, steps=3, alg=alg, temperature=0.0,
+                         generator=torch.Generator().manual_seed(0))
+    assert (out[:, 4:] == MASK).all()
 
 
 def test_sampling_is_reproducible_and_seed_dependent(core):
@@ -293,7 +301,7 @@ def test_sampling_is_reproducible_and_seed_dependent(core):
 
     def run(seed: int, alg: str) -> torch.Tensor:
         return dream_generate(core, prompt, mask_id=MASK, gen_length=8, steps=4, alg=alg, temperature=1.0,
-                              alg_temp=0.3, generator=torch.Generator().manual_seed(seed))
+                              alg_temp=0.3, generator=torch.Generator().manual_seed(seed), logits_mask_inf=True)
 
     for alg in ALGORITHMS:
         a = run(0, alg)
@@ -302,7 +310,7 @@ def test_sampling_is_reproducible_and_seed_dependent(core):
 
 
 def test_registered():
-    assert SAMPLERS.get("dream") is dream_generate
+    assert SAMPLERS.get("dream") is DreamSampler
 
 
 # ---------------------------------------------------------------- infill and the batch-mean rule
@@ -313,8 +321,8 @@ def test_infill_equal_hole_counts_matches_reference(cores):
     canvas[1, [2, 5]] = MASK  # the same number of holes per row: Dream's batch mean is exact
     for alg in ALGORITHMS:
         got = dream_generate(shifted, canvas, mask_id=MASK, gen_length=5, steps=4, alg=alg, infill=True,
-                             generator=torch.Generator().manual_seed(3))
-        assert torch.equal(got, ref_with_seed(3, unshifted, canvas, 5, 4, alg)), alg
+                             generator=torch.Generator().manual_seed(3), logits_mask_inf=True)
+        assert torch.equal(got, ref_with_seed(3, unshifted, canvas, 5, 4, alg, mask_inf=True)), alg
         assert not (got == MASK).any()
         given = canvas != MASK
         assert torch.equal(got[:, :7][given], canvas[given])
@@ -396,3 +404,26 @@ def test_errors(core):
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
             gen(**kwargs)
+
+
+@pytest.mark.parametrize("alg", ["maskgit_plus", "entropy"])
+@pytest.mark.parametrize("B, rule", [(1, "per_row"), (2, "batch_mean")])
+def test_dream_parity_with_probable_mask_id(cores, alg, B, rule):
+    """Dream keeps the mask id in the softmax and may choose it (the position stays masked): the default reproduces
+    its loop exactly on a core whose mask probability is far from negligible; `logits_mask_inf` departs from it.
+    (Rows that choose the mask id a different number of times hold different mask counts: Dream's batch-mean count
+    is then `count_rule="batch_mean"`.)"""
+    shifted, unshifted = (CountingCore(c, mask_bonus=3.5) for c in cores)
+    prompt = prompts(B, 5)
+    with torch.no_grad():
+        first = unshifted(F.pad(prompt, (0, 8), value=MASK)).logits.softmax(-1)[:, 5:, MASK]  # (B, 8)
+    assert float(first.max()) > 0.2  # the mask id is a real contender
+    got = dream_generate(shifted, prompt, mask_id=MASK, gen_length=8, steps=4, alg=alg, return_history=True,
+                         count_rule=rule)
+    assert torch.equal(got.sequences, reference_dream(unshifted, prompt, 8, 4, alg))
+    assert bool((got.sequences == MASK).any())  # Dream leaves chosen mask ids masked
+    suppressed = dream_generate(shifted, prompt, mask_id=MASK, gen_length=8, steps=4, alg=alg, logits_mask_inf=True,
+                                count_rule=rule)
+    assert torch.equal(suppressed, reference_dream(unshifted, prompt, 8, 4, alg, mask_inf=True))
+    assert not (suppressed == MASK).any()
+    assert (got.commit_step[got.sequences == MASK] == GIVEN).all()  # never counted as committed

@@ -1,11 +1,23 @@
-"""Samplers, found by name in `mmdiff.registry.SAMPLERS`."""
+"""Samplers: objects with typed options (`mmdiff.sampling.base.Sampler`), found by name in
+`mmdiff.registry.SAMPLERS` ("llada", "dream", "llada-reference")."""
 
-from mmdiff.sampling.dream import dream_generate
-from mmdiff.sampling.llada import commit_mask, gumbel_argmax, llada_generate, tokens_per_step
+from mmdiff.sampling.base import Sampler, SamplerOptions
+from mmdiff.sampling.dream import DreamOptions, DreamSampler, dream_generate
+from mmdiff.sampling.llada import LLaDAOptions, LLaDASampler, llada_generate
 from mmdiff.sampling.output import GIVEN, SamplerOutput
-from mmdiff.sampling.reference import reference_generate
+from mmdiff.sampling.reference import ReferenceOptions, ReferenceSampler, reference_generate
+from mmdiff.sampling.schedule import tokens_per_step
+from mmdiff.sampling.selection import commit_mask, gumbel_argmax
 
 __all__ = [
+    "Sampler",
+    "SamplerOptions",
+    "LLaDASampler",
+    "LLaDAOptions",
+    "DreamSampler",
+    "DreamOptions",
+    "ReferenceSampler",
+    "ReferenceOptions",
     "llada_generate",
     "reference_generate",
     "dream_generate",

@@ -17,16 +17,18 @@ the logit at j as the prediction for token j and works unchanged for unshifted c
 
 Deliberate differences from the reference:
 
-1. The mask id is never sampled: its logit is set to -inf before temperature, top-p/top-k and softmax. Dream can
-   "commit" the mask id (leaving the position masked) and keeps its probability mass in the softmax, so the
-   confidences here are renormalised without it (a negligible change for a trained model, whose mask logit is tiny).
+1. (none by default) The mask id can be sampled and keeps its probability mass in the softmax, as in Dream: a
+   position whose sampled token is the mask id stays masked. `logits_mask_inf=True` sets its logit to -inf before
+   temperature, top-p/top-k and softmax instead (never commit it; confidences renormalised without it).
 2. Logits are computed only from the first column that holds a mask to the end of the canvas (Dream computes all of
    them): the same numbers, a smaller head.
 3. The number of tokens committed per step is counted per row (`count_rule="per_row"`, the default). Dream uses
    one count for the whole batch, int(mean masked count * (1 - s/t)) (`count_rule="batch_mean"` reproduces it).
    The two are identical whenever every row holds the same number of masks, which is always so for generation
    without infill holes: batch 1, equal-length batches and left-padded batches (each row has `gen_length` masks;
-   the padding is not masked). Dream's rule is wrong when the counts differ (rows with different numbers of infill
+   the padding is not masked), as long as no row chooses the mask id (which leaves the position masked; with a
+   mask probability that is not negligible rows then differ, and `batch_mean` reproduces Dream).
+   Dream's rule is wrong when the counts differ (rows with different numbers of infill
    holes, or a padding id equal to the mask id, which Dream counts and fills as masks): top-k then picks unmasked
    positions of the emptier rows (confidence -inf) and writes the mask id into them, re-masking prompt or committed
    tokens, and at the last step int(mean) can leave masks in the fuller rows.
@@ -49,87 +51,23 @@ Deliberate differences from the reference:
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmdiff.registry import SAMPLERS
+from mmdiff.sampling.base import Sampler, SamplerOptions
 from mmdiff.sampling.output import GIVEN, SamplerOutput
+from mmdiff.sampling.selection import sample_tokens, top_k_logits, top_p_logits
 
-__all__ = ["dream_generate", "sample_tokens", "top_p_logits", "top_k_logits", "transfer_counts", "ALGORITHMS"]
+__all__ = ["DreamSampler", "DreamOptions", "dream_generate", "sample_tokens", "top_p_logits", "top_k_logits",
+           "transfer_counts", "ALGORITHMS"]
 
 ALGORITHMS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 COUNT_RULES = ("per_row", "batch_mean")
-
-
-def top_p_logits(logits: Tensor, top_p: float) -> Tensor:
-    """Nucleus filter: keeps the most probable tokens until their cumulative probability exceeds `top_p` (the token
-    crossing it included); the others get the dtype's lowest finite value, as Dream does.
-
-    >>> top_p_logits(torch.tensor([[2.0, 1.0, 0.0]]), 0.5).tolist()[0][:2]
-    [2.0, -3.4028234663852886e+38]
-    """
-    sorted_logits, order = torch.sort(logits, descending=True)  # (..., V)
-    cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-    drop_sorted = cumulative > top_p
-    drop_sorted[..., 1:] = drop_sorted[..., :-1].clone()  # shift right: keep the token that crosses top_p
-    drop_sorted[..., 0] = False
-    drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)  # back to vocabulary order
-    return logits.masked_fill(drop, torch.finfo(logits.dtype).min)
-
-
-def top_k_logits(logits: Tensor, top_k: int) -> Tensor:
-    """Keeps the `top_k` largest logits (and ties with the k-th); the others get the dtype's lowest finite value.
-
-    >>> top_k_logits(torch.tensor([[2.0, 1.0, 0.0]]), 2)[0, 2].item() < -1e38
-    True
-    """
-    top_k = min(top_k, logits.shape[-1])
-    kth = torch.topk(logits, top_k)[0][..., -1, None]  # (..., 1)
-    return logits.masked_fill(logits < kth, torch.finfo(logits.dtype).min)
-
-
-def sample_tokens(
-    logits: Tensor,
-    temperature: float = 0.0,
-    top_p: float | None = None,
-    top_k: int | None = None,
-    margin_confidence: bool = False,
-    neg_entropy: bool = False,
-    generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor]:
-    """(N, V) logits -> (confidence (N,), tokens (N,)) as Dream's `sample_tokens`.
-
-    Logits are divided by the temperature (when > 0), then nucleus- and top-k-filtered (also at temperature 0, where
-    the filters change the probabilities and so the confidences, not the argmax). Tokens are the argmax at
-    temperature 0, else sampled. Confidence is the probability of the chosen token, or top-1 minus top-2
-    probability (`margin_confidence`), or the negative entropy sum(p log(p + 1e-10)) (`neg_entropy`).
-
-    >>> conf, tok = sample_tokens(torch.tensor([[0.0, 2.0, 1.0]]), margin_confidence=True)
-    >>> tok.tolist(), round(conf.item(), 4)
-    ([1], 0.4205)
-    """
-    if temperature > 0:
-        logits = logits / temperature
-    if top_p is not None and top_p < 1:
-        logits = top_p_logits(logits, top_p)
-    if top_k is not None:
-        logits = top_k_logits(logits, top_k)
-    probs = torch.softmax(logits, dim=-1)  # (N, V)
-    if temperature > 0:
-        normalised = probs / probs.sum(-1, keepdim=True)  # what torch.distributions.Categorical samples from
-        tokens = torch.multinomial(normalised, 1, replacement=True, generator=generator).squeeze(-1)  # (N,)
-        confidence = probs.gather(-1, tokens[:, None]).squeeze(-1)
-    else:
-        confidence, tokens = probs.max(dim=-1)
-    if margin_confidence:
-        top2 = torch.topk(probs, 2, dim=-1).values  # (N, 2)
-        confidence = top2[:, 0] - top2[:, 1]
-    if neg_entropy:
-        confidence = (probs * torch.log(probs + 1e-10)).sum(dim=-1)
-    return confidence, tokens
 
 
 def transfer_counts(n_masked: list[int], fraction: Tensor, last: bool, rule: str = "per_row") -> list[int]:
@@ -171,28 +109,51 @@ def select_positions(
     return picks
 
 
-def _check_args(
-    input_ids: Tensor, attention_mask: Tensor | None, gen_length: int, steps: int, temperature: float,
-    top_p: float | None, top_k: int | None, alg: str, alg_temp: float | None, eps: float, count_rule: str,
-) -> None:
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if gen_length < 1:
-        raise ValueError(f"gen_length must be >= 1, got {gen_length}")
-    if alg not in ALGORITHMS:
-        raise ValueError(f"unknown alg {alg!r}; choose one of {', '.join(ALGORITHMS)}")
-    if count_rule not in COUNT_RULES:
-        raise ValueError(f"unknown count_rule {count_rule!r}; choose one of {', '.join(COUNT_RULES)}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] (or None to switch it off), got {top_p}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1 (or None to switch it off), got {top_k}")
-    if alg_temp is not None and alg_temp < 0:
-        raise ValueError(f"alg_temp must be >= 0 (0 or None = plain top-k), got {alg_temp}")
-    if not 0 < eps < 1:
-        raise ValueError(f"eps must be in (0, 1), got {eps}")
+def _help(default: Any, text: str) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True)
+class DreamOptions(SamplerOptions):
+    """The settings of `DreamSampler` (Dream's `GenerationConfig` fields it uses); validated on construction."""
+
+    gen_length: int = _help(128, "answer length (Dream's max_new_tokens)")
+    steps: int = _help(128, "denoising steps (one forward pass each)")
+    temperature: float = _help(0.0, "0 = argmax tokens; > 0 samples them")
+    top_p: float | None = _help(None, "nucleus filter in (0, 1]; None or 1 = off")
+    top_k: int | None = _help(None, "keep the k most likely tokens; None = off")
+    alg: str = _help("entropy", f"one of {ALGORITHMS} (entropy: Dream's default for its instruct model)")
+    alg_temp: float | None = _help(0.0, "0 or None = commit the most confident positions; > 0 = sample positions "
+                                        "from softmax(confidence / alg_temp) without replacement")
+    eps: float = _help(1e-3, "last timestep of linspace(1, eps, steps + 1)")
+    infill: bool = _help(False, "also fill mask ids found in the prompt (else they are an error)")
+    count_rule: str = _help("per_row", "'per_row' or 'batch_mean' (Dream's exact rule, wrong when rows hold "
+                                       "different numbers of masks)")
+    logits_mask_inf: bool = _help(False, "never sample the mask id (its logit -inf before the softmax); Dream "
+                                         "does not, so the default keeps it, as Dream")
+
+    def _check(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.gen_length < 1:
+            raise ValueError(f"gen_length must be >= 1, got {self.gen_length}")
+        if self.alg not in ALGORITHMS:
+            raise ValueError(f"unknown alg {self.alg!r}; choose one of {', '.join(ALGORITHMS)}")
+        if self.count_rule not in COUNT_RULES:
+            raise ValueError(f"unknown count_rule {self.count_rule!r}; choose one of {', '.join(COUNT_RULES)}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (or None to switch it off), got {self.top_p}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1 (or None to switch it off), got {self.top_k}")
+        if self.alg_temp is not None and self.alg_temp < 0:
+            raise ValueError(f"alg_temp must be >= 0 (0 or None = plain top-k), got {self.alg_temp}")
+        if not 0 < self.eps < 1:
+            raise ValueError(f"eps must be in (0, 1), got {self.eps}")
+
+
+def _check_inputs(input_ids: Tensor, attention_mask: Tensor | None) -> None:
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (batch, prompt_length), got shape {tuple(input_ids.shape)}")
     if attention_mask is not None:
@@ -237,6 +198,30 @@ def _predict(
 
 
 @SAMPLERS.register("dream")
+class DreamSampler(Sampler):
+    """Dream's `diffusion_generate` (see the module docstring); no per-call inputs.
+
+    >>> from mmdiff import CoreConfig, MaskedDiffusionTransformer, VocabLayout
+    >>> core = MaskedDiffusionTransformer(CoreConfig(VocabLayout.build(16), d_model=32, n_layers=1, n_heads=2))
+    >>> DreamSampler(gen_length=4, steps=4, alg="maskgit_plus")(core, torch.tensor([[1, 2]]), mask_id=16).shape
+    torch.Size([1, 6])
+    """
+
+    name = "dream"
+    Options = DreamOptions
+    options: DreamOptions
+
+    def _sample(self, core: nn.Module, input_ids: Tensor, attention_mask: Tensor | None, *, mask_id: int,
+                eos_id: int | None, eot_id: int | None, generator: torch.Generator | None, return_history: bool,
+                **inputs: Any) -> Tensor | SamplerOutput:
+        o = self.options
+        _check_inputs(input_ids, attention_mask)
+        return _dream_loop(core, input_ids, attention_mask, mask_id=mask_id, gen_length=o.gen_length, steps=o.steps,
+                           temperature=o.temperature, top_p=o.top_p, top_k=o.top_k, alg=o.alg, alg_temp=o.alg_temp,
+                           eps=o.eps, return_history=return_history, generator=generator, infill=o.infill,
+                           count_rule=o.count_rule, logits_mask_inf=o.logits_mask_inf)
+
+
 @torch.no_grad()
 def dream_generate(
     core: nn.Module,
@@ -244,20 +229,12 @@ def dream_generate(
     attention_mask: Tensor | None = None,
     *,
     mask_id: int,
-    gen_length: int = 128,
-    steps: int = 128,
-    temperature: float = 0.0,
-    top_p: float | None = None,
-    top_k: int | None = None,
-    alg: str = "entropy",
-    alg_temp: float | None = 0.0,
-    eps: float = 1e-3,
     return_history: bool = False,
     generator: torch.Generator | None = None,
-    infill: bool = False,
-    count_rule: Literal["per_row", "batch_mean"] = "per_row",
+    **options: Any,
 ) -> Tensor | SamplerOutput:
-    """Generates `gen_length` tokens after each prompt row with Dream's `diffusion_generate` algorithms.
+    """Generates `gen_length` tokens after each prompt row with Dream's `diffusion_generate` algorithms:
+    `DreamSampler(**options)(core, input_ids, attention_mask, mask_id=...)` as one function.
 
     Args:
         core: a `MaskedDiffusionTransformer` (Dream checkpoints: `logits_shift="previous"`) or anything with its
@@ -265,29 +242,25 @@ def dream_generate(
         input_ids: (B, P) prompts, left-padded when lengths differ.
         attention_mask: (B, P) True (or 1) at real prompt tokens.
         mask_id: the mask token id.
-        gen_length: answer length (Dream's max_new_tokens).
-        steps: denoising steps (one forward pass each).
-        temperature: 0 = argmax tokens; > 0 samples them.
-        top_p: nucleus filter in (0, 1]; None or 1 = off.
-        top_k: keep the k most likely tokens; None = off.
-        alg: "origin", "maskgit_plus", "topk_margin" or "entropy" (Dream's default for its instruct model).
-        alg_temp: 0 or None = commit the most confident positions; > 0 = sample positions from
-            softmax(confidence / alg_temp) without replacement.
-        eps: last timestep of linspace(1, eps, steps + 1).
         return_history: return a `SamplerOutput` (sequences, commit step of every position, forward passes).
         generator: torch.Generator for every random draw (None = the global generator, as Dream).
-        infill: also fill mask ids found in the prompt (at real, non-padding positions); without it they are an
-            error.
-        count_rule: "per_row" (default) or "batch_mean" (Dream's exact rule, wrong when rows hold different
-            numbers of masks; see the module docstring).
+        **options: `DreamOptions` fields (gen_length, steps, temperature, top_p, top_k, alg, alg_temp, eps, infill,
+            count_rule, logits_mask_inf).
 
     Returns:
         (B, P + gen_length) prompt then answer, or a `SamplerOutput` with `return_history=True`.
 
     >>> # out = dream_generate(model.core, prompt, mask_id=model.vocab.mask_id, gen_length=64, steps=64)
     """
-    _check_args(input_ids, attention_mask, gen_length, steps, temperature, top_p, top_k, alg, alg_temp, eps,
-                count_rule)
+    return DreamSampler(**options)(core, input_ids, attention_mask, mask_id=mask_id, generator=generator,
+                                   return_history=return_history)
+
+
+def _dream_loop(core: nn.Module, input_ids: Tensor, attention_mask: Tensor | None, *, mask_id: int, gen_length: int,
+                steps: int, temperature: float, top_p: float | None, top_k: int | None, alg: str,
+                alg_temp: float | None, eps: float, return_history: bool, generator: torch.Generator | None,
+                infill: bool, count_rule: str, logits_mask_inf: bool) -> Tensor | SamplerOutput:
+    """The sampling loop of `DreamSampler` (options checked)."""
     core.check_ids(input_ids)
     B, P = input_ids.shape
     device = input_ids.device
@@ -318,7 +291,8 @@ def dream_generate(
         logits = core(x, attention_mask=key_mask, position_ids=position_ids, logits_at=region,
                       check_inputs=False).logits  # (B, K, V)
         nfe += 1
-        logits[..., mask_id] = -torch.inf  # committing the mask id would leave the position masked
+        if logits_mask_inf:  # committing the mask id would leave the position masked (Dream keeps it)
+            logits[..., mask_id] = -torch.inf
         last = i == steps - 1
         tokens, confidence = _predict(logits[masked[:, lo:]], alg, fractions[i], last, mask_id, temperature, top_p,
                                       top_k, generator)  # (N,) each, row-major over the masked positions

@@ -11,17 +11,55 @@ as far as the benchmark needs: a canvas may hold masks in place (`infill`), deco
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from mmdiff.registry import SAMPLERS
+from mmdiff.sampling.base import Sampler, SamplerOptions
 from mmdiff.sampling.output import GIVEN, SamplerOutput
 
-__all__ = ["reference_generate"]
+__all__ = ["ReferenceSampler", "ReferenceOptions", "reference_generate"]
+
+
+@dataclass(frozen=True)
+class ReferenceOptions(SamplerOptions):
+    """The settings of `ReferenceSampler`."""
+
+    gen_length: int = field(default=128, metadata={"help": "tokens to generate after the prompt (0 with infill)"})
+    steps: int = field(default=128, metadata={"help": "total steps, split evenly over blocks"})
+    block_length: int = field(default=32, metadata={"help": "block size, from the first mask"})
+    infill: bool = field(default=False, metadata={"help": "also decode the mask ids inside the prompt"})
+
+    def _check(self) -> None:
+        if self.gen_length < 0 or self.block_length < 1 or self.steps < 1:
+            raise ValueError(f"need gen_length >= 0, block_length >= 1 and steps >= 1, got {self.gen_length}, "
+                             f"{self.block_length}, {self.steps}")
 
 
 @SAMPLERS.register("llada-reference")
+class ReferenceSampler(Sampler):
+    """LLaDA's reference loop as a sampler object (see `reference_generate`).
+
+    >>> ReferenceSampler(steps=8, gen_length=8, block_length=8).options.block_length
+    8
+    """
+
+    name = "llada-reference"
+    Options = ReferenceOptions
+    options: ReferenceOptions
+
+    def _sample(self, core: nn.Module, input_ids: Tensor, attention_mask: Tensor | None, *, mask_id: int,
+                eos_id: int | None, eot_id: int | None, generator: torch.Generator | None, return_history: bool,
+                **inputs: Any) -> Tensor | SamplerOutput:
+        o = self.options
+        return reference_generate(core, input_ids, attention_mask, mask_id=mask_id, gen_length=o.gen_length,
+                                  steps=o.steps, block_length=o.block_length, infill=o.infill,
+                                  return_history=return_history)
+
+
 @torch.no_grad()
 def reference_generate(
     core: nn.Module,
