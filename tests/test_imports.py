@@ -10,7 +10,7 @@ that the table does not place fails the test, so a new module gets a floor when 
   nothing of mmdiff; the adapters fetch tower weights with it), the `canvas` data structure every task hands to the
   core, and the masked-diffusion objective and schedules (`diffusion/`).
 - sampling: the samplers (`sampling/`).
-- adapters: modality adapters (`adapters/`).
+- adapters: modality adapters (`adapters/`) and the audio input they read (`audio`).
 - heads: output heads (`heads`).
 - modeling: `DiffusionModel` (`modeling`) and LoRA weights on it (`lora`).
 - tasks: one module per task (`tasks/`).
@@ -52,6 +52,7 @@ FLOOR_OF: dict[str, str] = {
     "mmdiff.diffusion": "core",
     "mmdiff.sampling": "sampling",
     "mmdiff.adapters": "adapters",
+    "mmdiff.audio": "adapters",
     "mmdiff.heads": "heads",
     "mmdiff.modeling": "modeling",
     "mmdiff.lora": "modeling",

@@ -13,6 +13,10 @@ A data source is a class registered under a name; the trainer builds it from the
     source.evaluate(model, split, limit) -> dict of task metrics (optional; e.g. exact match of answers)
 
 The task (`TASKS.get(source.task)`) turns a list of examples into a `Canvas`: `task.collator(model)(examples)`.
+
+Sources register themselves when their module is imported (the trainer and the CLI import this package's modules
+until the name is found). "speech" (`mmdiff.data.speech`, for the "asr" task) is the one whose examples carry raw
+input: "audio" (float32, 16 kHz) with the transcript's "ids" and "text"; the ASR task's collator builds the canvas.
 """
 
 from collections.abc import Sequence
