@@ -300,6 +300,29 @@ def test_tiny_folder_matches_ctranslate2_converter_and_runtime(tmp_path: Path) -
     assert encoded.shape == want.shape and np.abs(encoded - want).max() < 1e-4
 
 
+def test_int8_file_from_ctranslate2_dequantizes_within_half_a_step(tmp_path: Path) -> None:
+    """ctranslate2's int8 quantization (per output row: round(w * 127 / max|w_row|)) read back by the map."""
+    pytest.importorskip("ctranslate2", reason="ctranslate2 is not installed (pip install ctranslate2)")
+    from ctranslate2.converters import TransformersConverter
+
+    model, _ = tiny_whisper_folder(tmp_path / "hf")
+    TransformersConverter(str(tmp_path / "hf")).convert(str(tmp_path / "int8"), quantization="int8_float32")
+    ct2 = read_ct2(tmp_path / "int8")
+    assert ct2.variables["encoder/layer_0/self_attention/linear_0/weight"].dtype == torch.int8
+    assert ct2.variables["encoder/conv1/weight"].dtype == torch.int8  # (out, mels, 3), one scale per out row
+    back = ct2_to_whisper_state(ct2)
+    quantized = 0
+    for key, value in model.state_dict().items():
+        if back[key].dtype == value.dtype and torch.equal(back[key], value):
+            continue  # biases and norms stay float32
+        rows = value.reshape(value.shape[0], -1)  # (out, in...)
+        step = rows.abs().amax(dim=1, keepdim=True) / 127  # one quantization step per row
+        error = (back[key].reshape(rows.shape) - rows).abs()
+        assert bool((error <= step / 2 + 1e-6).all()), key
+        quantized += 1
+    assert quantized >= 20  # every linear and conv weight of the 2+2 layers
+
+
 def test_wheel_extraction_takes_only_the_model_folder(tmp_path: Path) -> None:
     import zipfile
 
