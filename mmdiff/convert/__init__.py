@@ -1,6 +1,7 @@
 """Foreign checkpoint layouts, loaded natively into the shared core and written back: LLaDA (Nie et al., 2025),
 MMaDA (Yang et al., 2025; with its MAGVIT-v2 image side), Lumina-DiMOO (Xin et al., 2025; load only) and Dream
-(Ye et al., 2025).
+(Ye et al., 2025). Whisper (Radford et al., 2022) is read from CTranslate2's model.bin into transformers' layout
+(`mmdiff.convert.ct2`, `mmdiff.convert.whisper`).
 
 No `trust_remote_code`, no pickle: config.json fields and safetensors tensor names are translated by the
 converters registered in `mmdiff.registry.CONVERTERS` ("llada", "mmada", "lumina_dimoo", "dream", ...).
@@ -24,11 +25,13 @@ from mmdiff.convert.base import (
     scan_checkpoint,
     write_safetensors,
 )
+from mmdiff.convert.ct2 import CT2Model, read_ct2, write_ct2_bin
 from mmdiff.convert.dream import DREAM, DreamConverter
 from mmdiff.convert.llada import LLADA, LLaDAConverter
 from mmdiff.convert.lumina import LUMINA_DIMOO, LuminaDiMOOConverter
 from mmdiff.convert.mmada import MMADA, MMaDAConverter
 from mmdiff.convert.vlm import LAVIDA, LLADA_V, LLAVA_LLADA  # noqa: F401  (registers lavida, llada_v, llava_llada)
+from mmdiff.convert.whisper import convert_ct2_whisper, ct2_to_whisper_state, whisper_state_to_ct2
 
 __all__ = [
     "Converter",
@@ -51,4 +54,10 @@ __all__ = [
     "save_foreign",
     "scan_checkpoint",
     "write_safetensors",
+    "CT2Model",
+    "read_ct2",
+    "write_ct2_bin",
+    "convert_ct2_whisper",
+    "ct2_to_whisper_state",
+    "whisper_state_to_ct2",
 ]
