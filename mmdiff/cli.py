@@ -6,6 +6,10 @@
     mmdiff train CONFIG.yaml [--a.b=v ...]  train from a recipe (overrides are dotted keys)
     mmdiff eval NAME [--split val]          the model's task metrics on its own data source, as JSON
 
+`generate` holds no per-task code: it finds the model's task in `mmdiff.registry.TASKS` (or the task a selector flag
+such as `--images` picks) and runs its pipeline's `run_cli`; each pipeline adds the flags it reads
+(`add_cli_arguments`).
+
 Errors in the input (unknown names, bad files, bad options) print one `mmdiff: error: ...` message and exit with
 status 2; set MMDIFF_DEBUG=1 to see the traceback instead.
 

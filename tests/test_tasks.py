@@ -164,3 +164,15 @@ def test_vlm_nan_pixels_are_an_error():
     array[0, 0, 0] = math.nan
     with pytest.raises(ValueError, match="NaN or infinite"):
         pipe([image, array[0]], ["which digit is in the top left?"] * 2)
+
+
+def test_text_generation_pipeline_by_zoo_name():
+    """`mmdiff.pipeline("text-generation", model="shakespeare-tiny")("ROMEO.")`: the shipped entry, seeded, equals
+    sampling by hand."""
+    pipe = mmdiff.pipeline("text-generation", model="shakespeare-tiny", steps=16, block_length=16)
+    got = pipe("ROMEO.", max_new_tokens=16, generator=torch.Generator().manual_seed(0))
+    model = pipe.model
+    prompt = model.encode("ROMEO.")[0]
+    ids = model.generate(torch.tensor([prompt]), gen_length=16, steps=16, block_length=16,
+                         generator=torch.Generator().manual_seed(0))
+    assert got == "ROMEO." + model.decode(ids[0, len(prompt):]) and len(got) > len("ROMEO.")

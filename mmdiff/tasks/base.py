@@ -23,7 +23,6 @@ holds per-task code.
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol
 
@@ -34,7 +33,7 @@ from mmdiff.canvas import Canvas
 from mmdiff.dataclass_io import from_dict
 from mmdiff.registry import TASKS
 
-__all__ = ["Task", "Pipeline", "CLIContext", "pipeline_task", "pipeline_names", "check_finite_pixels"]
+__all__ = ["Task", "Pipeline", "CLIContext", "pipeline_task", "pipeline_names"]
 
 
 class Task:
@@ -217,16 +216,3 @@ class Pipeline:
         """Runs `mmdiff generate` for `model`; returns the exit status."""
         raise cli.error(f"the {cls.task_class.name!r} task has no command-line generation")
 
-
-def check_finite_pixels(pixels: Tensor, what: str = "image") -> Tensor:
-    """Raises a ValueError when a preprocessed image holds NaN or infinite values; returns the pixels."""
-    if pixels.is_floating_point() and not bool(torch.isfinite(pixels).all()):
-        bad = int((~torch.isfinite(pixels)).sum())
-        raise ValueError(f"the {what} holds {bad} NaN or infinite pixel values; give finite pixels (e.g. uint8, or "
-                         "floats in the tower's range)")
-    return pixels
-
-
-def is_finite_number(value: Any) -> bool:
-    """True for a finite int or float."""
-    return isinstance(value, (int, float)) and math.isfinite(value)
