@@ -4,6 +4,7 @@ strength without an image, NaN pixels) named with its fix."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -82,6 +83,7 @@ def test_text_generation_pipeline_chat_and_bad_input(make_tiny_model):
     pipe = mmdiff.pipeline("text-generation", model)
     with pytest.raises(ValueError, match="this model has no chat template"):
         pipe([{"role": "user", "content": "hi"}])
+    model.tokenizer = copy.deepcopy(model.tokenizer)  # the session's tokenizer stays without a template
     model.tokenizer.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
                                      "{% if add_generation_prompt %}<a>{% endif %}")
     chat = [{"role": "user", "content": "hi there"}]
