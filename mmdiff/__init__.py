@@ -13,9 +13,9 @@ from mmdiff.canvas import Canvas
 from mmdiff.core import CoreConfig, CoreOutput, MaskedDiffusionTransformer, build_attention_mask
 from mmdiff.diffusion import LossOutput, Schedule, diffusion_loss, forward_process, get_schedule
 from mmdiff.modeling import DiffusionModel, ModelConfig, SamplerConfig
+from mmdiff.pipelines import pipeline
 from mmdiff.registry import ADAPTERS, ARCHITECTURES, HEADS, SAMPLERS, SCHEDULES, TASKS, Registry
 from mmdiff.sampling import DreamSampler, LLaDASampler, Sampler, llada_generate
-from mmdiff.tasks import pipeline
 from mmdiff.vocab import VocabLayout
 from mmdiff.zoo import create_model, list_models, model_info, register_model
 

@@ -15,8 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from mmdiff.core.masks import build_attention_mask
+from mmdiff.core.model import place_soft_tokens
 
-__all__ = ["Canvas", "CanvasCore"]
+__all__ = ["Canvas", "CanvasCore", "canvas_attention_mask"]
 
 
 @dataclass
@@ -34,8 +35,11 @@ class Canvas:
         soft_embeds: (B, N, d_model) continuous tokens (image / audio features) placed at `soft_positions` (B, N).
         soft_positions: (B, N) long positions of the soft tokens.
         vocab_range: the head's id range [start, stop) for the targets; None = the whole vocabulary.
-        signals: raw modality inputs by modality (e.g. {"vision": (B, C, H, W) pixels}); the model's adapters turn
-            them into `soft_embeds` (in this order) for the `soft_positions` (`DiffusionModel.embed_signals`).
+        signals: modality inputs by modality, as the model's adapter prepared them (`adapter.prepare`: e.g.
+            {"vision": (B, C, H, W) pixels}); the adapters turn them into `soft_embeds` (in this order) for the
+            `soft_positions` (`DiffusionModel.embed_signals` calls `adapter.embed`).
+        head: the name of the head (`mmdiff.registry.HEADS`, `mmdiff.heads`) that scores the targets; the task
+            resolves it to `vocab_range` when it builds the canvas. None = the LM head (the whole vocabulary).
     """
 
     ids: Tensor
@@ -48,7 +52,8 @@ class Canvas:
     soft_embeds: Tensor | None = None
     soft_positions: Tensor | None = None
     vocab_range: tuple[int, int] | None = None
-    signals: dict[str, Tensor] | None = None
+    signals: dict[str, Any] | None = None
+    head: str | None = None
 
     def __post_init__(self) -> None:
         if self.ids.dim() != 2:
@@ -86,16 +91,8 @@ class Canvas:
 
     def attention_bias(self) -> Tensor | None:
         """The boolean attention mask for the core (None when every position sees every position)."""
-        if self.attention == "full":
-            return self.attention_mask
-        return build_attention_mask(
-            self.attention,
-            self.length,
-            attention_mask=self.attention_mask,
-            prefix_len=self.prefix_len,
-            block_size=self.block_size,
-            device=self.ids.device,
-        )
+        return canvas_attention_mask(self.attention, self.length, padding=self.attention_mask,
+                                     prefix_len=self.prefix_len, block_size=self.block_size, device=self.ids.device)
 
     def core_inputs(self, ids: Tensor | None = None) -> dict[str, Any]:
         """Keyword arguments for `MaskedDiffusionTransformer.forward` (ids default to the canvas ids)."""
@@ -147,21 +144,10 @@ class CanvasCore(nn.Module):
         lo = cache_window[0] if cache_window is not None else 0
         embeds = self.core.embed(input_ids, None, None)  # (B', L_in, d_model)
         if self.canvas.soft_embeds is not None:
-            embeds = self._place_soft(embeds, lo)
+            embeds = place_soft_tokens(embeds, self.canvas.soft_embeds, self.canvas.soft_positions,
+                                       window=(lo, lo + embeds.shape[1]))
         return self.core(None, soft_embeds=embeds, attention_mask=self._attention(attention_mask, length),
                          cache=cache, cache_window=cache_window, check_inputs=False, **kwargs)
-
-    def _place_soft(self, embeds: Tensor, lo: int) -> Tensor:
-        soft, positions = self.canvas.soft_embeds, self.canvas.soft_positions  # (B, N, d), (B, N)
-        repeat = embeds.shape[0] // soft.shape[0]  # classifier-free guidance runs the batch twice
-        soft, positions = soft.repeat(repeat, 1, 1), positions.repeat(repeat, 1)
-        inside = (positions >= lo) & (positions < lo + embeds.shape[1])  # (B', N)
-        if not bool(inside.any()):
-            return embeds
-        rows, slots = inside.nonzero(as_tuple=True)
-        embeds = embeds.clone()
-        embeds[rows, positions[rows, slots] - lo] = soft[rows, slots].to(embeds.dtype)
-        return embeds
 
     def _attention(self, padding: Tensor | None, length: int) -> Tensor | None:
         """The (B', 1, L, L) mask of the canvas's attention kind over the full canvas (padding as given)."""
@@ -172,8 +158,24 @@ class CanvasCore(nn.Module):
             prefix = self.canvas.prefix_len
             prefix = torch.full((batch,), self.prompt_length) if prefix is None else prefix.repeat(
                 batch // prefix.shape[0])
-            self._mask = build_attention_mask(self.canvas.attention, length, attention_mask=padding,
-                                              prefix_len=prefix.to(self.canvas.ids.device),
-                                              block_size=self.canvas.block_size, device=self.canvas.ids.device)
+            device = self.canvas.ids.device
+            self._mask = canvas_attention_mask(self.canvas.attention, length, padding=padding,
+                                               prefix_len=prefix.to(device), block_size=self.canvas.block_size,
+                                               device=device)
             self._mask_for, self._mask_length = padding, length
         return self._mask
+
+
+def canvas_attention_mask(kind: str, length: int, *, padding: Tensor | None, prefix_len: Tensor | None = None,
+                          block_size: int | None = None, device: torch.device | None = None) -> Tensor | None:
+    """The one attention-mask builder of canvases (training, sampling, cached windows): "full" attention is the
+    (B, L) padding mask itself (the core broadcasts it, and slices no query rows of it in a cached window); other
+    kinds are `mmdiff.core.masks.build_attention_mask` over the `length` positions of the canvas.
+
+    >>> canvas_attention_mask("prefix", 3, padding=None, prefix_len=torch.tensor([2]))[0, 0].int().tolist()
+    [[1, 1, 0], [1, 1, 0], [1, 1, 1]]
+    """
+    if kind == "full":
+        return padding
+    return build_attention_mask(kind, length, attention_mask=padding, prefix_len=prefix_len, block_size=block_size,
+                                device=device)

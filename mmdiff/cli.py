@@ -6,6 +6,10 @@
     mmdiff train CONFIG.yaml [--a.b=v ...]  train from a recipe (overrides are dotted keys)
     mmdiff eval NAME [--split val]          the model's task metrics on its own data source, as JSON
 
+`generate` holds no per-task code: it finds the model's task in `mmdiff.registry.TASKS` (or the task a selector flag
+such as `--images` picks) and runs its pipeline's `run_cli`; each pipeline adds the flags it reads
+(`add_cli_arguments`).
+
 Errors in the input (unknown names, bad files, bad options) print one `mmdiff: error: ...` message and exit with
 status 2; set MMDIFF_DEBUG=1 to see the traceback instead.
 
@@ -42,10 +46,23 @@ class CLIError(ValueError):
 
 # ------------------------------------------------------------------------------------------------- helpers
 def _resolve_device(device: str) -> str:
-    if device == "auto":
-        import torch
+    """`auto` -> cuda when a GPU is there, else cpu; a CUDA device this machine lacks is a CLI error."""
+    import torch
 
+    if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise CLIError(f"--device {device!r} is not a device torch knows ({err}); use cpu, cuda, cuda:N or auto") \
+            from err
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CLIError(f"--device {device}: no CUDA GPU is available on this machine (torch.cuda.is_available() "
+                           "is False); use --device cpu, or --device auto to take a GPU when there is one")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise CLIError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                           f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1}); pick one of them")
     return device
 
 
@@ -190,20 +207,6 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
-def _encode_prompts(model: Any, prompts: list[str]) -> tuple[Any, Any]:
-    """Tokenizes and left-pads prompts: (B, P) ids and (B, P) attention mask (True at real tokens)."""
-    import torch
-
-    from mmdiff.tasks.text import left_pad
-
-    rows = [torch.tensor(ids, dtype=torch.long) for ids in model.encode(prompts)]
-    for prompt, row in zip(prompts, rows, strict=True):
-        if row.numel() == 0:
-            raise CLIError(f"prompt {prompt!r} encodes to no tokens; give it some text")
-    pad = model.vocab.pad_id if model.vocab.pad_id is not None else model.vocab.mask_id
-    return left_pad(rows, pad)
-
-
 def _generate(model: Any, ids: Any, mask: Any, args: argparse.Namespace, **fixed: Any) -> Any:
     """Runs the sampler with the checkpoint defaults, the preset, the flags, then `fixed`; returns (B, L + gen)."""
     overrides = {**_sampler_overrides(args, model), **fixed}
@@ -215,37 +218,69 @@ def _generate(model: Any, ids: Any, mask: Any, args: argparse.Namespace, **fixed
     return model.generate(ids.to(device), attention, **overrides)
 
 
+class _GenerateContext:
+    """The command line's helpers as a task pipeline's `run_cli` sees them (`mmdiff.tasks.CLIContext`)."""
+
+    def __init__(self, model: Any, args: argparse.Namespace) -> None:
+        self.model, self.args = model, args
+
+    def sampler_overrides(self) -> dict[str, Any]:
+        return _sampler_overrides(self.args, self.model)
+
+    def generate(self, ids: Any, mask: Any, **fixed: Any) -> Any:
+        return _generate(self.model, ids, mask, self.args, **fixed)
+
+    def read_prompts(self) -> list[str]:
+        return _read_prompts(self.args)
+
+    def data_source(self) -> Any:
+        return _data_source(self.model)
+
+    def seeded_generator(self) -> Any:
+        return _seeded_generator(self.args.seed, self.model.device)
+
+    def error(self, message: str) -> Exception:
+        return CLIError(message)
+
+
+def _pipeline_tasks() -> list[Any]:
+    """The task classes that have a pipeline (each once), in registry order."""
+    import mmdiff.tasks  # noqa: F401  (registers the built-in tasks)
+    from mmdiff.tasks import pipeline_names
+
+    return list(dict.fromkeys(pipeline_names().values()))
+
+
+def _generate_task(model: Any, args: argparse.Namespace) -> Any:
+    """The task whose pipeline runs `mmdiff generate`: the one a selector flag picks (e.g. --images), else the
+    model's own; a flag only another task's pipeline reads is an error naming that task."""
+    from mmdiff.registry import TASKS
+
+    tasks = _pipeline_tasks()
+    picked = [t for t in tasks if t.pipeline_class.cli_selector and getattr(args, t.pipeline_class.cli_selector)]
+    if picked:
+        task = picked[0]
+    elif model.config.task in TASKS and TASKS.get(model.config.task) in tasks:
+        task = TASKS.get(model.config.task)
+    else:
+        raise CLIError(f"{args.name} is a {model.config.task!r} model and its task has no pipeline; tasks with one: "
+                       f"{', '.join(t.name for t in tasks)}")
+    for other in tasks:
+        foreign = [f for f in other.pipeline_class.cli_flags
+                   if f not in task.pipeline_class.cli_flags and getattr(args, f, None) not in (None, False)]
+        if foreign:
+            flag = "--" + foreign[0].replace("_", "-")
+            raise CLIError(f"{flag} needs a {other.name!r} model; {args.name} is a {model.config.task!r} model")
+    return task
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     model = _load_model(args.name, args.device, args.dtype)
-    if model.config.task == "vlm":
-        return _answer_images(model, args)
-    if model.config.task == "t2i" or args.images:
-        return _generate_images(model, args)
-    if args.image:
-        raise CLIError(f"--image needs a VLM; {args.name} is a {model.config.task!r} model")
-    if args.problems:
-        return _generate_problems(model, args)
-    prompts = _read_prompts(args)
-    if args.chat:
-        try:
-            prompts = [model.chat_prompt(p) for p in prompts]
-        except ValueError as err:
-            raise CLIError(str(err)) from err
-    ids, mask = _encode_prompts(model, prompts)
-    show = args.show or args.show_png
-    out = _generate(model, ids, mask, args, **({"return_history": True} if show else {}))
-    if show:
-        _show_trajectories(model, out, mask, args)
-        out = out.sequences
-    answers = [model.decode(row[ids.shape[1] :]) for row in out.cpu()]
-    if args.json:
-        print(json.dumps([{"prompt": p, "answer": a} for p, a in zip(prompts, answers, strict=True)], indent=2))
-        return 0
-    for i, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
-        if i:
-            print("-" * 40)
-        print(prompt + answer)
-    return 0
+    task = _generate_task(model, args)
+    if not task.carried_by(model):
+        raise CLIError(f"{args.name} is a {model.config.task!r} model and holds no {task.name!r} options "
+                       f"(config.task_options[{task.name!r}]); use a {task.name!r} model")
+    return task.pipeline_class.run_cli(model, _GenerateContext(model, args))
 
 
 def _register_data_sources(name: str) -> dict[str, str]:
@@ -284,178 +319,6 @@ def _data_source(model: Any) -> Any:
         broken = f" (modules that failed to import: {failures})" if failures else ""
         raise KeyError(f"{DATASETS.unknown_message(spec['name'])}{broken}")
     return DATASETS.get(spec["name"])(**dict(spec.get("options") or {}))
-
-
-def _pick(dataset: Any, n: int, seed: int | None) -> list[Any]:
-    """`n` examples of a dataset: a seeded random choice from a map-style dataset, else the first `n`."""
-    import torch
-
-    if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
-        generator = torch.Generator().manual_seed(seed or 0)
-        order = torch.randperm(len(dataset), generator=generator)[:n].tolist()
-        return [dataset[i] for i in order]
-    return [example for example, _ in zip(dataset, range(n), strict=False)]
-
-
-def _generate_problems(model: Any, args: argparse.Namespace) -> int:
-    """Samples problems of the model's data source, masks their targets, fills them in (infilling, so targets may
-    sit anywhere on the canvas) and compares the filled canvas with the reference."""
-    from mmdiff.tasks.text import left_pad
-
-    examples = _pick(_data_source(model).dataset(args.split, model.vocab), args.problems, args.seed)
-    if any(bool(ex["maskable"].all()) for ex in examples):
-        raise CLIError("these problems have no prompt (every position is a target); use --prompt instead")
-    mask_id = model.vocab.mask_id
-    canvases = [ex["ids"].masked_fill(ex["maskable"].bool(), mask_id) for ex in examples]
-    pad = model.vocab.pad_id if model.vocab.pad_id is not None else mask_id
-    ids, attention = left_pad(canvases, pad)
-    out = _generate(model, ids, attention, args, gen_length=0, infill=True).cpu()
-    results = []
-    for ex, canvas, row, keep in zip(examples, canvases, out, attention, strict=True):
-        answer, truth = model.decode(row[keep], stop_at_eos=False), model.decode(ex["ids"], stop_at_eos=False)
-        results.append({"prompt": _render_masked(model, canvas), "answer": answer, "reference": truth,
-                        "exact": answer == truth})
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
-    for i, r in enumerate(results):
-        print(f"problem {i + 1}: {r['prompt']}\n  answer:    {r['answer']}\n  reference: {r['reference']}"
-              f"\n  {'correct' if r['exact'] else 'wrong'}")
-    print(f"exact match: {sum(r['exact'] for r in results)}/{len(results)}")
-    return 0
-
-
-def _answer_images(model: Any, args: argparse.Namespace) -> int:
-    """VLM: answers --prompt questions about --image files, or (--problems N) questions about N held-out images of
-    the model's data source, shown in the terminal with the true answers."""
-    from mmdiff.tasks import pipeline
-
-    pipe = pipeline("vlm", model, **_sampler_overrides(args, model))
-    if args.problems:
-        return _answer_problems(model, pipe, args)
-    if not args.image:
-        raise CLIError("a VLM needs --image FILE (repeatable) and --prompt QUESTION (one, or one per image), or "
-                       "--problems N")
-    questions = _read_prompts(args)
-    if len(questions) == 1:
-        questions = questions * len(args.image)
-    if len(questions) != len(args.image):
-        raise CLIError(f"got {len(args.image)} images and {len(questions)} questions; give one question, or one "
-                       "per image")
-    answers = pipe(list(args.image), questions)
-    rows = [{"image": i, "question": q, "answer": a} for i, q, a in zip(args.image, questions, answers, strict=True)]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    for r in rows:
-        print(f"{r['image']}: {r['question']} -> {r['answer']}")
-    return 0
-
-
-def _generate_images(model: Any, args: argparse.Namespace) -> int:
-    """Text-to-image: `--num-images` images for each --prompt caption (default: one caption per class of the
-    model's data source), saved as one PNG grid (`--out`; a row per prompt) and shown in the terminal."""
-    from mmdiff.tasks import pipeline
-    from mmdiff.viz import ascii_image, image_grid
-
-    overrides = _sampler_overrides(args, model)
-    steps, scale = overrides.pop("steps", None), overrides.pop("cfg_scale", None)
-    if args.prompt or args.prompt_file:
-        prompts = _read_prompts(args)
-    else:
-        source = _data_source(model)
-        if not hasattr(source, "captions_for_labels"):
-            raise CLIError("give --prompt TEXT (repeatable): this model's data source has no default captions")
-        prompts = source.captions_for_labels(range(10))
-    pipe = pipeline("text-to-image", model, **overrides)
-    per_prompt = args.num_images
-    size = {k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None}
-    images = pipe([p for p in prompts for _ in range(per_prompt)], num_inference_steps=steps, guidance_scale=scale,
-                  generator=_seeded_generator(args.seed, model.device), **size)
-    out = Path(args.out or "t2i.png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(images, columns=per_prompt, scale=2).save(out)
-    if args.json:
-        print(json.dumps({"prompts": prompts, "images_per_prompt": per_prompt, "grid": str(out)}, indent=2))
-        return 0
-    for i, prompt in enumerate(prompts):
-        print(f"{prompt}:\n{ascii_image(images[i * per_prompt], width=images[0].width)}")
-    print(f"saved {len(images)} images ({len(prompts)} prompts x {per_prompt}) to {out}")
-    return 0
-
-
-def _answer_problems(model: Any, pipe: Any, args: argparse.Namespace) -> int:
-    import random
-
-    from mmdiff.viz import ascii_image
-
-    source = _data_source(model)
-    examples = source.examples(args.split, None if args.split == "val" else args.problems)
-    picked = random.Random(args.seed or 0).sample(examples, min(args.problems, len(examples)))
-    results = []
-    for ex in picked:
-        asked = source.questions_about(ex, seed=args.seed or 0) if hasattr(source, "questions_about") else [ex]
-        answers = pipe([ex["image"]] * len(asked), [q["question"] for q in asked])
-        results.append({"image": ex["image"], "qa": [{"question": q["question"], "answer": a, "reference": q["answer"],
-                                                      "exact": _same_answer(a, q["answer"])}
-                                                     for q, a in zip(asked, answers, strict=True)]})
-    qa = [item for r in results for item in r["qa"]]
-    if args.json:
-        print(json.dumps([r["qa"] for r in results], indent=2))
-        return 0
-    for i, r in enumerate(results):
-        print(f"image {i + 1}:\n{ascii_image(r['image'])}")
-        for item in r["qa"]:
-            mark = "correct" if item["exact"] else f"wrong (reference: {item['reference']})"
-            print(f"  {item['question']} -> {item['answer']}   {mark}")
-    print(f"exact match: {sum(item['exact'] for item in qa)}/{len(qa)}")
-    return 0
-
-
-def _same_answer(answer: str, reference: str) -> bool:
-    """Exact match after normalising case and whitespace."""
-    return "".join(answer.lower().split()) == "".join(reference.lower().split())
-
-
-def _show_trajectories(model: Any, history: Any, prompt_mask: Any, args: argparse.Namespace) -> None:
-    """Prints each row's denoising trajectory (to stderr when --json keeps stdout for JSON) and writes the PNGs."""
-    import torch
-
-    from mmdiff.sampling import SamplerOutput
-    from mmdiff.viz import trajectory_png, trajectory_text
-
-    B, P = prompt_mask.shape
-    hidden = {i for i in (model.vocab.pad_id, model.vocab.mask_id) if i is not None}
-
-    def token_text(i: int) -> str:
-        return "" if i in hidden else model.tokenizer.decode([i])
-
-    answer = torch.ones(history.sequences.shape[1] - P, dtype=torch.bool)
-    for row in range(B):
-        keep = torch.cat([prompt_mask[row].cpu().bool(), answer])  # drop the left padding
-        single = SamplerOutput(history.sequences[row : row + 1, keep].cpu(),
-                               history.commit_step[row : row + 1, keep].cpu(), history.nfe)
-        print(trajectory_text(single, 0, token_text), file=sys.stderr if args.json else sys.stdout)
-        if args.show_png:
-            base = Path(args.show_png)
-            base = base if base.suffix else base.with_suffix(".png")
-            path = base if B == 1 else base.with_name(f"{base.stem}-{row + 1}{base.suffix}")
-            trajectory_png(single, 0, path, token_text, title=f"{args.name}: prompt {row + 1}")
-            print(f"trajectory written to {path}", file=sys.stderr)
-
-
-def _render_masked(model: Any, canvas: Any) -> str:
-    """The text of a canvas with one "_" per masked position (given runs decoded as text)."""
-    mask_id, parts, run = model.vocab.mask_id, [], []
-    for token in canvas.tolist() + [None]:
-        if (token == mask_id or token is None) and run:
-            parts.append(model.decode(run, stop_at_eos=False))
-            run = []
-        if token == mask_id:
-            parts.append("_")
-        elif token is not None:
-            run.append(token)
-    return "".join(parts)
 
 
 def _overrides(extra: list[str]) -> list[str]:
@@ -581,23 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="generate answers to prompts")
     _add_model_flags(p)
     p.add_argument("--prompt", action="append", help="prompt text (repeat for a batch); a VLM's question")
-    p.add_argument("--image", action="append", help="VLM: an image file to ask about (repeat for a batch)")
-    p.add_argument("--images", action="store_true",
-                   help="draw images with a model of another task that also holds text-to-image options (MMaDA)")
-    p.add_argument("--num-images", type=_positive_int, default=1, help="text-to-image: images per prompt")
-    p.add_argument("--height", type=_positive_int, help="text-to-image: image height in pixels (default: the model's)")
-    p.add_argument("--width", type=_positive_int, help="text-to-image: image width in pixels (default: the model's)")
-    p.add_argument("--out", help="text-to-image: PNG file for the grid of images (default: t2i.png)")
     p.add_argument("--prompt-file", help="a file with one prompt per line")
     p.add_argument("--problems", type=_positive_int, help="solve N held-out problems of the model's data source")
     p.add_argument("--split", default="val", help="data split for --problems (default: val)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.add_argument("--chat", action="store_true",
-                   help="wrap each prompt as a user turn with the model's chat template (instruct models)")
-    p.add_argument("--show", action="store_true",
-                   help="print the denoising trajectory: each token coloured by the step that committed it")
-    p.add_argument("--show-png", metavar="PATH",
-                   help="also write the trajectory as a PNG heat map (PATH-1.png, PATH-2.png, ... for a batch)")
+    for task in _pipeline_tasks():  # each task's pipeline adds the flags it reads
+        task.pipeline_class.add_cli_arguments(p)
     _add_sampler_flags(p)
 
     p = sub.add_parser("train", help="train from a recipe: mmdiff train CONFIG.yaml [--section.key=value ...]")

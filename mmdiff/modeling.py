@@ -261,7 +261,7 @@ class DiffusionModel(nn.Module):
         if unknown:
             raise ValueError(f"the canvas carries {unknown} inputs but this model has adapters for "
                              f"{list(self.adapters) or 'no modality'}; use a model built with such an adapter")
-        soft = [self.adapters[m](signal) for m, signal in canvas.signals.items()]  # each (B, N_m, d_model)
+        soft = [self.adapters[m].embed(signal) for m, signal in canvas.signals.items()]  # each (B, N_m, d_model)
         embeds = torch.cat(soft, dim=1) if len(soft) > 1 else soft[0]
         if canvas.soft_positions is None or canvas.soft_positions.shape != embeds.shape[:2]:
             got = None if canvas.soft_positions is None else tuple(canvas.soft_positions.shape)

@@ -248,7 +248,7 @@ def test_mmada_converter_gives_the_image_side(mmada, magvit_folder):
         "image_size": [32, 32], "text_length": 513, "caption_dropout": 0.1, "row_newline": False, "task_token": None,
         "caption_prefix": ["t2i", "bos"], "caption_suffix": ["eos"], "prompt_template": None,
         "unconditional_prompt": None, "image_prefix": ["soi"], "image_suffix": ["eoi"], "pad_token": "ipad",
-        "image_modality": "image", "sampler": MMADA_T2I_PRESET}
+        "image_modality": "image", "head": "image", "sampler": MMADA_T2I_PRESET}
     t2i = load_mmada(mmada, magvit_folder, task="t2i", image_size=[64, 32])
     assert t2i.config.task == "t2i" and t2i.config.task_options["t2i"]["image_size"] == [64, 32]
     s = t2i.sampler_config
@@ -388,7 +388,7 @@ def test_lumina_converter_loads_core_vocabulary_and_vq(lumina):
         "image_size": [4, 6], "text_length": 256, "caption_dropout": 0.1, "row_newline": True, "task_token": None,
         "caption_prefix": [], "caption_suffix": [], "prompt_template": LUMINA_T2I_TEMPLATE,
         "unconditional_prompt": "<uncondition>", "image_prefix": ["answer_start", "soi"],
-        "image_suffix": ["eoi", "answer_end"], "pad_token": "pad", "image_modality": "image",
+        "image_suffix": ["eoi", "answer_end"], "pad_token": "pad", "image_modality": "image", "head": "image",
         "sampler": LUMINA_T2I_PRESET}
     s = model.sampler_config
     assert (s.steps, s.temperature, s.options["schedule"], s.options["cfg_form"], s.options["cfg_scale"]) == (

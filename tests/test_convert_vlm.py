@@ -391,7 +391,7 @@ def run_canvas(model, images: list[Image.Image], questions: list[str], answer: i
     converted model as the VLM pipeline's sampler runs it (padding masked, positions counted from the first real
     token); returns (ids, logits, real-position mask)."""
     pipe = VLMPipeline(model)
-    prompt = VLMTask.prompt_canvas(model, images, [pipe._encode(q) for q in questions])
+    prompt = VLMTask(model).prompt_canvas(images, [pipe._encode(q) for q in questions])
     ids = torch.cat([prompt.ids, torch.full((len(images), answer), model.vocab.mask_id)], dim=1)
     real = torch.cat([prompt.attention_mask, torch.ones(len(images), answer, dtype=torch.bool)], dim=1)
     with torch.no_grad():

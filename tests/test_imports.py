@@ -9,22 +9,21 @@ that the table does not place fails the test, so a new module gets a floor when 
   the zoo card dataclass (`card`, plain data, so the model can declare it), `hub` (a leaf download helper that imports
   nothing of mmdiff; the adapters fetch tower weights with it), the `canvas` data structure every task hands to the
   core, and the masked-diffusion objective and schedules (`diffusion/`).
-- sampling: the samplers (`sampling/`).
+- sampling: the samplers (`sampling/`) and the views of their decoding trajectories (`viz`), which task pipelines
+  show from the command line.
 - adapters: modality adapters (`adapters/`) and the audio input they read (`audio`).
 - heads: output heads (`heads`).
 - modeling: `DiffusionModel` (`modeling`) and LoRA weights on it (`lora`).
 - tasks: one module per task (`tasks/`).
 - evaluation: what trains and judges a task's model without the zoo: datasets (`data/`), metrics, the generated-output
-  judges (`evaluation/`) and the sampling visualizations (`viz`).
+  judges (`evaluation/`).
 - zoo: foreign checkpoint layouts (`convert/`) and the zoo of named entries (`zoo`).
 - train: runners that load zoo models: the training loop (`train/`) and the lm-eval harness (`harness`).
 - cli: the command line (`cli`).
 - package: `mmdiff/__init__.py`, the flat public API that re-exports every floor.
 
-Known upward imports that another change removes are listed in `KNOWN_UPWARD` with the reason; each entry must
-still occur (like `xfail(strict=True)`): when the import is gone the test fails until the entry is deleted. Private
-names (a leading underscore, or a name left out of its module's `__all__`) are imported only inside their own package;
-known exceptions are in `KNOWN_PRIVATE`.
+There are no exceptions. Private names (a leading underscore, or a name left out of its module's `__all__`) are
+imported only inside their own package.
 """
 
 from __future__ import annotations
@@ -33,8 +32,6 @@ import ast
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "mmdiff"
 FLOORS = ("core", "sampling", "adapters", "heads", "modeling", "tasks", "evaluation", "zoo", "train", "cli", "package")
@@ -60,9 +57,10 @@ FLOOR_OF: dict[str, str] = {
     "mmdiff.data": "evaluation",
     "mmdiff.metrics": "evaluation",
     "mmdiff.evaluation": "evaluation",
-    "mmdiff.viz": "evaluation",
+    "mmdiff.viz": "sampling",
     "mmdiff.convert": "zoo",
     "mmdiff.zoo": "zoo",
+    "mmdiff.pipelines": "zoo",
     "mmdiff.train": "train",
     "mmdiff.harness": "train",
     "mmdiff.cli": "cli",
@@ -70,19 +68,6 @@ FLOOR_OF: dict[str, str] = {
 }
 
 # (importing module, imported module) -> why it is still there; delete an entry when its import is gone
-KNOWN_UPWARD: dict[tuple[str, str], str] = {
-    ("mmdiff.tasks", "mmdiff.zoo"): "pipeline(name) loads a zoo name with create_model (issue 15: the task contract "
-                                    "change moves the loading out of tasks/)",
-    ("mmdiff.data.mnist_digits", "mmdiff"): "MnistDigitsSource.evaluate builds its pipeline with `import mmdiff` "
-                                            "(the tasks floor's pipeline() serves)",
-}
-KNOWN_PRIVATE: dict[tuple[str, str], str] = {
-    ("mmdiff.train.config", "mmdiff.diffusion.schedules"): "SCHEDULES is the registry's (mmdiff.registry exports it)",
-    ("mmdiff.tasks.t2i", "mmdiff.sampling.llada"): "the T2I pipeline draws its uniforms with the LLaDA loop's "
-                                                   "unexported uniform64 (issue 15: the sampler objects own it)",
-}
-
-
 @dataclass(frozen=True)
 class Import:
     """One import statement (or `importlib.import_module("...")` call) of an mmdiff module."""
@@ -212,24 +197,14 @@ def test_every_module_has_a_floor():
 
 def test_no_upward_imports():
     found = upward(all_imports())
-    new = [describe(i) for i in found if (i.source, i.target) not in KNOWN_UPWARD]
+    new = [describe(i) for i in found]
     assert not new, "imports that run upward (use a registry lookup by name instead):\n  " + "\n  ".join(new)
-
-
-@pytest.mark.parametrize("pair", sorted(KNOWN_UPWARD), ids="->".join)
-def test_known_upward_imports_still_occur(pair):
-    """Strict like xfail(strict=True): once the import is gone, delete its KNOWN_UPWARD entry."""
-    assert pair in {(i.source, i.target) for i in upward(all_imports())}, (
-        f"{pair[0]} no longer imports {pair[1]} upward: delete the entry from KNOWN_UPWARD")
 
 
 def test_no_private_names_across_packages():
     found = private(all_imports())
-    new = [f"{describe(i)}: private {_private_names(i)}" for i in found
-           if (i.source, i.target) not in KNOWN_PRIVATE]
+    new = [f"{describe(i)}: private {_private_names(i)}" for i in found]
     assert not new, "private names imported from another package (make them public):\n  " + "\n  ".join(new)
-    stale = sorted(set(KNOWN_PRIVATE) - {(i.source, i.target) for i in found})
-    assert not stale, f"no longer imported privately: {stale}; delete them from KNOWN_PRIVATE"
 
 
 def test_the_checker_sees_lazy_relative_and_dynamic_imports():

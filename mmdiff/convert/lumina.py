@@ -183,7 +183,7 @@ def lumina_t2i_options(image_size: list[int]) -> dict[str, Any]:
                          caption_dropout=LUMINA_CAPTION_DROPOUT, row_newline=True,
                          prompt_template=LUMINA_T2I_TEMPLATE, unconditional_prompt=LUMINA_UNCONDITIONAL,
                          image_prefix=["answer_start", "soi"], image_suffix=["eoi", "answer_end"],
-                         sampler=dict(LUMINA_T2I_PRESET))
+                         head="image", sampler=dict(LUMINA_T2I_PRESET))
     return to_dict(options)
 
 

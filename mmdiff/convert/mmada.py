@@ -190,7 +190,7 @@ def mmada_t2i_options(image_size: list[int]) -> dict[str, Any]:
     options = T2IOptions(image_size=list(image_size), text_length=MMADA_TEXT_BUDGET,
                          caption_dropout=MMADA_CAPTION_DROPOUT, caption_prefix=["t2i", "bos"],
                          caption_suffix=["eos"], image_prefix=["soi"], image_suffix=["eoi"], pad_token="ipad",
-                         sampler=dict(MMADA_T2I_PRESET))
+                         head="image", sampler=dict(MMADA_T2I_PRESET))
     return to_dict(options)
 
 

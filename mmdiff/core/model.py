@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from mmdiff.core.config import CoreConfig
 from mmdiff.registry import ARCHITECTURES
 
-__all__ = ["MaskedDiffusionTransformer", "CoreOutput", "KVCache", "RMSNorm", "rotary_embedding"]
+__all__ = ["MaskedDiffusionTransformer", "CoreOutput", "KVCache", "RMSNorm", "rotary_embedding", "place_soft_tokens"]
 
 
 class RMSNorm(nn.Module):
@@ -103,6 +103,40 @@ def _gather_rows(x: Tensor, index: Tensor, dim: int = 1) -> Tensor:
     view = [index.shape[0]] + [1] * (x.dim() - 1)
     view[dim] = index.shape[1]
     return x.gather(dim, index.view(view).expand(shape))
+
+
+def place_soft_tokens(embeds: Tensor, soft_embeds: Tensor, soft_positions: Tensor,
+                      window: tuple[int, int] | None = None) -> Tensor:
+    """The one placement of soft tokens (image / audio features) into token embeddings, for every caller.
+
+    Args:
+        embeds: (B', L, d_model) token embeddings of the canvas, or of its window [lo, hi) (a cached call).
+        soft_embeds: (B, N, d_model) soft tokens; B' a multiple of B (classifier-free guidance runs the batch
+            twice: the soft tokens repeat).
+        soft_positions: (B, N) canvas positions of the soft tokens.
+        window: (lo, hi) when `embeds` covers only those canvas positions: the soft tokens inside it are placed, the
+            rest skipped; None = the whole canvas (every position must be inside).
+
+    Returns:
+        (B', L, d_model) embeddings with the soft tokens in place (a new tensor).
+
+    >>> place_soft_tokens(torch.zeros(1, 4, 2), torch.ones(1, 1, 2), torch.tensor([[2]]))[0, :, 0].tolist()
+    [0.0, 0.0, 1.0, 0.0]
+    """
+    repeat = embeds.shape[0] // soft_embeds.shape[0]
+    if repeat > 1:
+        soft_embeds, soft_positions = soft_embeds.repeat(repeat, 1, 1), soft_positions.repeat(repeat, 1)
+    if window is None:
+        index = soft_positions[..., None].expand(-1, -1, embeds.shape[-1])  # (B', N, d_model)
+        return embeds.scatter(1, index, soft_embeds.to(embeds.dtype))
+    lo = window[0]
+    inside = (soft_positions >= lo) & (soft_positions < lo + embeds.shape[1])  # (B', N)
+    if not bool(inside.any()):
+        return embeds
+    rows, slots = inside.nonzero(as_tuple=True)
+    embeds = embeds.clone()
+    embeds[rows, soft_positions[rows, slots] - lo] = soft_embeds[rows, slots].to(embeds.dtype)
+    return embeds
 
 
 class SwiGLU(nn.Module):
@@ -230,8 +264,7 @@ class MaskedDiffusionTransformer(nn.Module):
                     f"soft_positions {tuple(soft_positions.shape)} must be (B, N) matching soft_embeds "
                     f"{tuple(soft_embeds.shape)}"
                 )
-            index = soft_positions[..., None].expand(-1, -1, x.shape[-1])  # (B, N, d_model)
-            x = x.scatter(1, index, soft_embeds.to(x.dtype))
+            x = place_soft_tokens(x, soft_embeds, soft_positions)
         return x
 
     def _check_soft_width(self, soft_embeds: Tensor) -> None:

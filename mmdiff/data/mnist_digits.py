@@ -47,6 +47,7 @@ from mmdiff.data import check_vocab_fits
 from mmdiff.data.mnist_grid import DIGIT_WORDS, N_CLASSES, digit_split, load_mnist_digits
 from mmdiff.evaluation.digit_classifier import score_digits
 from mmdiff.registry import DATASETS
+from mmdiff.tasks import build_pipeline
 from mmdiff.vocab import VocabLayout
 
 __all__ = [
@@ -326,7 +327,7 @@ class MnistDigitsSource:
         """Generates one image per caption of `split` and judges them with the shipped digit classifier.
 
         Args:
-            model: a text-to-image `DiffusionModel` trained on this source (or its zoo name).
+            model: a text-to-image `DiffusionModel` trained on this source.
             split: whose captions to draw ("val": held-out captions).
             limit: the first `limit` captions (class-balanced); None = the whole split.
             generator_seed: seed of the one generator passed through every batch.
@@ -339,12 +340,10 @@ class MnistDigitsSource:
             tokenizer's reconstruction error on the held-out pool: "tokenizer_mse" (pixels in [0, 1]) and
             "tokenizer_psnr_db"}.
 
-        >>> # MnistDigitsSource().evaluate("mnist-t2i", limit=200)["classifier_accuracy"]
+        >>> # MnistDigitsSource().evaluate(create_model("mnist-t2i"), limit=200)["classifier_accuracy"]
         """
-        import mmdiff
-
         examples = self.examples(split, limit)
-        pipe = mmdiff.pipeline("text-to-image", model)
+        pipe = build_pipeline("text-to-image", model)
         generator = torch.Generator().manual_seed(generator_seed)
         images: list[Any] = []
         for start in range(0, len(examples), batch_size):

@@ -42,19 +42,23 @@ the code grid from an image and re-mask a region (or a random fraction) of it; t
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from mmdiff.adapters.base import check_finite_inputs
 from mmdiff.canvas import Canvas
-from mmdiff.dataclass_io import from_dict
+from mmdiff.heads import get_head
 from mmdiff.modeling import SamplerConfig
 from mmdiff.registry import TASKS
-from mmdiff.sampling.llada import uniform64
+from mmdiff.sampling.selection import uniform64
+from mmdiff.tasks.base import CLIContext, Pipeline, Task
 
 __all__ = ["T2ITask", "T2IOptions", "T2IPipeline", "T2ILayout", "t2i_options", "prompt_ids", "code_region_mask"]
 
@@ -85,6 +89,7 @@ class T2IOptions:
         image_suffix: specials after the last code row (and its newline).
         pad_token: the special that left-pads the prompt (MMaDA: "ipad", its [iPAD]).
         image_modality: the model's adapter (and vocabulary range) holding the image tokenizer.
+        head: the head (`mmdiff.registry.HEADS`) that scores the codes: "image", the image range of the vocabulary.
         sampler: sampler keyword defaults of the text-to-image pipeline for a model whose task is not "t2i" (e.g.
             MMaDA loaded for text keeps its text `sampler_config`); a "t2i" model's own `sampler_config` wins.
 
@@ -106,6 +111,7 @@ class T2IOptions:
     image_suffix: list[str] = field(default_factory=lambda: ["eoi"])
     pad_token: str = "pad"
     image_modality: str = "image"
+    head: str = "image"
     sampler: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -132,7 +138,8 @@ class T2IOptions:
 
 
 def t2i_options(model: Any) -> T2IOptions:
-    return from_dict(T2IOptions, dict(model.config.task_options.get("t2i", {})), where="task_options.t2i")
+    """The T2I options of `model` (`task_options["t2i"]`)."""
+    return T2ITask.read_options(model)
 
 
 def encode_text(model: Any, text: str, *, special_tokens: bool = False) -> list[int]:
@@ -286,41 +293,62 @@ def _batch_seed(ids: Tensor) -> int:
 
 
 @TASKS.register("t2i")
-class T2ITask:
-    """Builds T2I canvases: `collator(model)` for training batches of {"image", "caption_ids"} (or "caption" text;
-    a model with a prompt template reads the text)."""
+class T2ITask(Task):
+    """Builds T2I canvases: `training_canvas` for batches of {"image", "caption_ids"} (or "caption" text; a model
+    with a prompt template reads the text), `prompt_canvas` for captions, `decode` for the sampled codes.
+
+    >>> # canvas = T2ITask(model).prompt_canvas(["a handwritten seven"])  # codes masked, head: the image range
+    """
 
     name = "t2i"
+    options_class = T2IOptions
+    pipeline_names = ("text-to-image",)
 
-    @staticmethod
-    def collator(model: Any) -> Callable[[Sequence[dict[str, Any]]], Canvas]:
+    def __init__(self, model: Any) -> None:
+        super().__init__(model)
+        self.tokenizer = image_tokenizer(model)
+        self.head = get_head(self.options.head)
+        span, codes = self.head.id_range(model.vocab), model.vocab.range(self.tokenizer.vocab_range)
+        if span != codes:
+            raise ValueError(f"the {self.head.name!r} head scores ids {span} but the image tokenizer's codes are "
+                             f"{codes}; set task_options.t2i.head to the head of the {self.tokenizer.vocab_range!r} "
+                             "range")
+
+    def training_canvas(self, examples: Sequence[dict[str, Any]]) -> Canvas:
         """Training collate: images are tokenized (no gradient), captions dropped with `caption_dropout` (the row
         gets the unconditional prompt); the canvas is the one the pipeline samples on."""
-        options, tokenizer, vocab = t2i_options(model), image_tokenizer(model), model.vocab
-        layout = T2ILayout.build(model)
-        image_range = vocab.range(tokenizer.vocab_range)
+        options, tokenizer, vocab = self.options, self.tokenizer, self.model.vocab
+        layout = T2ILayout.build(self.model)
+        codes = tokenizer.encode(tokenizer.preprocess([e["image"] for e in examples])).cpu()  # (B, h, w)
+        if tuple(codes.shape[1:]) != layout.grid:
+            raise ValueError(f"images tokenize to {tuple(codes.shape[1:])} codes but the layout expects "
+                             f"{layout.grid} (task_options.t2i.image_size {options.image_size})")
+        codes = tokenizer.to_vocab_ids(codes.flatten(1), vocab)  # (B, h * w)
+        captions: list[Caption] = [_example_caption(e, options) for e in examples]
+        if options.caption_dropout > 0:
+            g = torch.Generator().manual_seed(_batch_seed(codes))
+            drop = torch.rand(len(captions), generator=g) < options.caption_dropout
+            captions = [None if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+        return self.prompt_canvas(captions, layout, codes)
 
-        def collate(examples: Sequence[dict[str, Any]]) -> Canvas:
-            codes = tokenizer.encode(tokenizer.preprocess([e["image"] for e in examples])).cpu()  # (B, h, w)
-            if tuple(codes.shape[1:]) != layout.grid:
-                raise ValueError(f"images tokenize to {tuple(codes.shape[1:])} codes but the layout expects "
-                                 f"{layout.grid} (task_options.t2i.image_size {options.image_size})")
-            codes = tokenizer.to_vocab_ids(codes.flatten(1), vocab)  # (B, h * w)
-            captions: list[Caption] = [_example_caption(e, options) for e in examples]
-            if options.caption_dropout > 0:
-                g = torch.Generator().manual_seed(_batch_seed(codes))
-                drop = torch.rand(len(captions), generator=g) < options.caption_dropout
-                captions = [None if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
-            ids, attention = layout.canvas_ids(model, captions, codes)
-            maskable = torch.zeros_like(ids, dtype=torch.bool)
-            maskable[:, layout.codes] = True
-            return Canvas(ids=ids, maskable=maskable, attention_mask=attention, vocab_range=image_range)
+    def prompt_canvas(self, captions: Sequence[Caption], layout: T2ILayout | None = None,
+                      codes: Tensor | None = None) -> Canvas:
+        """The canvas of `captions` (text, caption ids, or None: the unconditional prompt) at `layout` (default: the
+        options' image size): the code columns are the targets (mask ids, or `codes` (B, h*w) vocabulary ids), the
+        head is the options' (`head`: the image range)."""
+        layout = layout if layout is not None else T2ILayout.build(self.model)
+        ids, attention = layout.canvas_ids(self.model, captions, codes)
+        maskable = torch.zeros_like(ids, dtype=torch.bool)
+        maskable[:, layout.codes] = True
+        return Canvas(ids=ids, maskable=maskable, attention_mask=attention, head=self.head.name,
+                      vocab_range=self.head.id_range(self.model.vocab))
 
-        return collate
-
-    @staticmethod
-    def pipeline(model: Any, **options: Any) -> T2IPipeline:
-        return T2IPipeline(model, **options)
+    def decode(self, prompt: Canvas, out: Tensor, *, layout: T2ILayout | None = None, **context: Any) -> list[Any]:
+        """Sampled canvases (B, L) -> (image, codes (h, w)) per row."""
+        layout = layout if layout is not None else T2ILayout.build(self.model)
+        codes = self.tokenizer.from_vocab_ids(out[:, layout.codes], self.model.vocab).view(-1, *layout.grid)
+        images = self.tokenizer.postprocess(self.tokenizer.decode(codes))  # codes: (B, h, w)
+        return list(zip(images, codes.cpu(), strict=True))
 
 
 def _example_caption(example: dict[str, Any], options: T2IOptions) -> Caption:
@@ -332,9 +360,6 @@ def _example_caption(example: dict[str, Any], options: T2IOptions) -> Caption:
             "'caption_ids' or a 'caption'"
         raise ValueError(f"a text-to-image training example needs {need}; got keys {sorted(example)}")
     return str(example["caption"])
-
-
-TASKS.add("text-to-image", T2ITask)
 
 
 def code_region_mask(region: Any, grid: tuple[int, int], image_size: Sequence[int]) -> Tensor:
@@ -356,11 +381,12 @@ def code_region_mask(region: Any, grid: tuple[int, int], image_size: Sequence[in
     return mask.view(h, mask.shape[0] // h, w, mask.shape[1] // w).any(3).any(1)  # (h, w)
 
 
-class T2IPipeline:
+class T2IPipeline(Pipeline):
     """Generates images from captions: `pipe(prompts, ...) -> list of PIL images`.
 
     Args of `__call__`:
-        prompts: a caption or a list of captions (one image each).
+        prompts: a caption or a list of captions (one image each); None (or a None in the list) draws an
+            unconditional image (the unconditional prompt), an empty caption is an error.
         num_inference_steps: denoising steps (default: the checkpoint's sampler `steps`).
         guidance_scale: classifier-free guidance weight w (default: the checkpoint's `cfg_scale`, else 0).
         guidance_form: "llada" ((1 + w) c - w u, MMaDA's; w = 0 is off) or "standard" (u + w (c - u); w = 1 is off).
@@ -370,9 +396,10 @@ class T2IPipeline:
             downsampling, any aspect ratio the core's context holds.
         temperature: token sampling temperature (0 = argmax).
         choice_temperature: MaskGIT's annealed Gumbel noise on the commit order.
-        image, mask: image-to-image / inpainting: the image's codes are given and only the `mask` region (pixel or
-            code-grid mask) is regenerated; with `image` and no mask, a random `strength` fraction of codes is.
-        strength: fraction of codes regenerated when `image` comes without a mask.
+        image, mask: image-to-image / inpainting: the image's codes (one image, or one per prompt) are given and only
+            the `mask` region (pixel or code-grid mask) is regenerated; with `image` and no mask, a random
+            `strength` fraction of codes is. `mask` and `strength` need `image`.
+        strength: fraction of codes regenerated when `image` comes without a mask (default 1.0).
         generator: torch.Generator for reproducible images.
         return_codes: also return the (B, h, w) code grids.
 
@@ -382,44 +409,48 @@ class T2IPipeline:
     >>> # pipe = mmdiff.pipeline("text-to-image", model="mnist-t2i"); pipe("a handwritten seven")[0].save("7.png")
     """
 
-    def __init__(self, model: Any, *, batch_size: int = 64, **generate_options: Any) -> None:
+    task_class = T2ITask
+    cli_flags = ("images", "num_images", "height", "width", "out")
+    cli_selector = "images"
+
+    def __init__(self, model: Any, **options: Any) -> None:
         if model.tokenizer is None:
             raise ValueError("this model has no tokenizer; a text-to-image pipeline needs one to read prompts")
-        self.model, self.batch_size = model, batch_size
-        self.options, self.tokenizer = t2i_options(model), image_tokenizer(model)
-        self.generate_options = generate_options
+        super().__init__(model, **options)
+        self.tokenizer = self.task.tokenizer
         # a model of another task (e.g. MMaDA loaded for text) samples images with the T2I options' defaults, all
         # passed explicitly so that none of its own sampler_config (a text sampler's) reaches the image
         self.own_sampler = TASKS.get(model.config.task) is T2ITask
         self.sampler_defaults = (model.sampler_config.defaults() if self.own_sampler
                                  else {**SamplerConfig(gen_length=0).defaults(), **self.options.sampler})
-        self.defaults = {**self.sampler_defaults, **generate_options}  # what a keyword not given falls back to
+        self.defaults = {**self.sampler_defaults, **self.generate_options}  # what a keyword not given falls back to
 
-    def __call__(self, prompts: str | Sequence[str], *, num_inference_steps: int | None = None,
+    def __call__(self, prompts: str | None | Sequence[str | None], *, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, guidance_form: str | None = None,
                  negative_prompt: str | Sequence[str] | None = None, height: int | None = None,
-                 width: int | None = None, image: Any = None, mask: Any = None, strength: float = 1.0,
+                 width: int | None = None, image: Any = None, mask: Any = None, strength: float | None = None,
                  generator: torch.Generator | None = None, return_codes: bool = False,
                  **overrides: Any) -> list | tuple[list, Tensor]:
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        prompts = [prompts] if prompts is None or isinstance(prompts, str) else list(prompts)
         if not prompts:
             raise ValueError("no prompts given")
         negatives = self._negatives(negative_prompt, len(prompts))
         for prompt in [*prompts, *(negatives or [])]:
-            if not isinstance(prompt, str):
+            if prompt is not None and not isinstance(prompt, str):
                 raise TypeError(f"prompts are strings, got {type(prompt).__name__}")
+            if isinstance(prompt, str) and not prompt.strip():
+                raise ValueError(f"empty prompt {prompt!r}: give a caption; for an unconditional image pass None as "
+                                 "the prompt (pipe(None) or pipe([None, ...]))")
+        images = self._init_images(image, mask, strength, len(prompts))
         size = (int(height) if height is not None else self.options.image_size[0],
                 int(width) if width is not None else self.options.image_size[1])
         layout = T2ILayout.build(self.model, size)  # a size the tokenizer cannot tile is an error naming the fix
-        images, grids = [], []
-        for start in range(0, len(prompts), self.batch_size):
-            stop = start + self.batch_size
-            out, codes = self._generate(prompts[start:stop], negatives[start:stop] if negatives else None, layout,
-                                        size, num_inference_steps, guidance_scale, guidance_form, image, mask,
-                                        strength, generator, overrides)
-            images += out
-            grids.append(codes)
-        return (images, torch.cat(grids)) if return_codes else images
+        items = [(p, negatives[i] if negatives else None, images[i]) for i, p in enumerate(prompts)]
+        out = self.run(items, layout=layout, size=size, steps=num_inference_steps, scale=guidance_scale,
+                       form=guidance_form, mask=mask, strength=1.0 if strength is None else strength,
+                       generator=generator, negatives=negatives is not None, overrides=overrides)
+        drawn = [image for image, _ in out]
+        return (drawn, torch.stack([codes for _, codes in out])) if return_codes else drawn
 
     def _negatives(self, negative: str | Sequence[str] | None, n: int) -> list[str] | None:
         if negative is None:
@@ -428,6 +459,23 @@ class T2IPipeline:
         if len(negatives) != n:
             raise ValueError(f"got {len(negatives)} negative prompts for {n} prompts; give one, or one per prompt")
         return negatives
+
+    def _init_images(self, image: Any, mask: Any, strength: float | None, n: int) -> list[Any]:
+        """The init image of each prompt (None without image-to-image)."""
+        if image is None:
+            if mask is not None or strength is not None:
+                given = "mask=" if mask is not None else "strength="
+                raise ValueError(f"{given} needs image=: give the image to edit (image=...), or drop {given} to draw "
+                                 "from scratch")
+            return [None] * n
+        if isinstance(image, (list, tuple)):
+            if len(image) not in (1, n):
+                raise ValueError(f"give one init image, or one per prompt ({n}); got {len(image)}")
+            images = list(image) * (n if len(image) == 1 else 1)
+        else:
+            images = [image] * n
+        check_finite_inputs(images[:1] if not isinstance(image, (list, tuple)) else images, "init image")
+        return images
 
     def encode_prompt(self, prompt: str | None) -> list[int]:
         """The ids a prompt puts in the prompt budget (see `prompt_ids`; None: the unconditional prompt); an error
@@ -443,11 +491,10 @@ class T2IPipeline:
         options = {} if self.own_sampler else dict(self.sampler_defaults)
         options.update(schedule=defaults.get("schedule", "cosine"),
                        choice_temperature=defaults.get("choice_temperature", 0.0), logits_mask_inf=True)
-        options.update(self.generate_options)
-        start, stop = self.model.vocab.range(self.tokenizer.vocab_range)
+        options.update(self.sampler_keywords())
         options.update(gen_length=0, infill=True, block_length=layout.length - int(layout.codes[0]),
                        steps=steps if steps is not None else defaults["steps"],
-                       allowed_token_ids=range(start, stop), generator=generator)
+                       allowed_token_ids=self.task.head.allowed_ids(self.model.vocab), generator=generator)
         if form is not None:
             options["cfg_form"] = form
         if scale is not None:
@@ -455,14 +502,16 @@ class T2IPipeline:
         options.update(overrides)
         return options
 
-    def _generate(self, prompts: list[str], negatives: list[str] | None, layout: T2ILayout, size: tuple[int, int],
-                  steps: int | None, scale: float | None, form: str | None, image: Any, mask: Any, strength: float,
-                  generator: torch.Generator | None, overrides: dict[str, Any]) -> tuple[list, Tensor]:
-        model, vocab, tokenizer = self.model, self.model.vocab, self.tokenizer
-        ids, attention = layout.canvas_ids(model, prompts)
-        B = len(prompts)
-        if image is not None:
-            ids[:, layout.codes] = self._edited_codes(image, mask, strength, layout, size, B, generator)
+    def prepare(self, chunk: list[tuple[str | None, str | None, Any]], *, layout: T2ILayout, size: tuple[int, int],
+                steps: int | None, scale: float | None, form: str | None, mask: Any, strength: float,
+                generator: torch.Generator | None, negatives: bool, overrides: dict[str, Any]
+                ) -> tuple[Canvas, dict[str, Any], dict[str, Any]]:
+        model = self.model
+        prompt = self.task.prompt_canvas([p for p, _, _ in chunk], layout)
+        ids = prompt.ids
+        images = [image for _, _, image in chunk]
+        if images[0] is not None:
+            ids[:, layout.codes] = self._edited_codes(images, mask, strength, layout, size, generator)
         options = self._sampling_options(layout, steps, scale, form, generator, overrides)
         w = options.get("cfg_scale", self.defaults.get("cfg_scale", 0.0))
         cfg_form = options.get("cfg_form", self.defaults.get("cfg_form", "llada"))
@@ -470,28 +519,29 @@ class T2IPipeline:
             if self.options.caption_dropout == 0:
                 warnings.warn("guidance with a model trained without caption dropout (task_options.t2i."
                               "caption_dropout = 0): its unconditional predictions were never trained, so guidance "
-                              "may hurt; train with caption_dropout > 0 or turn guidance off", stacklevel=3)
+                              "may hurt; train with caption_dropout > 0 or turn guidance off", stacklevel=4)
             # the unconditional prompt (or the negative one) and the same image columns: each model's public rule
-            uncond, uncond_attention = layout.canvas_ids(model, negatives if negatives else [None] * B)
+            uncond, uncond_attention = layout.canvas_ids(model, [n for _, n, _ in chunk] if negatives
+                                                         else [None] * len(chunk))
             uncond[:, layout.codes] = ids[:, layout.codes]
             options.update(uncond_input_ids=uncond.to(model.device), uncond_attention_mask=uncond_attention)
-        out = model.generate(ids, attention, **options)  # (B, L)
-        codes = tokenizer.from_vocab_ids(out[:, layout.codes], vocab).view(B, *layout.grid)  # (B, h, w)
-        return tokenizer.postprocess(tokenizer.decode(codes)), codes.cpu()
+        return prompt, options, {"layout": layout}
 
-    def _edited_codes(self, image: Any, mask: Any, strength: float, layout: T2ILayout, size: tuple[int, int], B: int,
-                      generator: torch.Generator | None) -> Tensor:
-        """(B, h*w) vocabulary ids of the init image with the region to regenerate set to the mask id."""
+    def generate(self, prompt: Canvas, options: dict[str, Any]) -> Tensor:
+        return self.model.generate(prompt.ids, prompt.attention_mask, **options)  # (B, L)
+
+    def _edited_codes(self, images: list[Any], mask: Any, strength: float, layout: T2ILayout,
+                      size: tuple[int, int], generator: torch.Generator | None) -> Tensor:
+        """(B, h*w) vocabulary ids of the init images with the region to regenerate set to the mask id."""
         tokenizer, vocab = self.tokenizer, self.model.vocab
-        pixels = tokenizer.preprocess(image if isinstance(image, (list, tuple)) else [image])
-        codes = tokenizer.encode(pixels).cpu()  # (N, h, w)
+        pixels = tokenizer.preprocess(images)
+        check_finite_inputs([pixels], "init image")
+        codes = tokenizer.encode(pixels).cpu()  # (B, h, w)
         if tuple(codes.shape[1:]) != layout.grid:
             raise ValueError(f"the init image tokenizes to {tuple(codes.shape[1:])} codes (the tokenizer resizes to "
                              f"{tuple(pixels.shape[-2:])}); the pipeline generates {layout.grid} at {size}: generate "
                              f"at height={pixels.shape[-2]}, width={pixels.shape[-1]}")
-        if codes.shape[0] not in (1, B):
-            raise ValueError(f"give one init image, or one per prompt ({B}); got {codes.shape[0]}")
-        ids = tokenizer.to_vocab_ids(codes.flatten(1), vocab).expand(B, -1).clone()  # (B, h*w)
+        ids = tokenizer.to_vocab_ids(codes.flatten(1), vocab)  # (B, h*w)
         if mask is not None:
             region = code_region_mask(mask, layout.grid, size).flatten()  # (h*w,)
             ids[:, region] = vocab.mask_id
@@ -499,9 +549,66 @@ class T2IPipeline:
             if not 0.0 < strength <= 1.0:
                 raise ValueError(f"strength must be in (0, 1], got {strength}")
             count = max(1, round(strength * ids.shape[1]))
-            noise = uniform64(ids.shape, generator, torch.device("cpu"))
+            noise = uniform64(ids.shape, generator, torch.device("cpu"))  # (B, h*w), the same on any device
             chosen = noise.argsort(1)[:, :count]  # (B, count)
             ids.scatter_(1, chosen, vocab.mask_id)
         if not bool((ids == vocab.mask_id).any()):
             raise ValueError("the inpainting mask selects no code: nothing would be regenerated")
         return ids
+
+    # ------------------------------------------------------------------------------------------ command line
+    @classmethod
+    def add_cli_arguments(cls, parser: Any) -> None:
+        parser.add_argument("--images", action="store_true",
+                            help="draw images with a model of another task that also holds text-to-image options "
+                                 "(MMaDA)")
+        parser.add_argument("--num-images", type=_positive_int, help="text-to-image: images per prompt (default 1)")
+        parser.add_argument("--height", type=_positive_int,
+                            help="text-to-image: image height in pixels (default: the model's)")
+        parser.add_argument("--width", type=_positive_int,
+                            help="text-to-image: image width in pixels (default: the model's)")
+        parser.add_argument("--out", help="text-to-image: PNG file for the grid of images (default: t2i.png)")
+
+    @classmethod
+    def run_cli(cls, model: Any, cli: CLIContext) -> int:
+        """Text-to-image: `--num-images` images for each --prompt caption (default: one caption per class of the
+        model's data source), saved as one PNG grid (`--out`; a row per prompt) and shown in the terminal."""
+        from mmdiff.viz import ascii_image, image_grid
+
+        args = cli.args
+        overrides = cli.sampler_overrides()
+        steps, scale = overrides.pop("steps", None), overrides.pop("cfg_scale", None)
+        if args.prompt or args.prompt_file:
+            prompts = cli.read_prompts()
+        else:
+            captions = getattr(cli.data_source(), "captions_for_labels", None)
+            if captions is None:
+                raise cli.error("give --prompt TEXT (repeatable): this model's data source has no default captions")
+            prompts = captions(range(10))
+        pipe = cls(model, **overrides)
+        per_prompt = args.num_images or 1
+        size = {k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None}
+        images = pipe([p for p in prompts for _ in range(per_prompt)], num_inference_steps=steps,
+                      guidance_scale=scale, generator=cli.seeded_generator(), **size)
+        out = Path(args.out or "t2i.png")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        image_grid(images, columns=per_prompt, scale=2).save(out)
+        if args.json:
+            print(json.dumps({"prompts": prompts, "images_per_prompt": per_prompt, "grid": str(out)}, indent=2))
+            return 0
+        for i, prompt in enumerate(prompts):
+            print(f"{prompt}:\n{ascii_image(images[i * per_prompt], width=images[0].width)}")
+        print(f"saved {len(images)} images ({len(prompts)} prompts x {per_prompt}) to {out}")
+        return 0
+
+
+T2ITask.pipeline_class = T2IPipeline
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value

@@ -9,31 +9,32 @@ every row (training and sampling share it):
     [pad ... pad] [image x N] [question ids] | [answer ids] [eos ... eos]
     <------------------- prompt (P) -------> <--- answer_length (A) --->
 
-The N image positions hold the vocabulary's `image` placeholder id; the model's vision adapter turns the pixels
-into N soft tokens that replace their embeddings. Training (SFT) masks a random fraction of the answer positions
-(EOS fill included, so the model learns where an answer ends); RoPE positions count from each row's first real
-token, so padding never shifts a row.
+The N image positions hold the vocabulary's `image` placeholder id; the task asks the model's vision adapter how many
+tokens each image needs (`adapter.prepare`) and hands the images over as the canvas's `signals["vision"]`; the
+adapter turns them into N soft tokens that replace their embeddings (`DiffusionModel.embed_signals`).
+Training (SFT) masks a random fraction of the answer positions (EOS fill included, so the model learns where an answer
+ends); RoPE positions count from each row's first real token, so padding never shifts a row.
 
 >>> # answer = mmdiff.pipeline("vlm", model="mnist-grid-vlm")(image, "which digit is in the top left?")
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from mmdiff.adapters.images import load_image
 from mmdiff.canvas import Canvas
 from mmdiff.core.masks import ATTENTION_KINDS
-from mmdiff.dataclass_io import from_dict
 from mmdiff.registry import TASKS
+from mmdiff.tasks.base import CLIContext, Pipeline, Task
 from mmdiff.tasks.text import left_pad
 
-__all__ = ["VLMTask", "VLMOptions", "VLMPipeline", "IMAGE_TOKEN", "IMAGE_MARKER"]
+__all__ = ["VLMTask", "VLMOptions", "VLMPipeline", "IMAGE_TOKEN", "IMAGE_MARKER", "vlm_options"]
 
 IMAGE_TOKEN = "image"  # the special whose id marks the positions of the image's soft tokens
 IMAGE_MARKER = "<image>"  # where a prompt template puts the image
@@ -62,60 +63,60 @@ class VLMOptions:
 
 
 def vlm_options(model: Any) -> VLMOptions:
-    return from_dict(VLMOptions, dict(model.config.task_options.get("vlm", {})), where="task_options.vlm")
+    """The VLM options of `model` (`task_options["vlm"]`)."""
+    return VLMTask.read_options(model)
 
 
 @TASKS.register("vlm")
-class VLMTask:
-    """Builds VLM canvases: `collator(model)` for training batches, `prompt_canvas(...)` for answering."""
+class VLMTask(Task):
+    """Builds VLM canvases: `training_canvas` (the trainer's collate) and `prompt_canvas(images, questions)`.
+
+    >>> # canvas = VLMTask(model).prompt_canvas([image], [question_ids])  # image tokens, then the question
+    """
 
     name = "vlm"
+    options_class = VLMOptions
+    pipeline_names = ("image-text-to-text",)
 
-    @staticmethod
-    def collator(model: Any) -> Callable[[Sequence[dict[str, Any]]], Canvas]:
-        """Training collate for `model`: examples {"image", "question_ids", "answer_ids"} -> one canvas whose
-        targets are the answers, EOS-filled to `answer_length`."""
-        options = vlm_options(model)
-        vocab, adapter = model.vocab, _vision_adapter(model)
+    def __init__(self, model: Any) -> None:
+        super().__init__(model)
+        self.adapter = _vision_adapter(model)
 
-        def collate(examples: Sequence[dict[str, Any]]) -> Canvas:
-            prompt = VLMTask.prompt_canvas(model, [e["image"] for e in examples],
-                                           [e["question_ids"] for e in examples], adapter=adapter)
-            answers = torch.stack([_answer_row(e["answer_ids"], options.answer_length, vocab.eos_id)
-                                   for e in examples])  # (B, A)
-            B, A = answers.shape
-            ids = torch.cat([prompt.ids, answers], dim=1)
-            maskable = torch.cat([torch.zeros_like(prompt.ids, dtype=torch.bool),
-                                  torch.ones(B, A, dtype=torch.bool)], dim=1)
-            attention_mask = torch.cat([prompt.attention_mask, torch.ones(B, A, dtype=torch.bool)], dim=1)
-            return Canvas(ids=ids, maskable=maskable, attention_mask=attention_mask, attention=options.attention,
-                          prefix_len=torch.full((B,), prompt.length), position_ids=compact_positions(attention_mask),
-                          soft_positions=prompt.soft_positions, signals=prompt.signals)
+    def training_canvas(self, examples: Sequence[dict[str, Any]]) -> Canvas:
+        """Examples {"image", "question_ids", "answer_ids"} -> one canvas whose targets are the answers,
+        EOS-filled to `answer_length`."""
+        prompt = self.prompt_canvas([e["image"] for e in examples], [e["question_ids"] for e in examples])
+        answers = torch.stack([_answer_row(e["answer_ids"], self.options.answer_length, self.model.vocab.eos_id)
+                               for e in examples])  # (B, A)
+        B, A = answers.shape
+        ids = torch.cat([prompt.ids, answers], dim=1)
+        maskable = torch.cat([torch.zeros_like(prompt.ids, dtype=torch.bool),
+                              torch.ones(B, A, dtype=torch.bool)], dim=1)
+        attention_mask = torch.cat([prompt.attention_mask, torch.ones(B, A, dtype=torch.bool)], dim=1)
+        return Canvas(ids=ids, maskable=maskable, attention_mask=attention_mask, attention=self.options.attention,
+                      prefix_len=torch.full((B,), prompt.length), position_ids=compact_positions(attention_mask),
+                      soft_positions=prompt.soft_positions, signals=prompt.signals)
 
-        return collate
+    def prompt_canvas(self, images: Sequence[Any], questions: Sequence[Sequence[int] | Tensor]) -> Canvas:
+        """The left-padded prompts (image placeholders, question ids) of a batch, with the images as the canvas's
+        `signals["vision"]` (what the vision adapter's `prepare` makes of them) and the placeholder positions as its
+        `soft_positions`.
 
-    @staticmethod
-    def prompt_canvas(model: Any, images: Sequence[Any], questions: Sequence[Sequence[int] | Tensor], *,
-                      adapter: Any = None) -> Canvas:
-        """The left-padded prompts (image placeholders, question ids) of a batch, with the preprocessed pixels as
-        the canvas's `signals["vision"]` and the placeholder positions as its `soft_positions`.
+        The adapter says how many tokens each image needs (an anyres adapter, LLaVA-NeXT tiling for LaViDa and
+        LLaDA-V, as many as its size calls for); a row whose image has fewer tokens than the batch's most keeps that
+        many spare padding columns, where its unused soft-token slots go.
 
-        An anyres adapter (LLaVA-NeXT tiling: LaViDa, LLaDA-V) gives each image as many tokens as its size calls
-        for; they are encoded here (`soft_embeds`), and a row whose image has fewer tokens than the batch's most
-        keeps that many spare padding columns, where its unused soft-token slots go."""
+        Raises:
+            ValueError: image and question counts differ, an empty question, two image markers in one prompt, NaN
+                pixels, or a canvas longer than the core's context.
+        """
         if len(images) != len(questions):
             raise ValueError(f"got {len(images)} images but {len(questions)} questions; give one question per image")
         if not len(images):
             raise ValueError("no images given")
-        adapter = adapter if adapter is not None else _vision_adapter(model)
-        vocab, options = model.vocab, vlm_options(model)
+        vocab, options = self.model.vocab, self.options
         image_id = vocab.id(IMAGE_TOKEN)
-        anyres = hasattr(adapter, "encode_anyres")  # LLaVA-NeXT tiling: a token count per image size
-        if anyres:
-            images = [load_image(image) for image in images]
-            counts = [adapter.anyres_num_tokens(image.size) for image in images]
-        else:
-            counts = [adapter.num_tokens()] * len(images)
+        signal, counts = self.adapter.prepare(list(images))
         rows, image_starts = [], []
         for question, n_image in zip(questions, counts, strict=True):
             question = torch.as_tensor(question, dtype=torch.long).flatten()
@@ -135,28 +136,22 @@ class VLMTask:
         attention_mask &= ids >= 0
         ids = ids.masked_fill(ids < 0, vocab.pad_id)  # (B, P)
         total = width + options.answer_length
-        if total > model.config.core.max_seq_len:
+        if total > self.model.config.core.max_seq_len:
             raise ValueError(f"a {width}-position prompt (up to {N} image tokens) + {options.answer_length} answer "
                              f"positions = {total} positions exceed the core's max_seq_len="
-                             f"{model.config.core.max_seq_len}; shorten the question, pool the image tokens "
+                             f"{self.model.config.core.max_seq_len}; shorten the question, pool the image tokens "
                              "(pool_2x2) or use a smaller image size")
         soft_positions = torch.stack([
             torch.cat([torch.arange(N - n), width - r.numel() + at + torch.arange(n)])
             for r, n, at in zip(rows, counts, image_starts, strict=True)])  # (B, N): spare slots first
-        canvas = Canvas(ids=ids, maskable=torch.zeros_like(ids, dtype=torch.bool), attention_mask=attention_mask,
-                        attention=options.attention, prefix_len=torch.full((len(rows),), width),
-                        position_ids=compact_positions(attention_mask), soft_positions=soft_positions)
-        if not anyres:
-            return replace(canvas, signals={"vision": adapter.preprocess(list(images))})
-        tokens = adapter.encode_anyres(images)  # per image (n_i, d_model)
-        embeds = tokens[0].new_zeros(len(tokens), N, tokens[0].shape[-1])
-        for row, t in enumerate(tokens):
-            embeds[row, N - t.shape[0] :] = t
-        return replace(canvas, soft_embeds=embeds)
+        return Canvas(ids=ids, maskable=torch.zeros_like(ids, dtype=torch.bool), attention_mask=attention_mask,
+                      attention=options.attention, prefix_len=torch.full((len(rows),), width),
+                      position_ids=compact_positions(attention_mask), soft_positions=soft_positions,
+                      signals={"vision": signal})
 
-    @staticmethod
-    def pipeline(model: Any, **options: Any) -> VLMPipeline:
-        return VLMPipeline(model, **options)
+    def decode(self, prompt: Canvas, out: Tensor, **context: Any) -> list[str]:
+        """The answers' text (after the prompt, up to the first EOS, stripped)."""
+        return [self.model.decode(row[prompt.length :]).strip() for row in out]
 
 
 def compact_positions(attention_mask: Tensor) -> Tensor:
@@ -179,22 +174,23 @@ def _vision_adapter(model: Any) -> Any:
     return model.adapters["vision"]
 
 
-class VLMPipeline:
+class VLMPipeline(Pipeline):
     """Answers questions about images: `pipe(image, question) -> str`, or lists of both -> list of answers.
 
-    Images are anything the vision adapter's `preprocess` reads (PIL images, file paths, uint8 arrays / tensors);
-    questions are strings. Sampling defaults come from the checkpoint's `sampler_config.json`; the answer block is
-    decoded with the prompt KV cache (`cache="prefix"`, exact under prefix attention) unless overridden.
+    Images are anything the vision adapter reads (PIL images, file paths, uint8 arrays / tensors); questions are
+    strings. Sampling defaults come from the checkpoint's `sampler_config.json`; the answer block is decoded with the
+    prompt KV cache (`cache="prefix"`, exact under prefix attention) unless overridden.
 
     >>> # pipe = mmdiff.pipeline("vlm", model="mnist-grid-vlm"); pipe(grid, "is there a seven?")
     """
 
-    def __init__(self, model: Any, *, batch_size: int = 64, **generate_options: Any) -> None:
+    task_class = VLMTask
+    cli_flags = ("image",)
+
+    def __init__(self, model: Any, **options: Any) -> None:
         if model.tokenizer is None:
             raise ValueError("this model has no tokenizer; a VLM pipeline needs one to read questions")
-        self.model, self.batch_size = model, batch_size
-        self.options = vlm_options(model)
-        self.generate_options = generate_options
+        super().__init__(model, **options)
 
     def __call__(self, images: Any, questions: str | Sequence[str], **overrides: Any) -> str | list[str]:
         single = isinstance(questions, str)
@@ -202,22 +198,15 @@ class VLMPipeline:
         questions = [questions] if single else list(questions)
         if len(images) != len(questions):
             raise ValueError(f"got {len(images)} images but {len(questions)} questions; give one question per image")
-        answers: list[str] = []
-        for start in range(0, len(images), self.batch_size):
-            answers += self._answer(images[start : start + self.batch_size],
-                                    questions[start : start + self.batch_size], overrides)
+        answers = self.run(list(zip(images, questions, strict=True)), **overrides)
         return answers[0] if single else answers
 
-    def _answer(self, images: list[Any], questions: list[str], overrides: dict[str, Any]) -> list[str]:
-        model = self.model
-        encoded = [self._encode(q) for q in questions]
-        prompt = VLMTask.prompt_canvas(model, images, encoded).to(model.device)
+    def prepare(self, chunk: list[tuple[Any, str]], **call: Any) -> tuple[Canvas, dict[str, Any], dict[str, Any]]:
+        prompt = self.task.prompt_canvas([image for image, _ in chunk], [self._encode(q) for _, q in chunk])
         A = self.options.answer_length
-        options = {"gen_length": A, "steps": A, "block_length": A, "positions": "compact",
-                   **({"cache": "prefix"} if self.options.attention == "prefix" else {}),
-                   **self.generate_options, **overrides}
-        out = model.generate(prompt, **options)  # (B, P + A)
-        return [model.decode(row[prompt.length :]).strip() for row in out]
+        defaults = {"gen_length": A, "steps": A, "block_length": A, "positions": "compact",
+                    **({"cache": "prefix"} if self.options.attention == "prefix" else {})}
+        return prompt.to(self.model.device), {**defaults, **self.sampler_keywords(**call)}, {}
 
     def _encode(self, question: str) -> list[int]:
         """Prompt ids of a question: through the prompt template when there is one (the image marker becomes the
@@ -246,3 +235,73 @@ class VLMPipeline:
         if unknown is not None and unknown in ids:
             raise ValueError(f"the question {question!r} has words outside this model's vocabulary")
         return ids
+
+    # ------------------------------------------------------------------------------------------ command line
+    @classmethod
+    def add_cli_arguments(cls, parser: Any) -> None:
+        parser.add_argument("--image", action="append", help="VLM: an image file to ask about (repeat for a batch)")
+
+    @classmethod
+    def run_cli(cls, model: Any, cli: CLIContext) -> int:
+        """VLM: answers --prompt questions about --image files, or (--problems N) questions about N held-out images
+        of the model's data source, shown in the terminal with the true answers."""
+        args = cli.args
+        pipe = cls(model, **cli.sampler_overrides())
+        if args.problems:
+            return _cli_problems(pipe, cli)
+        if not args.image:
+            raise cli.error("a VLM needs --image FILE (repeatable) and --prompt QUESTION (one, or one per image), or "
+                            "--problems N")
+        questions = cli.read_prompts()
+        if len(questions) == 1:
+            questions = questions * len(args.image)
+        if len(questions) != len(args.image):
+            raise cli.error(f"got {len(args.image)} images and {len(questions)} questions; give one question, or "
+                            "one per image")
+        answers = pipe(list(args.image), questions)
+        rows = [{"image": i, "question": q, "answer": a}
+                for i, q, a in zip(args.image, questions, answers, strict=True)]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        for r in rows:
+            print(f"{r['image']}: {r['question']} -> {r['answer']}")
+        return 0
+
+
+VLMTask.pipeline_class = VLMPipeline
+
+
+def _cli_problems(pipe: VLMPipeline, cli: CLIContext) -> int:
+    import random
+
+    from mmdiff.viz import ascii_image
+
+    args = cli.args
+    source = cli.data_source()
+    examples = source.examples(args.split, None if args.split == "val" else args.problems)
+    picked = random.Random(args.seed or 0).sample(examples, min(args.problems, len(examples)))
+    ask = getattr(source, "questions_about", None)  # a source may ask several questions per image
+    results = []
+    for ex in picked:
+        asked = ask(ex, seed=args.seed or 0) if ask is not None else [ex]
+        answers = pipe([ex["image"]] * len(asked), [q["question"] for q in asked])
+        results.append({"image": ex["image"], "qa": [{"question": q["question"], "answer": a, "reference": q["answer"],
+                                                      "exact": _same_answer(a, q["answer"])}
+                                                     for q, a in zip(asked, answers, strict=True)]})
+    qa = [item for r in results for item in r["qa"]]
+    if args.json:
+        print(json.dumps([r["qa"] for r in results], indent=2))
+        return 0
+    for i, r in enumerate(results):
+        print(f"image {i + 1}:\n{ascii_image(r['image'])}")
+        for item in r["qa"]:
+            mark = "correct" if item["exact"] else f"wrong (reference: {item['reference']})"
+            print(f"  {item['question']} -> {item['answer']}   {mark}")
+    print(f"exact match: {sum(item['exact'] for item in qa)}/{len(qa)}")
+    return 0
+
+
+def _same_answer(answer: str, reference: str) -> bool:
+    """Exact match after normalising case and whitespace."""
+    return "".join(answer.lower().split()) == "".join(reference.lower().split())

@@ -129,7 +129,8 @@ class ObjectiveSection:
     complementary: bool = False
 
     def __post_init__(self) -> None:
-        from mmdiff.diffusion.schedules import SCHEDULES  # registers the built-in schedules
+        import mmdiff.diffusion  # noqa: F401  (registers the built-in schedules)
+        from mmdiff.registry import SCHEDULES
 
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"TrainConfig.objective.schedule: {SCHEDULES.unknown_message(self.schedule)}")
