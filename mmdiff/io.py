@@ -20,6 +20,8 @@ from torch import nn
 __all__ = [
     "atomic_write",
     "write_folder",
+    "swap_folder",
+    "fsync_dir",
     "interrupted_folder",
     "save_json",
     "load_json",
@@ -125,23 +127,34 @@ def write_folder(
     new.mkdir()
     try:
         write(new)
-        _fsync_dir(new)
+        fsync_dir(new)
     except BaseException:
         shutil.rmtree(new, ignore_errors=True)
         raise
-    if target.exists():
-        os.rename(target, old)
-        os.rename(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-        if existing:
-            logger.warning("replaced the existing %s %s (its previous files were removed)", what, target)
-    else:
-        os.rename(new, target)
-    _fsync_dir(target.parent)
+    if swap_folder(new, target) and existing:
+        logger.warning("replaced the existing %s %s (its previous files were removed)", what, target)
     return Path(path)
 
 
-def _fsync_dir(path: Path) -> None:
+def swap_folder(new: str | os.PathLike, target: str | os.PathLike) -> bool:
+    """Renames the complete folder `new` onto `target`: an existing `target` is renamed aside first and deleted
+    after, so a crash leaves either folder complete (`write_folder` puts an aside folder back). Returns whether a
+    folder was replaced."""
+    new, target = Path(new), Path(target)
+    replaced = target.exists()
+    if replaced:
+        old = _sibling(target, "old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(target, old)
+        os.rename(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(new, target)
+    fsync_dir(target.parent)
+    return replaced
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
     """Flushes a folder's entries (renames, new files) to disk where the platform allows it."""
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -39,7 +39,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mmdiff.io import PICKLE_SUFFIXES, atomic_write, load_json, load_safetensors, save_json, save_safetensors
+from mmdiff.io import (
+    PICKLE_SUFFIXES,
+    atomic_write,
+    fsync_dir,
+    load_json,
+    load_safetensors,
+    save_json,
+    save_safetensors,
+    swap_folder,
+)
 
 __all__ = [
     "CheckpointError",
@@ -52,7 +61,6 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "prune_checkpoints",
-    "replace_dir",
     "optimizer_state_to_safe",
     "optimizer_state_from_safe",
     "capture_rng",
@@ -334,43 +342,17 @@ def save_checkpoint(
         try:
             files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
             save_json(tmp / MANIFEST, {"format": FORMAT_VERSION, "step": step, "files": files})
-            _fsync_dir(tmp)
-            replace_dir(tmp, final)
+            fsync_dir(tmp)
+            swap_folder(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         atomic_write(root / LATEST, lambda t: Path(t).write_text(final.name + "\n"))
-        _fsync_dir(root)
+        fsync_dir(root)
         if keep_last:
             prune_checkpoints(root, keep_last)
     barrier()
     return final
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Renames `src` onto `dst`; an existing `dst` (the same step written before a crash) is replaced."""
-    if not dst.exists():
-        os.rename(src, dst)
-        return
-    trash = dst.with_name(f"{_TMP_PREFIX}old-{dst.name}")
-    if trash.exists():
-        shutil.rmtree(trash)
-    os.rename(dst, trash)
-    os.rename(src, dst)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def prune_checkpoints(root: str | os.PathLike, keep_last: int) -> list[Path]:

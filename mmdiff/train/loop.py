@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from mmdiff.canvas import Canvas
 from mmdiff.core.config import CoreConfig
 from mmdiff.diffusion.schedules import Schedule, get_schedule
-from mmdiff.io import atomic_write
+from mmdiff.io import atomic_write, swap_folder
 from mmdiff.lora import apply_lora, has_lora, save_lora, set_trainable
 from mmdiff.modeling import DiffusionModel, ModelConfig
 from mmdiff.registry import DATASETS, TASKS
@@ -630,7 +630,7 @@ class Trainer:
             else:
                 ckpt.write_model_files(tmp, model, weights)
             (tmp / "README.md").write_text(card)
-            ckpt.replace_dir(tmp, final)
+            swap_folder(tmp, final)
         acc.wait_for_everyone()
         return final
 
