@@ -77,7 +77,7 @@ def _sampler_overrides(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     preset = getattr(args, "preset", None)
     if preset:
-        card = getattr(model, "card", None)
+        card = model.card
         presets = card.sampler if card is not None else {}
         if preset not in presets:
             known = ", ".join(presets) or "none (this model has no zoo card with presets)"

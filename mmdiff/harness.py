@@ -204,7 +204,7 @@ class MMDiffLM(LM):
 
     def chat_template(self, chat_template: bool | str = False) -> str | None:
         """The model's chat template (its tokenizer's, else its zoo card's), or None."""
-        card = getattr(self.model, "card", None)
+        card = self.model.card
         return getattr(self.model.tokenizer, "chat_template", None) or (card.chat_template if card else None)
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
