@@ -386,3 +386,48 @@ def test_real_tiny_en_encoder_loads_through_the_adapter(tiny_en: Path) -> None:
         expected = reference(input_features=features).last_hidden_state[0, :100]
         torch.testing.assert_close(adapter.features(signal)[0], expected, atol=1e-4, rtol=1e-4)
         assert adapter.embed(signal).shape == (1, 25, 32)
+
+
+# --------------------------------------------------------------------------------------------- the canvas seam
+def test_the_diffusion_loss_reaches_the_audio_adapter_through_the_canvas() -> None:
+    """A canvas carrying the adapter's signal: `DiffusionModel.loss` embeds it at the soft positions and the loss's
+    gradient reaches the encoder."""
+    from mmdiff import Canvas
+
+    torch.manual_seed(0)
+    audio = {"adapter": "audio/logmel-conv", "d_model": 16, "n_mels": 20, "hidden_size": 16, "layers": 1, "heads": 2}
+    vocab = VocabLayout.build(16)
+    model = DiffusionModel(ModelConfig(CoreConfig(vocab=vocab, d_model=16, n_layers=1, n_heads=2),
+                                       adapters={"audio": audio})).train()
+    signal, counts = model.adapters["audio"].prepare(clips(16000, 800))
+    width, answer = max(counts), 4
+    ids = torch.cat([torch.full((2, width), vocab.pad_id), torch.randint(3, 12, (2, answer))], dim=1)
+    maskable = torch.zeros_like(ids, dtype=torch.bool)
+    maskable[:, width:] = True
+    attention_mask = torch.ones_like(maskable)
+    attention_mask[1, : width - counts[1]] = False  # the short clip's spare slots are padding
+    canvas = Canvas(ids=ids, maskable=maskable, attention_mask=attention_mask,
+                    soft_positions=torch.arange(width).expand(2, width), signals={"audio": signal})
+    out = model.loss(canvas, t=torch.tensor([0.5, 0.9]), generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert model.adapters["audio"].subsample[0].weight.grad.abs().sum() > 0
+
+
+def test_doctests_pass() -> None:
+    import doctest
+
+    import mmdiff.adapters
+    import mmdiff.adapters.audio
+    import mmdiff.adapters.projectors
+
+    for module in (mmdiff.adapters, mmdiff.adapters.audio, mmdiff.adapters.projectors):
+        assert doctest.testmod(module).failed == 0, module.__name__
+
+
+def test_vision_adapters_take_token_wise_projectors_only() -> None:
+    """A vision patch grid keeps one token per patch: DIFFA's subsampler is for sequences, and vision refuses it."""
+    from mmdiff.adapters import VisionAdapterConfig
+
+    with pytest.raises(ValueError, match="unknown projector 'diffa_conv'; known: linear, mlp2x_gelu or"):
+        VisionAdapterConfig(tower="timm", model_name="resnet10t", d_model=8, projector="diffa_conv")

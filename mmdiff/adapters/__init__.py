@@ -35,6 +35,7 @@ from mmdiff.adapters.projectors import (
     check_projector_width,
     projected_length,
     projector_widths,
+    token_wise_projectors,
 )
 from mmdiff.adapters.vision import (
     OpenClipVisionAdapter,
@@ -61,6 +62,7 @@ __all__ = [
     "check_projector_width",
     "projector_widths",
     "projected_length",
+    "token_wise_projectors",
     "DiffaConvProjector",
     "VisionAdapter",
     "VisionAdapterConfig",

@@ -37,6 +37,7 @@ __all__ = [
     "projector_widths",
     "check_projector_width",
     "projected_length",
+    "token_wise_projectors",
     "DiffaConvProjector",
 ]
 
@@ -129,9 +130,21 @@ def projected_length(projector: nn.Module, length: int) -> int:
     return int(output_length(length)) if callable(output_length) else int(length)
 
 
-def is_projector(name: str) -> bool:
-    """True when `name` is a registered projector or any LLaVA-style `mlp{N}x_gelu` name."""
-    return name in PROJECTORS or _MLP_GELU.fullmatch(name) is not None
+def is_projector(name: str, *, token_wise: bool = False) -> bool:
+    """True when `name` is a registered projector or any LLaVA-style `mlp{N}x_gelu` name; with `token_wise=True`,
+    only one that keeps the sequence length (not `diffa_conv`; what a fixed token grid such as vision's needs)."""
+    if name in PROJECTORS:
+        return not (token_wise and PROJECTORS.meta(name).get("resamples", False))
+    return _MLP_GELU.fullmatch(name) is not None
+
+
+def token_wise_projectors() -> list[str]:
+    """The registered projectors that keep the sequence length (one output per input position).
+
+    >>> token_wise_projectors()
+    ['linear', 'mlp2x_gelu']
+    """
+    return [name for name in PROJECTORS.list() if is_projector(name, token_wise=True)]
 
 
 def build_projector(name: str, in_dim: int, out_dim: int) -> nn.Module:
