@@ -111,8 +111,9 @@ class AudioAdapter(ContinuousAdapter):
     """Base of the audio adapters: clip checks, token counts, per-clip projection and the right-aligned layout.
 
     Subclasses set `config_class`, build `self.projector` (input width: `encoder_width`), and implement
-    `window_seconds`, `_features(clips) -> (features (B, M, F), frames (B,))`, `_positions(samples)` (encoder
-    positions of a clip, before pooling and projection) and `_encode(features, frames) -> list of (n_i, C)`.
+    `window_seconds`, `encoder_width`, `_features(clips) -> (features (B, M, F), frames (B,))`,
+    `_positions(samples)` (encoder positions of a clip, before pooling and projection) and
+    `_encode(features, frames) -> list of (n_i, C)`.
 
     Attributes:
         projector: the projector module (keys `projector.*`).
@@ -128,6 +129,11 @@ class AudioAdapter(ContinuousAdapter):
     @abc.abstractmethod
     def window_seconds(self) -> float:
         """The longest clip one forward pass takes, in seconds (a task chunks longer audio with it)."""
+
+    @property
+    @abc.abstractmethod
+    def encoder_width(self) -> int:
+        """Width C of the encoder outputs the projector reads."""
 
     @abc.abstractmethod
     def _features(self, clips: list[Tensor]) -> tuple[Tensor, Tensor]:
@@ -231,11 +237,6 @@ class AudioAdapter(ContinuousAdapter):
         return self(self.preprocess(raw))
 
     # --- internals --------------------------------------------------------------------------------------------
-    @property
-    def encoder_width(self) -> int:
-        """Width C of the encoder outputs the projector reads."""
-        raise NotImplementedError
-
     def _project(self, rows: list[Tensor]) -> list[Tensor]:
         """Per clip (n_i, C) -> per clip (m_i, d_model): token-wise projectors run on all positions at once, those
         that resample the sequence on each clip alone (so no clip sees another's padding)."""
