@@ -1,14 +1,25 @@
-"""Modality adapters: continuous encoders + projectors that turn images (and later audio, robot state) into soft
+"""Modality adapters: continuous encoders + projectors that turn images and audio (and later robot state) into soft
 tokens for the canvas, found by "modality/name" in `mmdiff.registry.ADAPTERS`.
 
-Registered here: "vision/timm", "vision/open_clip", "vision/siglip" (see `mmdiff.adapters.vision`).
+Registered here: "vision/timm", "vision/open_clip", "vision/siglip" (see `mmdiff.adapters.vision`), and
+"audio/logmel-conv", "audio/whisper" (see `mmdiff.adapters.audio`).
 
 >>> from mmdiff.adapters import build_adapter
 >>> from mmdiff.registry import ADAPTERS
 >>> ADAPTERS.list("vision/*")
 ['vision/open_clip', 'vision/siglip', 'vision/siglip_anyres', 'vision/timm']
+>>> ADAPTERS.list("audio/*")
+['audio/logmel-conv', 'audio/whisper']
 """
 
+from mmdiff.adapters.audio import (
+    AudioAdapter,
+    AudioAdapterConfig,
+    LogMelConvAdapter,
+    LogMelConvConfig,
+    WhisperAdapter,
+    WhisperAdapterConfig,
+)
 from mmdiff.adapters.base import (
     AdapterConfig,
     ContinuousAdapter,
@@ -17,7 +28,15 @@ from mmdiff.adapters.base import (
     register_adapter,
 )
 from mmdiff.adapters.images import ImageSpec, ImageTransform, load_image, preprocess_images, to_mode
-from mmdiff.adapters.projectors import PROJECTORS, build_projector, check_projector_width, projector_widths
+from mmdiff.adapters.projectors import (
+    PROJECTORS,
+    DiffaConvProjector,
+    build_projector,
+    check_projector_width,
+    projected_length,
+    projector_widths,
+    token_wise_projectors,
+)
 from mmdiff.adapters.vision import (
     OpenClipVisionAdapter,
     SiglipVisionAdapter,
@@ -42,12 +61,21 @@ __all__ = [
     "build_projector",
     "check_projector_width",
     "projector_widths",
+    "projected_length",
+    "token_wise_projectors",
+    "DiffaConvProjector",
     "VisionAdapter",
     "VisionAdapterConfig",
     "TimmVisionAdapter",
     "OpenClipVisionAdapter",
     "SiglipVisionAdapter",
     "pool_2x2",
+    "AudioAdapter",
+    "AudioAdapterConfig",
+    "LogMelConvAdapter",
+    "LogMelConvConfig",
+    "WhisperAdapter",
+    "WhisperAdapterConfig",
 ]
 
 # registering imports: the discrete tokenizers and the anyres SigLIP adapter

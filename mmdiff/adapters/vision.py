@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from mmdiff.adapters.base import AdapterConfig, ContinuousAdapter, register_adapter
 from mmdiff.adapters.images import ImageSpec, preprocess_images
-from mmdiff.adapters.projectors import PROJECTORS, build_projector, is_projector
+from mmdiff.adapters.projectors import build_projector, is_projector, token_wise_projectors
 
 __all__ = [
     "VisionAdapterConfig",
@@ -120,9 +120,9 @@ class VisionAdapterConfig(AdapterConfig):
             raise ValueError(f"feature_layer must be an int or None, got {self.feature_layer!r}")
         if self.pool_mode not in POOL_MODES:
             raise ValueError(f"pool_mode must be one of {POOL_MODES}, got {self.pool_mode!r}")
-        if not is_projector(self.projector):
-            raise ValueError(f"unknown projector {self.projector!r}; known: {', '.join(PROJECTORS.list())} or any "
-                             "'mlp{N}x_gelu'")
+        if not is_projector(self.projector, token_wise=True):  # the patch grid keeps one token per patch
+            raise ValueError(f"unknown projector {self.projector!r}; known: {', '.join(token_wise_projectors())} or "
+                             "any 'mlp{N}x_gelu'")
         try:
             json.dumps(self.tower_kwargs)
         except (TypeError, ValueError) as err:
