@@ -263,6 +263,10 @@ class DiffusionModel(nn.Module):
                              f"{list(self.adapters) or 'no modality'}; use a model built with such an adapter")
         soft = [self.adapters[m].embed(signal) for m, signal in canvas.signals.items()]  # each (B, N_m, d_model)
         embeds = torch.cat(soft, dim=1) if len(soft) > 1 else soft[0]
+        if len(soft) == 1 and canvas.soft_positions is not None and canvas.soft_positions.shape[1] > embeds.shape[1]:
+            # rows of a chunk of the batch: the adapter padded to the chunk's widest row, the canvas to the batch's;
+            # spare slots come first (rows are right-aligned), so the missing columns are zeros on the left
+            embeds = torch.nn.functional.pad(embeds, (0, 0, canvas.soft_positions.shape[1] - embeds.shape[1], 0))
         if canvas.soft_positions is None or canvas.soft_positions.shape != embeds.shape[:2]:
             got = None if canvas.soft_positions is None else tuple(canvas.soft_positions.shape)
             raise ValueError(f"the adapters give {tuple(embeds.shape[:2])} soft tokens (batch, count) but the canvas "
@@ -581,13 +585,15 @@ def _rows(batch: tuple[Tensor | Canvas, Tensor | None, dict[str, Any]], n: int, 
     """Rows [lo, hi) of `generate`'s (ids or Canvas, attention mask, per-call inputs): every tensor whose first
     dimension is the batch is sliced (a Canvas's fields, its signals included)."""
 
-    def cut(value: Any) -> Any:
+    def cut(value: Any, per_row_lists: bool = False) -> Any:
         if isinstance(value, Tensor) and value.dim() and value.shape[0] == n:
             return value[lo:hi]
+        if per_row_lists and isinstance(value, (list, tuple)) and len(value) == n:  # a signal given item by item
+            return value[lo:hi]
         if isinstance(value, dict):
-            return {k: cut(v) for k, v in value.items()}
+            return {k: cut(v, per_row_lists) for k, v in value.items()}
         if isinstance(value, Canvas):
-            return replace(value, **{f.name: cut(getattr(value, f.name)) for f in fields(value)})
+            return replace(value, **{f.name: cut(getattr(value, f.name), f.name == "signals") for f in fields(value)})
         return value
 
     ids, mask, inputs = batch

@@ -719,3 +719,18 @@ def test_cards_fail_offline_naming_the_repo(tmp_path, monkeypatch):
                        ("llada-v", "GSAI-ML/LLaDA-V")):
         with pytest.raises(HubCheckpointNotFound, match=repo):
             mmdiff.create_model(name)
+
+
+def test_anyres_batches_decode_alike_in_row_chunks(lavida):
+    """`generate` cuts a batch into row chunks; images of different token counts then embed to a chunk's own width,
+    which the model pads back to the canvas's soft-token columns (spare slots first): chunked = whole batch."""
+    folder, _, _ = lavida
+    model = load_foreign(folder)
+    pipe = VLMPipeline(model)
+    prompt = VLMTask(model).prompt_canvas(images(), [pipe._encode(q) for q in ("What?", "How many?")])
+    counts = [model.adapters["vision"].anyres_num_tokens(im.size) for im in images()]
+    assert counts[0] != counts[1]  # the two images need different token counts
+    options = {"gen_length": 4, "steps": 4, "block_length": 4, "positions": "compact", "progress": False}
+    whole = model.generate(prompt, **options)
+    chunked = model.generate(prompt, batch_size=1, **options)
+    assert torch.equal(whole, chunked)
