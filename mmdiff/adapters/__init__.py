@@ -1,7 +1,9 @@
 """Modality adapters: continuous encoders + projectors that turn images (and later audio, robot state) into soft
 tokens for the canvas, found by "modality/name" in `mmdiff.registry.ADAPTERS`.
 
-Registered here: "vision/timm", "vision/open_clip", "vision/siglip" (see `mmdiff.adapters.vision`).
+Registered here: "vision/timm", "vision/open_clip", "vision/siglip" (see `mmdiff.adapters.vision`); the robot
+action tokenizers "action/bins", "action/fast" and the proprio-state adapters "state/mlp", "state/bins" (see
+`mmdiff.adapters.actions`).
 
 >>> from mmdiff.adapters import build_adapter
 >>> from mmdiff.registry import ADAPTERS
@@ -9,6 +11,20 @@ Registered here: "vision/timm", "vision/open_clip", "vision/siglip" (see `mmdiff
 ['vision/open_clip', 'vision/siglip', 'vision/siglip_anyres', 'vision/timm']
 """
 
+from mmdiff.adapters.actions import (
+    ActionBinsConfig,
+    ActionBinTokenizer,
+    ActionDecodeWarning,
+    ActionRangeWarning,
+    FastActionConfig,
+    FastActionTokenizer,
+    StateBinsConfig,
+    StateBinTokenizer,
+    StateMLPAdapter,
+    StateMLPConfig,
+    dct_matrix,
+    quantile_bounds,
+)
 from mmdiff.adapters.base import (
     AdapterConfig,
     ContinuousAdapter,
@@ -48,6 +64,18 @@ __all__ = [
     "OpenClipVisionAdapter",
     "SiglipVisionAdapter",
     "pool_2x2",
+    "ActionBinsConfig",
+    "ActionBinTokenizer",
+    "ActionDecodeWarning",
+    "ActionRangeWarning",
+    "FastActionConfig",
+    "FastActionTokenizer",
+    "StateBinsConfig",
+    "StateBinTokenizer",
+    "StateMLPAdapter",
+    "StateMLPConfig",
+    "dct_matrix",
+    "quantile_bounds",
 ]
 
 # registering imports: the discrete tokenizers and the anyres SigLIP adapter
