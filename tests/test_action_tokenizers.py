@@ -346,3 +346,11 @@ def test_bad_input_errors_name_the_problem_and_the_fix():
         state.prepare([[0.0, 1.0, 2.0]])
     with pytest.raises(ValueError, match="has no mean / std yet"):
         state.embed(state.prepare([[0.0, 1.0, 2.0, 3.0]])[0])
+
+
+def test_doctests_pass():
+    import doctest
+
+    import mmdiff.adapters.actions
+
+    assert doctest.testmod(mmdiff.adapters.actions).failed == 0

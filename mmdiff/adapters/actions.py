@@ -284,6 +284,7 @@ class BinTokenizer(DiscreteAdapter):
 
     modality: ClassVar[str] = "action"
     config_class: ClassVar[type] = ActionBinsConfig
+    dim_field: ClassVar[str] = "action_dim"  # the config field holding D
 
     def __init__(self, config: Any, *, load_pretrained: bool | None = None) -> None:
         super().__init__(config)
@@ -299,12 +300,14 @@ class BinTokenizer(DiscreteAdapter):
             **fields: further config fields (num_bins, normalize, vocab_range).
         """
         rows = _as_rows(values, None, cls.config_class.modality)
-        dim_field = "action_dim" if cls.config_class is ActionBinsConfig else "state_dim"
-        fields.setdefault(dim_field, rows.shape[1])
+        fields.setdefault(cls.dim_field, rows.shape[1])
         return cls(cls.config_class(**fields)).fit(rows)
 
     def fit(self, values: Any) -> BinTokenizer:
-        """Sets q01 / q99 (in the config) to the percentiles of `values` (..., D); returns this tokenizer."""
+        """Sets q01 / q99 (in the config) to the percentiles of `values` (..., D); returns this tokenizer.
+
+        Fit before building a model with it: a `DiffusionModel` keeps the adapter config it was built with.
+        """
         q01, q99 = quantile_bounds(_as_rows(values, self.config.dim, self.key))
         self.config.q01, self.config.q99 = q01, q99
         self._bounds = _Bounds(self.config, self.config.dim, self.key)
@@ -412,6 +415,7 @@ class StateBinTokenizer(BinTokenizer):
 
     modality: ClassVar[str] = "state"
     config_class: ClassVar[type] = StateBinsConfig
+    dim_field: ClassVar[str] = "state_dim"
 
     def preprocess(self, raw: Any) -> Tensor:
         """States: a (B, S) array / tensor, or a list of (S,) vectors -> (B, S) float tensor."""
@@ -570,7 +574,10 @@ class FastActionTokenizer(DiscreteAdapter):
         return cls(FastActionConfig(**fields)).fit(chunks)
 
     def fit(self, chunks: Any) -> FastActionTokenizer:
-        """Fits q01 / q99 and trains the BPE on chunks (N, H, D) (both into the config); returns this tokenizer."""
+        """Fits q01 / q99 and trains the BPE on chunks (N, H, D) (both into the config); returns this tokenizer.
+
+        Fit before building a model with it: a `DiffusionModel` keeps the adapter config it was built with.
+        """
         chunks = self._check_chunks(_values_tensor(chunks, 3, "(N, H, D)", self.key), fitted=False)
         q01, q99 = quantile_bounds(chunks.reshape(-1, chunks.shape[-1]))
         self.config.q01, self.config.q99 = q01, q99
@@ -803,7 +810,10 @@ class StateMLPAdapter(ContinuousAdapter):
         return cls(StateMLPConfig(**fields)).fit(rows)
 
     def fit(self, states: Any) -> StateMLPAdapter:
-        """Sets mean / std (population std, in the config) to those of `states` (..., S); returns this adapter."""
+        """Sets mean / std (population std, in the config) to those of `states` (..., S); returns this adapter.
+
+        Fit before building a model with it: a `DiffusionModel` keeps the adapter config it was built with.
+        """
         rows = _as_rows(states, self.config.state_dim, "state")
         self.config.mean, self.config.std = rows.mean(0).tolist(), rows.std(0).tolist()
         return self
