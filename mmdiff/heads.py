@@ -14,7 +14,8 @@ new modality registers one more head:
 >>> vocab = VocabLayout.build(text_size=10, ranges={"image": 4})
 >>> get_head("image").id_range(vocab), get_head("lm").id_range(vocab) is None
 ((14, 18), True)
->>> # HEADS.add("action", RangeHead("action"))  # what a VLA task registers for its action bins
+>>> get_head("action")  # the action codes of a VLA (`mmdiff.adapters.actions`)
+RangeHead('action')
 """
 
 from __future__ import annotations
@@ -94,4 +95,5 @@ def get_head(name: str | None) -> Head:
 
 HEADS.add("lm", LMHead())
 HEADS.add("image", RangeHead("image"))
+HEADS.add("action", RangeHead("action"))
 

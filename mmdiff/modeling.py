@@ -451,6 +451,8 @@ class DiffusionModel(nn.Module):
 
     def _write_checkpoint(self, folder: Path, card: str) -> None:
         """The files of a checkpoint folder, written into `folder` (empty)."""
+        for modality, adapter in self.adapters.items():  # statistics fitted after building (action bins, ...) too
+            self.config.adapters[modality] = adapter.config.to_dict()
         save_json(folder / CONFIG_NAME, self.config.to_dict())
         save_json(folder / SAMPLER_CONFIG_NAME, self.sampler_config.to_dict())
         save_safetensors(folder / WEIGHTS_NAME, self.weights(), metadata={"format": "pt", "mmdiff": "core"})

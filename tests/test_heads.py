@@ -30,8 +30,8 @@ def test_registry_holds_the_lm_head_and_the_image_head():
     assert get_head("image").id_range(vocab) == (start, stop) and get_head("image").allowed_ids(vocab) == range(
         start, stop)
     assert torch.equal(get_head("image").to_vocab_ids(torch.tensor([0, 5]), vocab), torch.tensor([start, start + 5]))
-    with pytest.raises(KeyError, match="unknown head 'action'"):
-        get_head("action")
+    with pytest.raises(KeyError, match="unknown head 'no_such_head'"):
+        get_head("no_such_head")
     with pytest.raises(ValueError, match=r"the vocabulary has no 'image' ids \(ranges: \{'text': \(0, 20\)\}\)"):
         RangeHead("image").id_range(VocabLayout.build(text_size=20))
 

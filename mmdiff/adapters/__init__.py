@@ -1,8 +1,9 @@
 """Modality adapters: continuous encoders + projectors that turn images and audio (and later robot state) into soft
 tokens for the canvas, found by "modality/name" in `mmdiff.registry.ADAPTERS`.
 
-Registered here: "vision/timm", "vision/open_clip", "vision/siglip" (see `mmdiff.adapters.vision`), and
-"audio/logmel-conv", "audio/whisper" (see `mmdiff.adapters.audio`).
+Registered here: "vision/timm", "vision/open_clip", "vision/siglip" (see `mmdiff.adapters.vision`);
+"audio/logmel-conv", "audio/whisper" (see `mmdiff.adapters.audio`); the robot action tokenizers "action/bins",
+"action/fast" and the proprio-state adapters "state/mlp", "state/bins" (see `mmdiff.adapters.actions`).
 
 >>> from mmdiff.adapters import build_adapter
 >>> from mmdiff.registry import ADAPTERS
@@ -12,6 +13,20 @@ Registered here: "vision/timm", "vision/open_clip", "vision/siglip" (see `mmdiff
 ['audio/logmel-conv', 'audio/whisper']
 """
 
+from mmdiff.adapters.actions import (
+    ActionBinsConfig,
+    ActionBinTokenizer,
+    ActionDecodeWarning,
+    ActionRangeWarning,
+    FastActionConfig,
+    FastActionTokenizer,
+    StateBinsConfig,
+    StateBinTokenizer,
+    StateMLPAdapter,
+    StateMLPConfig,
+    dct_matrix,
+    quantile_bounds,
+)
 from mmdiff.adapters.audio import (
     AudioAdapter,
     AudioAdapterConfig,
@@ -76,6 +91,18 @@ __all__ = [
     "LogMelConvConfig",
     "WhisperAdapter",
     "WhisperAdapterConfig",
+    "ActionBinsConfig",
+    "ActionBinTokenizer",
+    "ActionDecodeWarning",
+    "ActionRangeWarning",
+    "FastActionConfig",
+    "FastActionTokenizer",
+    "StateBinsConfig",
+    "StateBinTokenizer",
+    "StateMLPAdapter",
+    "StateMLPConfig",
+    "dct_matrix",
+    "quantile_bounds",
 ]
 
 # registering imports: the discrete tokenizers and the anyres SigLIP adapter

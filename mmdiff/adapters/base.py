@@ -3,7 +3,7 @@
 A continuous adapter is an encoder + projector that turns raw signals (images, audio, robot state) into soft tokens
 of the core's width, placed into the canvas (the early-fusion design of LLaVA, Liu et al., 2023, and of the
 multimodal masked-diffusion models LaViDa, LLaDA-V and MMaDA). Adapters are found in `mmdiff.registry.ADAPTERS`
-under "modality/name" keys ("vision/timm", "audio/whisper", "action/proprio", ...); each one is described by a
+under "modality/name" keys ("vision/timm", "audio/whisper", "state/mlp", ...); each one is described by a
 small config dataclass that serialises to a plain dict carrying its registry key, so a checkpoint's `config.json`
 rebuilds it:
 
