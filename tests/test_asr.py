@@ -27,7 +27,13 @@ import mmdiff.tasks.asr
 from mmdiff import CoreConfig, DiffusionModel, ModelConfig, VocabLayout
 from mmdiff.adapters.base import AdapterConfig, ContinuousAdapter, register_adapter
 from mmdiff.audio import LogMel
-from mmdiff.data.speech import DIGIT_WORDS, build_tokenizer, evaluate_transcripts, transcript_errors
+from mmdiff.data.speech import (
+    DIGIT_WORDS,
+    build_tokenizer,
+    evaluate_transcripts,
+    normalize_transcript,
+    transcript_errors,
+)
 from mmdiff.modeling import SamplerConfig
 from mmdiff.registry import DATASETS
 from mmdiff.tasks.asr import ASRPipeline, ASRTask, audio_windows, merge_overlap, merge_transcripts
@@ -125,6 +131,8 @@ class ToneSource:
     task = "asr"
     specials = SPECIALS
     task_options = {"asr": {"transcript_length": 6}}
+    normalize = staticmethod(normalize_transcript)
+    score = staticmethod(transcript_errors)
 
     def __init__(self, digits: tuple[int, int] = (2, 4), val_size: int = 32, seed: int = 0) -> None:
         self.digits, self.val_size, self.seed = tuple(digits), val_size, seed
@@ -357,3 +365,109 @@ def test_bad_input_names_the_fix(model, tmp_path):
         ASRPipeline(model, chunk_seconds=2.0)
     with pytest.raises(ValueError, match="chunk_overlap must be in"):
         ASRPipeline(model, chunk_overlap=1.0)
+
+
+# ------------------------------------------------------------------------------------------------ command line
+def test_cli_transcribes_files_and_held_out_problems(model, source, tmp_path, capsys):
+    from mmdiff.cli import main
+
+    folder = tmp_path / "asr"
+    model.save_pretrained(folder)
+    files = []
+    for i in range(2):
+        files.append(tmp_path / f"clip{i}.wav")
+        files[-1].write_bytes(wav_bytes(source.example("val", i)["audio"]))
+    pipe = mmdiff.pipeline("asr", model, progress=False)
+    want = [pipe(str(f)) for f in files]
+    assert main(["transcribe", str(folder), str(files[0]), "--device", "cpu"]) == 0
+    assert capsys.readouterr().out == want[0] + "\n"
+    assert main(["transcribe", str(folder), *map(str, files), "--batch-size", "1"]) == 0
+    assert capsys.readouterr().out == "".join(f"{f}\t{t}\n" for f, t in zip(files, want, strict=True))
+    assert main(["transcribe", str(folder), *map(str, files), "--json", "--steps", "6"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"file": str(f), "text": t} for f, t in zip(files, want,
+                                                                                             strict=True)]
+    # held-out clips of the model's data source: reference vs output, and the WER of them
+    assert main(["generate", str(folder), "--problems", "3", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    examples = source.examples("val", 3)
+    assert [c["reference"] for c in shown["clips"]] == [e["text"] for e in examples]
+    outputs = [pipe({"raw": e["audio"], "sampling_rate": RATE}) for e in examples]
+    assert [c["output"] for c in shown["clips"]] == outputs
+    assert shown["wer"] == pytest.approx(transcript_errors([e["text"] for e in examples], outputs)["wer"])
+    assert main(["generate", str(folder), "--problems", "2"]) == 0
+    assert "reference: " + examples[0]["text"] in capsys.readouterr().out
+    # mmdiff eval: WER / CER overall and per kind, and the NFE
+    assert main(["eval", str(folder), "--limit", "4"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert set(metrics) == {"wer", "cer", "wer_digits", "cer_digits", "nfe", "utterances"}
+    assert metrics["utterances"] == 4 and 1 <= metrics["nfe"] <= 6
+    # errors: missing files, a model of another task, no prompt for generate
+    assert main(["transcribe", str(folder), str(tmp_path / "missing.wav")]) == 2
+    assert "no audio file at" in capsys.readouterr().err
+    assert main(["generate", str(folder), "--prompt", "hello"]) == 2
+    assert "mmdiff transcribe NAME FILE" in capsys.readouterr().err
+    tok = build_tokenizer()
+    DiffusionModel(ModelConfig(CoreConfig(VocabLayout.build(len(tok)), d_model=32, n_layers=1, n_heads=2)),
+                   tokenizer=tok).save_pretrained(tmp_path / "text")
+    assert main(["transcribe", str(tmp_path / "text"), str(files[0])]) == 2
+    assert "not a 'automatic-speech-recognition' model" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ learning
+def test_tiny_asr_model_learns_tone_digits():
+    """A tiny ASR model (3 layers, d_model 64) trained here for 700 steps transcribes held-out digit strings (no
+    string of them is in train) far above chance; batched decoding equals one-by-one decoding on them."""
+    from mmdiff.diffusion import get_schedule
+
+    source = ToneSource(digits=(2, 5), val_size=48)
+    pool = [source.example("train", i) for i in range(1500)]
+    model = make_asr(seed=0, d_model=64, n_layers=3, max_seq_len=48)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.endswith("norm.weight"):
+                p.normal_(0, 0.02)
+    model.train()
+    collate = ASRTask.collator(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    schedule, g = get_schedule("linear"), torch.Generator().manual_seed(0)
+    for _ in range(700):
+        batch = torch.randint(len(pool), (32,), generator=g).tolist()
+        loss = model.loss(collate([pool[i] for i in batch]), schedule, normalize="sft").loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    metrics = source.evaluate(model, limit=48, batch_size=16)
+    assert metrics["wer"] < 0.2 and metrics["cer"] < 0.15, metrics  # chance: about 0.9 WER
+    examples = source.examples("val", 8)
+    pipe = mmdiff.pipeline("asr", model, progress=False)
+    clips = [{"raw": e["audio"], "sampling_rate": RATE} for e in examples]
+    assert pipe(clips, batch_size=8) == [pipe(c) for c in clips]
+
+
+# ------------------------------------------------------------------------------------------------ speech source
+@pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("flite") is None,
+                    reason="espeak-ng and flite synthesise the speech: apt-get install -y espeak-ng flite")
+def test_speech_source_evaluate_scores_the_pipeline(tmp_path):
+    from mmdiff.data.speech import SpeechSource
+
+    source = SpeechSource(val_size=6, cache_dir=tmp_path / "cache")
+    tok = source.tokenizer()
+    vocab = VocabLayout.build(len(tok), source.specials)
+    options = source.task_options["asr"]
+    config = ModelConfig(CoreConfig(vocab=vocab, d_model=32, n_layers=1, n_heads=2, max_seq_len=160), task="asr",
+                         task_options={"asr": {**options, "chunk_seconds": 1.5}},
+                         adapters={"audio": {"adapter": "audio/test-frames", "d_model": 32, "window_seconds": 2.0}})
+    torch.manual_seed(0)
+    model = DiffusionModel(config, tokenizer=tok).eval()
+    metrics = source.evaluate(model, limit=6, steps=16, block_length=4)
+    examples = source.examples("val", 6)
+    pipe = mmdiff.pipeline("asr", model, progress=False, steps=16, block_length=4)
+    texts = pipe([{"raw": e["audio"], "sampling_rate": RATE} for e in examples])
+    want = transcript_errors([e["text"] for e in examples], texts)
+    assert metrics["wer"] == pytest.approx(want["wer"]) and metrics["cer"] == pytest.approx(want["cer"])
+    for kind in ("digits", "numbers", "commands"):
+        picked = [(e["text"], t) for e, t in zip(examples, texts, strict=True) if e["kind"] == kind]
+        refs, hyps = [r for r, _ in picked], [h for _, h in picked]
+        assert metrics[f"wer_{kind}"] == pytest.approx(transcript_errors(refs, hyps)["wer"])
+    assert metrics["utterances"] == 6 and metrics["nfe"] >= 4

@@ -422,6 +422,8 @@ class SpeechSource:
     task = "asr"
     specials = SPECIALS
     task_options = {"asr": {"transcript_length": 16, "attention": "prefix"}}  # the longest command has 11 words
+    normalize = staticmethod(normalize_transcript)  # what the ASR task's `generate --problems` compares
+    score = staticmethod(transcript_errors)  # (references, hypotheses) -> {"wer", "cer"}
 
     def __init__(self, kinds: Sequence[str] = KINDS, train_size: int = 50_000, val_size: int = 300, seed: int = 0,
                  engines: Sequence[str] = ("espeak-ng", "flite"), flite_share: float = 0.3,

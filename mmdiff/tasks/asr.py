@@ -461,19 +461,19 @@ class ASRPipeline(Pipeline):
         call = {"generator": generator} if generator is not None and _takes(pipe, "generator") else {}
         outputs = pipe([{"raw": e["audio"], "sampling_rate": e.get("sampling_rate", DEFAULT_RATE)}
                         for e in examples], **call)
-        from mmdiff.data.speech import normalize_transcript, transcript_errors
-
+        normalize = getattr(source, "normalize", lambda text: " ".join(text.lower().split()))
         rows = [{"reference": e["text"], "output": o, "kind": e.get("kind"),
-                 "exact": normalize_transcript(o) == normalize_transcript(e["text"])}
-                for e, o in zip(examples, outputs, strict=True)]
-        errors = transcript_errors([r["reference"] for r in rows], [r["output"] for r in rows])
+                 "exact": normalize(o) == normalize(e["text"])} for e, o in zip(examples, outputs, strict=True)]
+        score = getattr(source, "score", None)  # the source's error rates (the speech source's: WER and CER, jiwer)
+        errors = score([r["reference"] for r in rows], [r["output"] for r in rows]) if score is not None else {}
         if args.json:
             print(json.dumps({"clips": rows, **errors}, indent=2))
             return 0
         for i, r in enumerate(rows):
             print(f"clip {i + 1} ({r['kind']}):\n  reference: {r['reference']}\n  output:    {r['output']}"
                   f"\n  {'correct' if r['exact'] else 'wrong'}")
-        print(f"WER {errors['wer']:.3f}  CER {errors['cer']:.3f}  exact {sum(r['exact'] for r in rows)}/{len(rows)}")
+        rates = "  ".join(f"{k.upper()} {v:.3f}" for k, v in errors.items())
+        print(f"{rates}  exact {sum(r['exact'] for r in rows)}/{len(rows)}".strip())
         return 0
 
 
