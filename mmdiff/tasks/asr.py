@@ -325,7 +325,7 @@ class ASRPipeline(Pipeline):
     {"array": ...}), or a list of these. Audio is mixed to mono and resampled to the adapter's rate. Audio longer than
     the adapter's window is transcribed in overlapping windows whose transcripts are joined (`merge_transcripts`);
     an all-silent window is transcribed as "" without decoding. Decoding stops a row at its first EOS
-    (`eos_early_stop=True`, as every sampler default here, overridable) and uses the exact prompt KV cache under
+    (`eos_early_stop=True` unless a call overrides it) and uses the exact prompt KV cache (`cache="prefix"`) under
     prefix attention.
 
     Args:
