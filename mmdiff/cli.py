@@ -3,6 +3,7 @@
     mmdiff list [PATTERN ...]               zoo entries: name, task, params, weights, key metric
     mmdiff info NAME                        a zoo card (all fields) and the core config
     mmdiff generate NAME --prompt TEXT      sample answers (LLaDA-style masked diffusion, Nie et al. 2025)
+    mmdiff transcribe NAME FILE ...         speech to text with an ASR model (one line per file)
     mmdiff train CONFIG.yaml [--a.b=v ...]  train from a recipe (overrides are dotted keys)
     mmdiff eval NAME [--split val]          the model's task metrics on its own data source, as JSON
 
@@ -283,6 +284,31 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return task.pipeline_class.run_cli(model, _GenerateContext(model, args))
 
 
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    """Transcribes audio files with the model's "automatic-speech-recognition" pipeline (found in the task registry):
+    one line per file, `FILE<TAB>text`, or only the text when one file is given; --json prints [{"file", "text"}]."""
+    from mmdiff.tasks import build_pipeline
+
+    missing = [f for f in args.files if not Path(f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"no audio file at {', '.join(missing)}")
+    model = _load_model(args.name, args.device, args.dtype)
+    overrides = _sampler_overrides(args, model)
+    pipe = build_pipeline("automatic-speech-recognition", model, batch_size=args.batch_size, progress=False,
+                          **overrides)
+    generator = _seeded_generator(args.seed, model.device)
+    takes = generator is not None and _sampler_accepts(model, "generator", overrides)
+    texts = pipe(list(args.files), **({"generator": generator} if takes else {}))
+    if args.json:
+        print(json.dumps([{"file": f, "text": t} for f, t in zip(args.files, texts, strict=True)], indent=2))
+    elif len(args.files) == 1:
+        print(texts[0])
+    else:
+        for file, text in zip(args.files, texts, strict=True):
+            print(f"{file}\t{text}")
+    return 0
+
+
 def _register_data_sources(name: str) -> dict[str, str]:
     """Imports the `mmdiff.data` modules (which register their sources) until `name` is registered.
 
@@ -452,6 +478,17 @@ def build_parser() -> argparse.ArgumentParser:
         task.pipeline_class.add_cli_arguments(p)
     _add_sampler_flags(p)
 
+    p = sub.add_parser("transcribe", help="transcribe audio files with an ASR model",
+                       description="Transcribes each FILE (WAV, FLAC, OGG, MP3; any rate, mixed to mono) with the "
+                                   "model's automatic-speech-recognition pipeline. Output: one line per file, "
+                                   "FILE<TAB>transcript; with a single FILE only the transcript. Audio longer than "
+                                   "the model's window is transcribed in overlapping windows and joined.")
+    _add_model_flags(p)
+    p.add_argument("files", nargs="+", metavar="FILE", help="audio files")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="windows decoded at once (default: 16)")
+    p.add_argument("--json", action="store_true", help='print JSON [{"file", "text"}] instead of text')
+    _add_sampler_flags(p)
+
     p = sub.add_parser("train", help="train from a recipe: mmdiff train CONFIG.yaml [--section.key=value ...]")
     p.add_argument("config", help="recipe YAML (see configs/)")
     p.add_argument("--no-resume", action="store_true", help="start over instead of resuming from out_dir")
@@ -502,7 +539,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_train(args, extra)
         if args.command == "harness":
             return cmd_harness(extra)
-        return {"list": cmd_list, "info": cmd_info, "generate": cmd_generate, "eval": cmd_eval}[args.command](args)
+        commands = {"list": cmd_list, "info": cmd_info, "generate": cmd_generate, "transcribe": cmd_transcribe,
+                    "eval": cmd_eval}
+        return commands[args.command](args)
     except SystemExit as exit_:  # argparse errors and --help
         return exit_.code if isinstance(exit_.code, int) else 2
     except BrokenPipeError:  # `mmdiff list | head`: the reader left; stop quietly

@@ -20,7 +20,7 @@ def pipeline(task: str, model: Any, **options: Any) -> Pipeline:
 
     Args:
         task: a pipeline name: "text-generation" (also "text"), "vlm" (also "image-text-to-text"),
-            "text-to-image" (also "t2i").
+            "text-to-image" (also "t2i"), "automatic-speech-recognition" (also "asr").
         model: what `create_model` loads, or a model.
         options: the pipeline's options (`sampler`, sampler keywords, `batch_size`, `progress`).
 
@@ -31,6 +31,7 @@ def pipeline(task: str, model: Any, **options: Any) -> Pipeline:
     >>> # text = mmdiff.pipeline("text-generation", model="shakespeare-tiny")("ROMEO.")
     >>> # answer = mmdiff.pipeline("vlm", model="mnist-grid-vlm")(image, "is there a seven?")
     >>> # images = mmdiff.pipeline("text-to-image", model="mmada-8b-base")("a red bus")
+    >>> # transcripts = mmdiff.pipeline("asr", model=folder)(["a.wav", {"raw": samples, "sampling_rate": 8000}])
     """
     if isinstance(model, str):
         from mmdiff.zoo import create_model

@@ -20,12 +20,13 @@ def test_pipeline_names_resolve_through_the_registry():
     names = pipeline_names()
     assert {k: v.name for k, v in names.items()} == {
         "text": "text", "text-generation": "text", "vlm": "vlm", "image-text-to-text": "vlm",
-        "t2i": "t2i", "text-to-image": "t2i"}
+        "t2i": "t2i", "text-to-image": "t2i", "asr": "asr", "automatic-speech-recognition": "asr"}
     for cls in names.values():
         assert issubclass(cls, Task) and issubclass(cls.pipeline_class, Pipeline)
         assert TASKS.get(cls.name) is cls and cls.pipeline_class.task_class is cls
-    with pytest.raises(ValueError, match=r"unknown pipeline 'asr'; tasks with one: image-text-to-text, t2i, text"):
-        pipeline_task("asr")
+    with pytest.raises(ValueError, match=r"unknown pipeline 'vla'; tasks with one: asr, automatic-speech-recognition, "
+                       r"image-text-to-text, t2i, text"):
+        pipeline_task("vla")
 
 
 def _by_hand(model, prompts, **sampler):

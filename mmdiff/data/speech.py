@@ -70,6 +70,7 @@ __all__ = [
     "command_text",
     "normalize_transcript",
     "transcript_errors",
+    "evaluate_transcripts",
     "build_tokenizer",
     "word_vocabulary",
     "export_clips",
@@ -126,7 +127,8 @@ TRAIN_SPEEDS = (0.8, 0.9, 1.0, 1.1, 1.2)
 VAL_SPEEDS = (0.85, 0.95, 1.05, 1.15)
 ESPEAK_RATE = 175  # espeak-ng's normal words per minute
 INSTALL_HINT = "apt-get install -y espeak-ng flite  (or: make data)"
-SPECIALS = ("mask", "eos", "pad", "bos")
+SPECIALS = ("mask", "eos", "pad", "bos", "audio")  # "audio": placeholder id where the soft audio tokens go
+REQUIRED_SPECIALS = ("mask", "eos", "pad", "audio")
 _STREAMS = {"train": 0, "val": 1, "augment": 2}  # seed-sequence words keeping the random streams apart
 _CACHE_VERSION = 1
 
@@ -419,6 +421,9 @@ class SpeechSource:
 
     task = "asr"
     specials = SPECIALS
+    task_options = {"asr": {"transcript_length": 16, "attention": "prefix"}}  # the longest command has 11 words
+    normalize = staticmethod(normalize_transcript)  # what the ASR task's `generate --problems` compares
+    score = staticmethod(transcript_errors)  # (references, hypotheses) -> {"wer", "cer"}
 
     def __init__(self, kinds: Sequence[str] = KINDS, train_size: int = 50_000, val_size: int = 300, seed: int = 0,
                  engines: Sequence[str] = ("espeak-ng", "flite"), flite_share: float = 0.3,
@@ -517,8 +522,34 @@ class SpeechSource:
         """The examples of `split`; `vocab` (when given) must put the transcript's word ids first."""
         _check_split(split)
         if vocab is not None:
-            check_vocab_fits(vocab, len(self.tokenizer()), ("mask", "pad"), self.specials)
+            check_vocab_fits(vocab, len(self.tokenizer()), REQUIRED_SPECIALS, self.specials)
         return SpeechDataset(self, split)
+
+    def examples(self, split: str = "val", limit: int | None = None) -> list[dict[str, Any]]:
+        """The first `limit` examples of `split` (all of val when None; the kinds stay balanced: round-robin)."""
+        if split == "train" and limit is None:
+            raise ValueError("the train split is large: pass limit")
+        count = self.size(split) if limit is None else min(int(limit), self.size(split))
+        return [self.example(split, i) for i in range(count)]
+
+    def evaluate(self, model: Any, split: str = "val", limit: int | None = None, *, batch_size: int = 32,
+                 **sampler_overrides: Any) -> dict[str, float]:
+        """Transcribes the clips of `split` with `model` (the ASR pipeline) and scores them (`evaluate_transcripts`).
+
+        Args:
+            model: an ASR `DiffusionModel` built on this source (its tokenizer and specials).
+            split: "val" (held-out voices and speeds) or "train" (its first `limit` clips).
+            limit: score this many clips (None = the whole val split); the kinds stay balanced.
+            batch_size: clips per `generate` call.
+            **sampler_overrides: passed to the pipeline (steps, threshold, temperature, ...).
+
+        Returns:
+            {"wer", "cer" (corpus rates, `normalize_transcript` on both sides), "wer_<kind>", "cer_<kind>" per kind,
+            "nfe" (mean forward passes of the batch that decoded a clip), "utterances"}.
+
+        >>> # SpeechSource().evaluate(create_model("speech-tiny"), limit=60)["wer"]
+        """
+        return evaluate_transcripts(model, self.examples(split, limit), batch_size=batch_size, **sampler_overrides)
 
     def prepare(self, split: str, limit: int | None = None, workers: int | None = None) -> dict[str, float]:
         """Synthesises (and caches) the first `limit` utterances of `split` with `workers` engine processes at a
@@ -534,6 +565,31 @@ class SpeechSource:
             lengths = list(pool.map(lambda u: len(synthesize(u, SAMPLING_RATE, self.cache_dir)), utterances))
         return {"utterances": float(count), "seconds": time.perf_counter() - start,
                 "audio_seconds": sum(lengths) / SAMPLING_RATE}
+
+
+def evaluate_transcripts(model: Any, examples: Sequence[dict[str, Any]], *, batch_size: int = 32,
+                         **sampler_overrides: Any) -> dict[str, float]:
+    """WER and CER of `model`'s transcripts of `examples` ({"audio", "text", "kind", optional "sampling_rate"}),
+    overall and per utterance kind, with the decoding NFE; what every speech source's `evaluate` returns.
+
+    >>> # evaluate_transcripts(model, source.examples("val", 60))["wer_digits"]
+    """
+    from mmdiff.tasks.asr import ASRPipeline
+
+    if not examples:
+        raise ValueError("no examples to evaluate; pass limit >= 1")
+    pipe = ASRPipeline(model, batch_size=batch_size, progress=False, **sampler_overrides)
+    outputs = pipe([{"raw": e["audio"], "sampling_rate": e.get("sampling_rate", SAMPLING_RATE)} for e in examples],
+                   return_history=True)
+    texts = [o["text"] for o in outputs]
+    nfe = [sum(h.nfe for h in o["history"] if h is not None) for o in outputs]
+    metrics = transcript_errors([e["text"] for e in examples], texts)
+    kinds = sorted({e["kind"] for e in examples}, key=lambda k: (KINDS.index(k) if k in KINDS else len(KINDS), k))
+    for kind in kinds:
+        picked = [(e["text"], t) for e, t in zip(examples, texts, strict=True) if e["kind"] == kind]
+        rates = transcript_errors([r for r, _ in picked], [h for _, h in picked])
+        metrics |= {f"wer_{kind}": rates["wer"], f"cer_{kind}": rates["cer"]}
+    return {**metrics, "nfe": sum(nfe) / len(nfe), "utterances": float(len(examples))}
 
 
 # ------------------------------------------------------------------------------------------------ shipped clips
