@@ -327,6 +327,19 @@ def test_batches_equal_one_by_one(model):
     assert len({b["text"] for b in batched}) > 1  # the clips do get different transcripts
 
 
+def test_the_shipped_logmel_conv_adapter_serves_the_task(tmp_path):
+    """The task with the registry's own `audio/logmel-conv` adapter: batches equal one-by-one results, and a saved
+    checkpoint transcribes alike after loading."""
+    model = make_asr(adapter="audio/logmel-conv", hidden_size=32, layers=1, heads=2, window_seconds=2.0)
+    clips = [clip(s, seed=i) for i, s in enumerate([0.4, 0.9, 0.25])]
+    pipe = mmdiff.pipeline("asr", model, progress=False)
+    batched = pipe(clips, sampling_rate=RATE, batch_size=3)
+    assert batched == [pipe(c, sampling_rate=RATE) for c in clips]
+    assert len(set(batched)) == len(clips) and all(batched)  # random weights: three different, non-empty texts
+    again = DiffusionModel.from_pretrained(model.save_pretrained(tmp_path / "asr"))
+    assert mmdiff.pipeline("asr", again, progress=False)(clips, sampling_rate=RATE) == batched
+
+
 def test_bad_input_names_the_fix(model, tmp_path):
     pipe = mmdiff.pipeline("asr", model, progress=False)
     bad = tmp_path / "notes.wav"
