@@ -35,7 +35,7 @@ from mmdiff.data.speech import (
     transcript_errors,
 )
 from mmdiff.modeling import SamplerConfig
-from mmdiff.registry import DATASETS
+from mmdiff.registry import ADAPTERS, DATASETS
 from mmdiff.tasks.asr import ASRPipeline, ASRTask, audio_windows, merge_overlap, merge_transcripts
 
 sf = pytest.importorskip("soundfile")
@@ -59,7 +59,6 @@ class FramesConfig(AdapterConfig):
     sampling_rate: int = RATE
 
 
-@register_adapter("audio/test-frames", override=True)
 class FramesAdapter(ContinuousAdapter):
     """Soft token j of a clip = W [frames 4j .. 4j+3 of its log-mel] + b; a clip of F frames gives ceil(F / 4)."""
 
@@ -105,6 +104,14 @@ class FramesAdapter(ContinuousAdapter):
             k = int(counts[b])
             out[b, N - k :] = tokens[b, :k]
         return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def frames_adapter_registered():
+    """The test adapter is in the registry while this module runs, and gone after (other modules list ADAPTERS)."""
+    register_adapter("audio/test-frames", override=True)(FramesAdapter)
+    yield
+    ADAPTERS.remove("audio/test-frames")
 
 
 # ------------------------------------------------------------------------------------------------ tone "speech"
