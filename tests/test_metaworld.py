@@ -87,6 +87,18 @@ def test_image_size_dtype_and_upright():
 
 
 @needs_metaworld
+def test_plain_rendering_is_close_to_meta_worlds():
+    from mmdiff.sim.metaworld import make_env
+
+    frames = []
+    for shadows in (True, False):
+        with make_env("drawer-open", image_size=32, shadows=shadows) as env:
+            frames.append(env.reset(seed=1)["observation.images.corner"].astype(np.float64))
+    difference = np.abs(frames[0] - frames[1]).mean()
+    assert 0 < difference < 8  # shadows and reflections only: a few grey levels on average
+
+
+@needs_metaworld
 def test_bad_actions_and_cameras():
     from mmdiff.sim.metaworld import make_env
 

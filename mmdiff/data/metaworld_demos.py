@@ -11,7 +11,7 @@ generalisation to new positions. An episode ends at the expert's first success (
 
 Episodes are recorded once and cached under the caller's folder as safetensors files (arrays plus string metadata,
 no pickle), one per (task, camera, image size, step limit, seed):
-`<root>/<task>-<camera>-<H>x<W>-max<steps>/seed<seed>.safetensors`.
+`<root>/<task>-<camera>[-shadows]-<H>x<W>-max<steps>/seed<seed>.safetensors`.
 
 >>> source = MetaWorldDemosSource("demos", tasks=["reach"], train_episodes=2, val_episodes=1)  # doctest: +SKIP
 >>> frame = source.dataset("train")[0]                                                          # doctest: +SKIP
@@ -174,6 +174,7 @@ class MetaWorldDemosSource:
         max_steps: step limit of an episode.
         only_successful: skip seeds whose expert episode fails (the next seed replaces it).
         chunk_size: actions per example (lerobot's action chunk; 1 = the current action only).
+        shadows: render shadows and reflections (see `MetaWorldEnv`; off is about 5x faster).
 
     >>> source = MetaWorldDemosSource("demos", tasks=["drawer-open"], train_episodes=5)  # doctest: +SKIP
     >>> len(source.episode_seeds("val", "drawer-open"))                                   # doctest: +SKIP
@@ -194,6 +195,7 @@ class MetaWorldDemosSource:
         max_steps: int = MAX_STEPS,
         only_successful: bool = True,
         chunk_size: int = 1,
+        shadows: bool = False,
     ) -> None:
         if isinstance(tasks, str):
             tasks = [tasks]
@@ -211,7 +213,7 @@ class MetaWorldDemosSource:
         if self.image_shape is None:
             raise ValueError("image_size must be given: demonstrations record a camera image")
         self.camera, self.seed, self.max_steps = camera, seed, max_steps
-        self.only_successful, self.chunk_size = only_successful, chunk_size
+        self.only_successful, self.chunk_size, self.shadows = only_successful, chunk_size, shadows
         self._episodes: dict[str, list[Episode]] = {}
 
     # ------------------------------------------------------------------------------------------------ seeds
@@ -256,7 +258,7 @@ class MetaWorldDemosSource:
                 episode = _load_episode(self._path(task, seed), task, self._meta(task))
                 if episode is None:
                     env = env or MetaWorldEnv(task, image_size=self.image_shape, camera=self.camera,
-                                              max_steps=self.max_steps)
+                                              max_steps=self.max_steps, shadows=self.shadows)
                     episode = record_episode(env, seed, expert)
                     _save_episode(self._path(task, seed), episode, self._meta(task))
                 if held_out is not None and _matches(episode.initial_state, held_out[1]):
@@ -277,12 +279,13 @@ class MetaWorldDemosSource:
 
     def _path(self, task: str, seed: int) -> Path:
         h, w = self.image_shape  # type: ignore[misc]
-        return self.root / f"{task}-{self.camera}-{h}x{w}-max{self.max_steps}" / f"seed{seed}.safetensors"
+        look = "-shadows" if self.shadows else ""
+        return self.root / f"{task}-{self.camera}{look}-{h}x{w}-max{self.max_steps}" / f"seed{seed}.safetensors"
 
     def _meta(self, task: str) -> dict[str, str]:
         h, w = self.image_shape  # type: ignore[misc]
         return {"format": FORMAT, "task": task, "camera": self.camera, "height": str(h), "width": str(w),
-                "max_steps": str(self.max_steps)}
+                "max_steps": str(self.max_steps), "shadows": str(int(self.shadows))}
 
     # ------------------------------------------------------------------------------------------------ data
     def dataset(self, split: str, vocab: Any = None) -> MetaWorldDemosDataset:
