@@ -15,8 +15,8 @@ that the table does not place fails the test, so a new module gets a floor when 
 - heads: output heads (`heads`).
 - modeling: `DiffusionModel` (`modeling`) and LoRA weights on it (`lora`).
 - tasks: one module per task (`tasks/`).
-- evaluation: what trains and judges a task's model without the zoo: datasets (`data/`), metrics, the generated-output
-  judges (`evaluation/`).
+- evaluation: what trains and judges a task's model without the zoo: datasets (`data/`), simulators (`sim/`), metrics,
+  the generated-output judges (`evaluation/`).
 - zoo: foreign checkpoint layouts (`convert/`) and the zoo of named entries (`zoo`).
 - train: runners that load zoo models: the training loop (`train/`) and the lm-eval harness (`harness`).
 - cli: the command line (`cli`).
@@ -55,6 +55,7 @@ FLOOR_OF: dict[str, str] = {
     "mmdiff.lora": "modeling",
     "mmdiff.tasks": "tasks",
     "mmdiff.data": "evaluation",
+    "mmdiff.sim": "evaluation",
     "mmdiff.metrics": "evaluation",
     "mmdiff.evaluation": "evaluation",
     "mmdiff.viz": "sampling",

@@ -17,6 +17,9 @@ The task (`TASKS.get(source.task)`) turns a list of examples into a `Canvas`: `t
 Sources register themselves when their module is imported (the trainer and the CLI import this package's modules
 until the name is found). "speech" (`mmdiff.data.speech`, for the "asr" task) is the one whose examples carry raw
 input: "audio" (float32, 16 kHz) with the transcript's "ids" and "text"; the ASR task's collator builds the canvas.
+"metaworld-demos" (`mmdiff.data.metaworld_demos`, for the "vla" task) records scripted-expert demonstrations in the
+Meta-World simulator (`mmdiff.sim`): its examples are frames under lerobot's names ("observation.images.<camera>",
+"observation.state", "task", "action"), with held-out episodes whose initial positions never occur in training.
 """
 
 from collections.abc import Sequence
