@@ -304,3 +304,62 @@ def test_config_errors_name_the_fix(folders, tmp_path):
     folder = write_checkpoint(tmp_path / "DIFFA-wide", cfg, {})
     with pytest.raises(ValueError, match="d_model=64"):
         DIFFA.load(folder, llm=llm)
+
+
+def _hub_snapshot(cache: Path, repo_id: str, source: Path) -> Path:
+    """Copies a folder into a Hugging Face cache layout (models--org--name/snapshots/<commit>, refs/main)."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(source, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return repo / "snapshots" / commit
+
+
+def test_create_model_by_zoo_name_from_the_hub_cache(folders, tmp_path, monkeypatch, isolated_zoo):
+    """`create_model("diffa")` with the DIFFA and LLaDA repos in the hub cache (offline): the card's converter, the
+    LLaDA folder found by its hub id, the card's presets."""
+    import yaml
+
+    diffa, llm, weights = folders
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _hub_snapshot(cache, "zhoujiaming777/DIFFA", diffa)
+    _hub_snapshot(cache, "GSAI-ML/LLaDA-8B-Instruct", llm)
+    card = yaml.safe_load((Path(__file__).parents[1] / "zoo" / "diffa" / "card.yaml").read_text())
+    assert (card["converter"], card["weights"], card["task"]) == ("diffa", "zhoujiaming777/DIFFA", "asr")
+    assert card["sampler"]["default"] == {"sampler": "llada", "gen_length": 64, "steps": 16, "block_length": 16,
+                                          "temperature": 0.0, "remasking": "low_confidence"}
+    card.update(name="zz-diffa-tiny", special_tokens={"mask": MASK, "eos": EOS, "pad": EOS, "bos": BOS, "eot": EOT,
+                                                      "audio": AUDIO_ID})
+    isolated_zoo.register_model(card)
+    model = isolated_zoo.create_model("zz-diffa-tiny")
+    assert model.config.task == "asr" and model.card.name == "zz-diffa-tiny"
+    check_logits(model, weights)
+
+
+def test_card_params_are_the_official_shapes(tmp_path):
+    """The card's parameter count = the model the converter builds from DIFFA's and LLaDA-8B's real config fields."""
+    from mmdiff.zoo import model_info
+
+    llm_cfg = {**llada_config(), "d_model": 4096, "n_heads": 32, "n_kv_heads": 32, "n_layers": 32,
+               "mlp_hidden_size": 12288, "embedding_size": 126464, "vocab_size": 126464, "mask_token_id": 126336,
+               "eos_token_id": 126081, "pad_token_id": 126081, "max_sequence_length": 4096}
+    whisper = {**WHISPER, "d_model": 768, "encoder_layers": 12, "encoder_attention_heads": 12,
+               "encoder_ffn_dim": 3072, "max_source_positions": 1500}
+    llm = tmp_path / "llm"
+    llm.mkdir()
+    (llm / "config.json").write_text(json.dumps(llm_cfg))
+    folder = tmp_path / "diffa"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**diffa_config(), "whisper_model_id": "openai/whisper-small",
+                                                    "prompt_size": 64, "whisper_config": whisper,
+                                                    "llm_config": llm_cfg}))
+    model = DIFFA.load(folder, llm=llm, pretrained=False, device="meta")
+    card = model_info("diffa")  # the shipped card, parsed strictly
+    assert sum(p.numel() for p in model.parameters()) == card.params == 8_140_438_272
+    assert model.config.adapters["audio"]["target_layers"] == [2, 5, 8, 11]
+    assert model.vocab.id("audio") == card.special_tokens["audio"] == 126463
