@@ -343,7 +343,8 @@ def test_create_model_by_zoo_name_from_the_hub_cache(folders, tmp_path, monkeypa
 
 def test_card_params_are_the_official_shapes(tmp_path):
     """The card's parameter count = the model the converter builds from DIFFA's and LLaDA-8B's real config fields."""
-    from mmdiff.zoo import model_info
+    from mmdiff.registry import SAMPLERS
+    from mmdiff.zoo import model_info, write_card_readme
 
     llm_cfg = {**llada_config(), "d_model": 4096, "n_heads": 32, "n_kv_heads": 32, "n_layers": 32,
                "mlp_hidden_size": 12288, "embedding_size": 126464, "vocab_size": 126464, "mask_token_id": 126336,
@@ -358,8 +359,13 @@ def test_card_params_are_the_official_shapes(tmp_path):
     (folder / "config.json").write_text(json.dumps({**diffa_config(), "whisper_model_id": "openai/whisper-small",
                                                     "prompt_size": 64, "whisper_config": whisper,
                                                     "llm_config": llm_cfg}))
-    model = DIFFA.load(folder, llm=llm, pretrained=False, device="meta")
     card = model_info("diffa")  # the shipped card, parsed strictly
+    model = DIFFA.load(folder, llm=llm, pretrained=False, device="meta", specials=card.special_tokens)
     assert sum(p.numel() for p in model.parameters()) == card.params == 8_140_438_272
     assert model.config.adapters["audio"]["target_layers"] == [2, 5, 8, 11]
     assert model.vocab.id("audio") == card.special_tokens["audio"] == 126463
+    assert (card.folder / "README.md").read_text() == write_card_readme(card, model.config)
+    params = SAMPLERS.get("llada").option_names()
+    for preset in card.sampler.values():
+        assert preset["sampler"] == "llada" and set(preset) - {"sampler"} <= set(params)
+    assert card.sampler["default"]["gen_length"] == DIFFA.answer_length
