@@ -500,7 +500,8 @@ def test_config_errors_name_the_field_and_the_fix(tmp_path):
     with pytest.raises(ValueError, match=r"layer_norm_type='default' \(LLaDA's default when config.json omits it\)"):
         load_foreign(folder)
     write_checkpoint(folder, {**cfg, "model_type": "gpt2"}, weights)
-    with pytest.raises(ValueError, match=r"no converter reads model_type 'gpt2'; known model types: Dream, llada"):
+    with pytest.raises(ValueError,
+                       match=r"no converter reads model_type 'gpt2'; known model types: Dream, diffa, llada"):
         load_foreign(folder)
     write_checkpoint(folder, {**cfg, "mask_token_id": 500}, weights)
     with pytest.raises(ValueError, match=r"special token 'mask' has id 500, outside the vocabulary \[0, 100\)"):

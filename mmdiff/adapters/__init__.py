@@ -2,15 +2,16 @@
 tokens for the canvas, found by "modality/name" in `mmdiff.registry.ADAPTERS`.
 
 Registered here: "vision/timm", "vision/open_clip", "vision/siglip" (see `mmdiff.adapters.vision`);
-"audio/logmel-conv", "audio/whisper" (see `mmdiff.adapters.audio`); the robot action tokenizers "action/bins",
-"action/fast" and the proprio-state adapters "state/mlp", "state/bins" (see `mmdiff.adapters.actions`).
+"audio/logmel-conv", "audio/whisper" (see `mmdiff.adapters.audio`), "audio/diffa" (`mmdiff.adapters.diffa`); the
+robot action tokenizers "action/bins", "action/fast" and the proprio-state adapters "state/mlp", "state/bins" (see
+`mmdiff.adapters.actions`).
 
 >>> from mmdiff.adapters import build_adapter
 >>> from mmdiff.registry import ADAPTERS
 >>> ADAPTERS.list("vision/*")
 ['vision/open_clip', 'vision/siglip', 'vision/siglip_anyres', 'vision/timm']
 >>> ADAPTERS.list("audio/*")
-['audio/logmel-conv', 'audio/whisper']
+['audio/diffa', 'audio/logmel-conv', 'audio/whisper']
 """
 
 from mmdiff.adapters.actions import (
@@ -42,6 +43,7 @@ from mmdiff.adapters.base import (
     build_adapter,
     register_adapter,
 )
+from mmdiff.adapters.diffa import DiffaAdapter, DiffaAdapterConfig
 from mmdiff.adapters.images import ImageSpec, ImageTransform, load_image, preprocess_images, to_mode
 from mmdiff.adapters.projectors import (
     PROJECTORS,
@@ -91,6 +93,8 @@ __all__ = [
     "LogMelConvConfig",
     "WhisperAdapter",
     "WhisperAdapterConfig",
+    "DiffaAdapter",
+    "DiffaAdapterConfig",
     "ActionBinsConfig",
     "ActionBinTokenizer",
     "ActionDecodeWarning",

@@ -1,6 +1,7 @@
 """Foreign checkpoint layouts, loaded natively into the shared core and written back: LLaDA (Nie et al., 2025),
-MMaDA (Yang et al., 2025; with its MAGVIT-v2 image side), Lumina-DiMOO (Xin et al., 2025; load only) and Dream
-(Ye et al., 2025). Whisper (Radford et al., 2022) is read from CTranslate2's model.bin into transformers' layout
+MMaDA (Yang et al., 2025; with its MAGVIT-v2 image side), Lumina-DiMOO (Xin et al., 2025; load only), Dream
+(Ye et al., 2025) and DIFFA (Zhou et al., 2025; LLaDA + a Whisper dual adapter, load only). Whisper (Radford et al.,
+2022) is read from CTranslate2's model.bin into transformers' layout
 (`mmdiff.convert.ct2`, `mmdiff.convert.whisper`).
 
 No `trust_remote_code`, no pickle: config.json fields and safetensors tensor names are translated by the
@@ -26,6 +27,7 @@ from mmdiff.convert.base import (
     write_safetensors,
 )
 from mmdiff.convert.ct2 import CT2Model, read_ct2, write_ct2_bin
+from mmdiff.convert.diffa import DIFFA, DIFFAConverter
 from mmdiff.convert.dream import DREAM, DreamConverter
 from mmdiff.convert.llada import LLADA, LLaDAConverter
 from mmdiff.convert.lumina import LUMINA_DIMOO, LuminaDiMOOConverter
@@ -41,10 +43,12 @@ __all__ = [
     "MMaDAConverter",
     "LuminaDiMOOConverter",
     "DreamConverter",
+    "DIFFAConverter",
     "LLADA",
     "MMADA",
     "LUMINA_DIMOO",
     "DREAM",
+    "DIFFA",
     "converter_for",
     "detect_layout",
     "load_foreign",
