@@ -535,7 +535,7 @@ class Converter:
                      dtype: torch.dtype | None, options: Mapping[str, Any]) -> DiffusionModel:
         """Builds the model on the meta device and reads every mapped tensor once, shard by shard, into its own
         memory (assigned, no copy); stored tensors matching `kept_keys` are kept as `model.foreign_unused`."""
-        entries = scan_checkpoint(folder)  # headers only: a mismatch is reported before any weight is read
+        entries = self.entries(folder, config, options)  # headers only: a mismatch is reported before a weight is read
         with torch.device("meta"), _skip_init():
             model = DiffusionModel(config, tokenizer=tokenizer, sampler_config=self.default_sampler(),
                                    load_pretrained_adapters=False)
@@ -558,6 +558,11 @@ class Converter:
         if left:
             raise RuntimeError(f"internal error: {left} were not loaded from {folder}")
         return model.eval()
+
+    def entries(self, folder: Path, config: ModelConfig, options: Mapping[str, Any]) -> dict[str, TensorEntry]:
+        """The stored tensors to load, by their names in this layout (headers only): the folder's safetensors files;
+        a layout spread over several folders overrides it."""
+        return scan_checkpoint(folder)
 
     def read_kept(self, entries: Mapping[str, TensorEntry]) -> dict[str, Tensor]:
         """The stored-but-unused tensors (`kept_keys`), read as stored, for export."""

@@ -64,12 +64,9 @@ from mmdiff.convert.base import (
     SINGLE_NAME,
     Converter,
     TensorEntry,
-    _materialize_index_buffers,
-    _place,
     _skip_init,
     load_foreign_tokenizer,
     read_config,
-    read_tensors,
     scan_checkpoint,
 )
 from mmdiff.convert.llada import LLADA
@@ -285,33 +282,6 @@ class DIFFAConverter(Converter):
             for prefix in HF_ENCODERS:
                 out.update({ENCODER + n.removeprefix(prefix): e for n, e in whisper.items() if n.startswith(prefix)})
         return out
-
-    def read_weights(self, folder: Path, config: ModelConfig, tokenizer: Any, device: str | torch.device,
-                     dtype: torch.dtype | None, options: Mapping[str, Any]) -> DiffusionModel:
-        """As the base: the model on the meta device, every mapped tensor read once into its own memory, but from
-        the DIFFA, LLaDA and (if needed) Whisper folders together, with one strict report over all of them."""
-        entries = self.entries(folder, config, options)
-        with torch.device("meta"), _skip_init():
-            model = DiffusionModel(config, tokenizer=tokenizer, sampler_config=self.default_sampler(),
-                                   load_pretrained_adapters=False)
-        plan = self.match(entries, model, folder, options)
-        for path, group in plan.items():
-            core, adapters = {}, {}
-            for foreign, tensor in read_tensors(path, {f: entries[f] for f in group}):
-                target = group[foreign]
-                if target.startswith(ADAPTER_PREFIX):
-                    adapters[target.removeprefix(ADAPTER_PREFIX)] = _place(tensor, device, dtype)
-                else:
-                    core[target] = _place(tensor, device, dtype)
-            model.core.load_state_dict(core, strict=False, assign=True)
-            if adapters:
-                model.adapters.load_state_dict(adapters, strict=False, assign=True)
-        _materialize_index_buffers(model, device)
-        left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-        if left:
-            raise RuntimeError(f"internal error: {left} were not loaded from {folder}")
-        model.adapters["audio"].train(False)
-        return model.eval()
 
     def mismatch_hint(self, folder: Path, named: list[str], options: Mapping[str, Any]) -> str:
         """Which folder each kind of tensor comes from."""
