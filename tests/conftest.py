@@ -6,6 +6,7 @@ Tests never touch the network: the hub is switched off for the whole session.
 
 from __future__ import annotations
 
+import math
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub is imported anywhere
@@ -190,3 +191,12 @@ def make_card() -> Callable[..., Any]:
         return ZooCard.from_dict(card_fields(name, **{**(SHIPPED_FIELDS if shipped else {}), **overrides}))
 
     return make
+
+
+@torch.no_grad()
+def randomize_weights(model: torch.nn.Module) -> torch.nn.Module:
+    """O(1) random weights everywhere but the norms (N(0, 1/fan_in)), so every part of a computation matters."""
+    for name, p in model.named_parameters():
+        if not name.endswith(("norm.weight", "norm.bias")):
+            p.normal_(0, 1 / math.sqrt(p.shape[-1]))
+    return model

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 import torch
+from conftest import randomize_weights
 from torch import Tensor, nn
 
 import mmdiff
@@ -183,11 +184,7 @@ def make_asr(seed: int = 0, d_model: int = 32, n_layers: int = 2, transcript_len
                          adapters={"audio": {"adapter": "audio/test-frames", "d_model": d_model, **adapter}})
     sampler = SamplerConfig(gen_length=transcript_length, steps=transcript_length, block_length=2)
     model = DiffusionModel(config, tokenizer=tok, sampler_config=sampler).eval()
-    with torch.no_grad():  # O(1) random weights everywhere, so every part of the computation matters
-        for name, p in model.named_parameters():
-            if not name.endswith(("norm.weight", "norm.bias")):
-                p.normal_(0, 1 / math.sqrt(p.shape[-1]))
-    return model
+    return randomize_weights(model)
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,9 @@ batched answers, save / load of a model with a vision adapter, bad input, and a 
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
+from conftest import randomize_weights
 from PIL import Image
 
 import mmdiff
@@ -36,11 +35,7 @@ def make_vlm(seed: int = 0, attention: str = "prefix", answer_length: int = 2, d
                          task="vlm", task_options={"vlm": {"answer_length": answer_length, "attention": attention}},
                          adapters={"vision": vision(d_model, **adapter)})
     model = DiffusionModel(config, tokenizer=tok).eval()
-    with torch.no_grad():  # O(1) random weights everywhere, so every part of the computation matters
-        for name, p in model.named_parameters():
-            if not name.endswith(("norm.weight", "norm.bias")):
-                p.normal_(0, 1 / math.sqrt(p.shape[-1]))
-    return model
+    return randomize_weights(model)
 
 
 @pytest.fixture(scope="module")
