@@ -31,6 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mmdiff.tasks.base import positive_int
+
 __all__ = ["main", "build_parser", "DATA_MODULES"]
 
 # Modules that register data sources in `mmdiff.registry.DATASETS` when imported (tried first; then every
@@ -421,13 +423,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------- parser
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="zoo name, checkpoint folder or hub repo id (org/name)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
@@ -436,9 +431,9 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_sampler_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampler (defaults: the checkpoint's sampler_config.json)")
-    g.add_argument("--gen-length", type=_positive_int, help="answer length in tokens")
-    g.add_argument("--steps", type=_positive_int, help="denoising steps")
-    g.add_argument("--block-length", type=_positive_int, help="semi-autoregressive block length")
+    g.add_argument("--gen-length", type=positive_int, help="answer length in tokens")
+    g.add_argument("--steps", type=positive_int, help="denoising steps")
+    g.add_argument("--block-length", type=positive_int, help="semi-autoregressive block length")
     g.add_argument("--temperature", type=float, help="0 = greedy")
     g.add_argument("--sampler", help="sampler name (see mmdiff.registry.SAMPLERS), e.g. llada or dream")
     g.add_argument("--remasking", help="commit order: low_confidence, margin, entropy or random")
@@ -448,7 +443,7 @@ def _add_sampler_flags(p: argparse.ArgumentParser) -> None:
                    help="key/value cache: Fast-dLLM prefix or dual (refreshed per block), or delayed (dual cache "
                         "without the refresh, decoded tokens cached one step later)")
     g.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (0 = off)")
-    g.add_argument("--top-k", type=_positive_int, help="sample only among the k most probable tokens")
+    g.add_argument("--top-k", type=positive_int, help="sample only among the k most probable tokens")
     g.add_argument("--top-p", type=float, help="nucleus sampling mass")
     g.add_argument("--eos-early-stop", action="store_true", default=None, help="finish a row at its first EOS")
     g.add_argument("--preset", help="a sampler preset of the zoo card (see `mmdiff info NAME`)")
@@ -471,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(p)
     p.add_argument("--prompt", action="append", help="prompt text (repeat for a batch); a VLM's question")
     p.add_argument("--prompt-file", help="a file with one prompt per line")
-    p.add_argument("--problems", type=_positive_int, help="solve N held-out problems of the model's data source")
+    p.add_argument("--problems", type=positive_int, help="solve N held-out problems of the model's data source")
     p.add_argument("--split", default="val", help="data split for --problems (default: val)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     for task in _pipeline_tasks():  # each task's pipeline adds the flags it reads
@@ -485,14 +480,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the model's window is transcribed in overlapping windows and joined.")
     _add_model_flags(p)
     p.add_argument("files", nargs="+", metavar="FILE", help="audio files")
-    p.add_argument("--batch-size", type=_positive_int, default=16, help="windows decoded at once (default: 16)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="windows decoded at once (default: 16)")
     p.add_argument("--json", action="store_true", help='print JSON [{"file", "text"}] instead of text')
     _add_sampler_flags(p)
 
     p = sub.add_parser("train", help="train from a recipe: mmdiff train CONFIG.yaml [--section.key=value ...]")
     p.add_argument("config", help="recipe YAML (see configs/)")
     p.add_argument("--no-resume", action="store_true", help="start over instead of resuming from out_dir")
-    p.add_argument("--max-steps", type=_positive_int, help="stop after this many steps (the schedule is unchanged)")
+    p.add_argument("--max-steps", type=positive_int, help="stop after this many steps (the schedule is unchanged)")
 
     sub.add_parser("harness", add_help=False,
                    help="lm-eval on local tasks: mmdiff harness --model_args model=NAME --include_path DIR --tasks T "
@@ -500,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="task metrics of a model on its own data source, as JSON")
     _add_model_flags(p)
     p.add_argument("--split", default="val", help="data split (default: val)")
-    p.add_argument("--limit", type=_positive_int, help="evaluate at most N examples (default: the data source's)")
+    p.add_argument("--limit", type=positive_int, help="evaluate at most N examples (default: the data source's)")
     p.add_argument("--output", help="also write the JSON to this file")
     p.add_argument("--arg", action="append", metavar="KEY=VALUE",
                    help="extra keyword argument of the data source's evaluate, e.g. tokens_per_step=2 (repeatable)")

@@ -58,7 +58,7 @@ from mmdiff.heads import get_head
 from mmdiff.modeling import SamplerConfig
 from mmdiff.registry import TASKS
 from mmdiff.sampling.selection import uniform64
-from mmdiff.tasks.base import CLIContext, Pipeline, Task
+from mmdiff.tasks.base import CLIContext, Pipeline, Task, positive_int
 
 __all__ = ["T2ITask", "T2IOptions", "T2IPipeline", "T2ILayout", "t2i_options", "prompt_ids", "code_region_mask"]
 
@@ -562,10 +562,10 @@ class T2IPipeline(Pipeline):
         parser.add_argument("--images", action="store_true",
                             help="draw images with a model of another task that also holds text-to-image options "
                                  "(MMaDA)")
-        parser.add_argument("--num-images", type=_positive_int, help="text-to-image: images per prompt (default 1)")
-        parser.add_argument("--height", type=_positive_int,
+        parser.add_argument("--num-images", type=positive_int, help="text-to-image: images per prompt (default 1)")
+        parser.add_argument("--height", type=positive_int,
                             help="text-to-image: image height in pixels (default: the model's)")
-        parser.add_argument("--width", type=_positive_int,
+        parser.add_argument("--width", type=positive_int,
                             help="text-to-image: image width in pixels (default: the model's)")
         parser.add_argument("--out", help="text-to-image: PNG file for the grid of images (default: t2i.png)")
 
@@ -603,12 +603,3 @@ class T2IPipeline(Pipeline):
 
 
 T2ITask.pipeline_class = T2IPipeline
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        import argparse
-
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
