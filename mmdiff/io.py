@@ -234,10 +234,15 @@ class StateDictMismatch(ValueError):
 
 
 def load_state_dict_strict(
-    module: nn.Module, state: Mapping[str, torch.Tensor], *, source: str = "checkpoint"
+    module: nn.Module, state: Mapping[str, torch.Tensor], *, source: str = "checkpoint",
+    skip_prefixes: tuple[str, ...] = (),
 ) -> None:
-    """Loads `state` into `module` only if keys and shapes match exactly; otherwise one report names them all."""
-    expected = module.state_dict()
+    """Loads `state` into `module` only if keys and shapes match exactly; otherwise one report names them all.
+
+    Keys under `skip_prefixes` are not expected in `state` (weights the module holds from elsewhere, such as a frozen
+    pretrained tower read from its own source) and are left as they are; `state` must not hold them either.
+    """
+    expected = {k: v for k, v in module.state_dict().items() if not k.startswith(skip_prefixes)}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shapes = sorted(
@@ -255,7 +260,7 @@ def load_state_dict_strict(
             lines.append(f"  {key}: checkpoint has shape {got}, model expects {want}")
         lines.append("  check that config.json belongs to these weights, or convert the checkpoint (mmdiff.convert)")
         raise StateDictMismatch("\n".join(lines))
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(state, strict=not skip_prefixes)
 
 
 def _key_list(keys: list[str], limit: int = 20) -> str:

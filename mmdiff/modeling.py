@@ -275,17 +275,24 @@ class DiffusionModel(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ weights
     def weights(self) -> dict[str, Tensor]:
-        """What `model.safetensors` holds: the core's state dict, then each adapter's under `adapters.<modality>.`."""
+        """What `model.safetensors` holds: the core's state dict, then each adapter's under `adapters.<modality>.`
+        (less the keys an adapter reads from its own pretrained source: `unsaved_prefixes`)."""
         state = dict(self.core.state_dict())
-        state.update({f"{ADAPTER_PREFIX}{k}": v for k, v in self.adapters.state_dict().items()})
+        skip = self._unsaved_adapter_prefixes()
+        state.update({f"{ADAPTER_PREFIX}{k}": v for k, v in self.adapters.state_dict().items()
+                      if not k.startswith(skip)})
         return state
+
+    def _unsaved_adapter_prefixes(self) -> tuple[str, ...]:
+        return tuple(f"{m}.{p}" for m, a in self.adapters.items() for p in a.unsaved_prefixes)
 
     def load_weights(self, state: dict[str, Tensor], *, source: str = "checkpoint") -> None:
         """Strictly loads what `weights()` gives (every key and shape must match)."""
         core = {k: v for k, v in state.items() if not k.startswith(ADAPTER_PREFIX)}
         adapters = {k.removeprefix(ADAPTER_PREFIX): v for k, v in state.items() if k.startswith(ADAPTER_PREFIX)}
         load_state_dict_strict(self.core, core, source=source)
-        load_state_dict_strict(self.adapters, adapters, source=f"{source} (adapter weights)")
+        load_state_dict_strict(self.adapters, adapters, source=f"{source} (adapter weights)",
+                               skip_prefixes=self._unsaved_adapter_prefixes())
 
     # ------------------------------------------------------------------------------------------------ sampling
     @torch.no_grad()

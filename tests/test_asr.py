@@ -172,11 +172,13 @@ class ToneSource:
 
 
 def make_asr(seed: int = 0, d_model: int = 32, n_layers: int = 2, transcript_length: int = 6, max_seq_len: int = 64,
-             prompt: str | None = None, attention: str = "prefix", **adapter: Any) -> DiffusionModel:
+             prompt: str | None = None, attention: str = "prefix", prompt_before: str | None = None,
+             **adapter: Any) -> DiffusionModel:
     tok = build_tokenizer()
     vocab = VocabLayout.build(text_size=len(tok), specials=SPECIALS)
     torch.manual_seed(seed)
-    options = {"transcript_length": transcript_length, "attention": attention, "prompt": prompt}
+    options = {"transcript_length": transcript_length, "attention": attention, "prompt": prompt,
+               "prompt_before": prompt_before}
     core = CoreConfig(vocab=vocab, d_model=d_model, n_layers=n_layers, n_heads=4, max_seq_len=max_seq_len)
     config = ModelConfig(core,
                          task="asr", task_options={"asr": options,
@@ -244,6 +246,30 @@ def test_training_canvas_layout_by_hand():
     alone = model.adapters["audio"].embed(model.adapters["audio"].prepare([a])[0])  # (1, 8, d)
     assert torch.equal(embedded.soft_embeds[0, :10], torch.zeros(10, 32))
     assert torch.allclose(embedded.soft_embeds[0, 10:], alone[0], atol=1e-6)
+
+
+def test_text_before_the_audio_layout_by_hand_and_batch_equals_one_by_one():
+    """prompt_before (DIFFA's chat opening): after each row's padding, before its audio; the soft slots of a shorter
+    clip stay on the padding and its own tokens land after the text; a batch decodes as its clips alone."""
+    model = make_asr(prompt="put it", prompt_before="open the box")
+    vocab, tok = model.vocab, model.tokenizer
+    a, b = clip(0.3), clip(0.7, seed=1)  # 8 and 18 soft tokens
+    canvas = ASRTask(model).prompt_canvas([a, b])
+    pad, audio = vocab.pad_id, vocab.id("audio")
+    before, after = tok.encode("open the box"), tok.encode("put it")
+    assert len(before) == 3 and canvas.ids.shape == (2, 18 + 3 + 2)
+    assert canvas.ids[0].tolist() == [pad] * 10 + before + [audio] * 8 + after
+    assert canvas.ids[1].tolist() == before + [audio] * 18 + after
+    assert canvas.soft_positions.tolist() == [list(range(10)) + list(range(13, 21)), list(range(3, 21))]
+    assert canvas.attention_mask[0].tolist() == [False] * 10 + [True] * 13
+    embedded = model.embed_signals(canvas)
+    alone = model.adapters["audio"].embed(model.adapters["audio"].prepare([a])[0])  # (1, 8, d)
+    assert torch.allclose(embedded.soft_embeds[0, 10:], alone[0], atol=1e-6)
+    pipe = mmdiff.pipeline("asr", model, progress=False)
+    clips = [a, b, clip(0.5, seed=2)]
+    assert pipe(clips, sampling_rate=RATE, batch_size=3) == [pipe(c, sampling_rate=RATE) for c in clips]
+    with pytest.raises(ValueError, match="prompt_before"):
+        ASRTask(make_asr(prompt_before="transcribe this"))
 
 
 def test_prompt_canvas_matches_training_prompt_and_bad_transcripts_are_named():

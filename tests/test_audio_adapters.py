@@ -253,6 +253,110 @@ def test_whisper_encoder_equals_transformers_on_the_kept_frames(tmp_path: Path) 
             torch.testing.assert_close(states, expected, atol=1e-4, rtol=1e-4)
 
 
+def test_trimmed_whisper_equals_whisper_when_the_clip_fills_the_window(tmp_path: Path) -> None:
+    """trim=True runs only the clip's own frames: on a clip that fills the whole window (nothing to trim) it equals
+    transformers' padded `WhisperEncoder`; shorter clips keep ceil(samples / 320) positions, a batch equals its clips
+    alone, and the trimmed outputs are the encoder run on the clip's frames alone (recomputed here by hand)."""
+    folder = tiny_whisper_folder(tmp_path / "whisper")
+    trimmed = build_adapter("audio/whisper", model_name=str(folder), d_model=8, trim=True).eval()
+    reference = transformers.WhisperModel.from_pretrained(folder).get_encoder().eval()
+    extractor = transformers.WhisperFeatureExtractor(feature_size=80, chunk_length=1)
+    full, short, odd = clips(16000, 5000, 333)
+    with torch.no_grad():
+        features = extractor(full.numpy(), sampling_rate=SR, return_tensors="pt").input_features  # (1, 80, 100)
+        expected = reference(input_features=features).last_hidden_state[0]  # (50, 16)
+        torch.testing.assert_close(trimmed.features(trimmed.prepare([full])[0])[0], expected, atol=1e-5, rtol=1e-5)
+        signal, counts = trimmed.prepare([full, short, odd])
+        assert counts == [50, 16, 2] == [trimmed.num_tokens(n) for n in (16000, 5000, 333)]
+        batch = trimmed.features(signal)
+        for clip, states in zip((full, short, odd), batch, strict=True):
+            alone = trimmed.features(trimmed.prepare([clip])[0])[0]
+            torch.testing.assert_close(states, alone, atol=0, rtol=0)
+        # by hand: features of the clip padded to whole positions (5120 samples = 32 frames = 16 positions)
+        mel = extractor(F.pad(short, (0, 120)).numpy(), sampling_rate=SR, return_tensors="pt", padding="longest")
+        x = mel.input_features[:, :, :32]
+        x = F.gelu(reference.conv2(F.gelu(reference.conv1(x)))).transpose(1, 2) + reference.embed_positions.weight[:16]
+        for layer in reference.layers:
+            out = layer(x, None)
+            x = out[0] if isinstance(out, tuple) else out
+        torch.testing.assert_close(batch[1], reference.layer_norm(x)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_the_encoder_cache_runs_each_distinct_clip_once(tmp_path: Path) -> None:
+    """cache_size memoises the frozen encoder per distinct clip: same outputs as without, one encoder run per new
+    clip, least recently used clips dropped past cache_size."""
+    folder = tiny_whisper_folder(tmp_path / "whisper")
+    plain = build_adapter("audio/whisper", model_name=str(folder), d_model=8, trim=True).eval()
+    cached = build_adapter("audio/whisper", model_name=str(folder), d_model=8, trim=True, cache_size=2).eval()
+    cached.load_state_dict(plain.state_dict())
+    runs = []
+    cached.encoder.conv1.register_forward_hook(lambda *_: runs.append(1))
+    a, b, c = clips(4000, 6000, 8000)
+    with torch.no_grad():
+        for batch, new in (([a, b], 2), ([b, a], 0), ([c, a], 1), ([b], 1)):  # c pushes b out (a was used last)
+            runs.clear()
+            got = cached.features(cached.prepare(batch)[0])
+            assert len(runs) == new
+            for states, want in zip(got, plain.features(plain.prepare(batch)[0]), strict=True):
+                torch.testing.assert_close(states, want, atol=0, rtol=0)
+    assert len(cached._cache) == 2
+    with pytest.raises(ValueError, match="cache_size needs freeze=True"):
+        build_adapter("audio/whisper", d_model=8, pretrained=False, whisper_config=WHISPER, freeze=False,
+                      cache_size=4)
+
+
+def test_an_encoder_left_out_of_the_checkpoint_is_read_from_its_source(tmp_path: Path) -> None:
+    """save_encoder=False: the checkpoint holds the projector and the core only; loading reads the frozen encoder
+    from model_name again, strictly (a checkpoint that does hold encoder keys is refused), and outputs agree."""
+    from safetensors.torch import load_file, save_file
+
+    from mmdiff.io import StateDictMismatch
+
+    folder = tiny_whisper_folder(tmp_path / "whisper")
+    audio = {"adapter": "audio/whisper", "model_name": str(folder), "d_model": 16, "save_encoder": False,
+             "trim": True}
+    torch.manual_seed(0)
+    config = ModelConfig(CoreConfig(vocab=VocabLayout.build(16), d_model=16, n_layers=1, n_heads=2),
+                         adapters={"audio": audio})
+    model = DiffusionModel(config).eval()
+    model.save_pretrained(tmp_path / "model")
+    saved = load_file(tmp_path / "model" / "model.safetensors")
+    assert not [k for k in saved if k.startswith("adapters.audio.encoder.")]
+    assert {k for k in saved if k.startswith("adapters.audio.")} == {f"adapters.audio.{k}" for k in
+                                                                     model.adapters["audio"].state_dict()
+                                                                     if not k.startswith("encoder.")}
+    loaded = DiffusionModel.from_pretrained(tmp_path / "model").eval()
+    signal, _ = model.adapters["audio"].prepare(clips(16000, 4000))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.adapters["audio"].embed(signal), model.adapters["audio"].embed(signal),
+                                   atol=0, rtol=0)
+    extra = {**saved, "adapters.audio.encoder.layer_norm.bias": torch.zeros(16)}
+    save_file(extra, tmp_path / "model" / "model.safetensors")
+    with pytest.raises(StateDictMismatch, match="unexpected keys"):
+        DiffusionModel.from_pretrained(tmp_path / "model")
+    with pytest.raises(ValueError, match="save_encoder=False needs pretrained=True"):
+        build_adapter("audio/whisper", d_model=8, pretrained=False, whisper_config=WHISPER, save_encoder=False)
+
+
+def test_a_hub_id_resolves_to_mmdiffs_local_copy_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline and not in the hub cache, "org/name" is served from `mirror_folder` (what `make whisper` writes);
+    without that copy the error names the hub cache and the copy's place."""
+    from mmdiff.hub import HubCheckpointNotFound, mirror_folder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("MMDIFF_MODELS_DIR", str(tmp_path / "models"))
+    with pytest.raises(RuntimeError, match="could not read the Whisper checkpoint") as err:
+        build_adapter("audio/whisper", d_model=8, model_name="someone/whisper-test")
+    assert isinstance(err.value.__cause__, HubCheckpointNotFound)
+    assert str(tmp_path / "models" / "someone--whisper-test") in str(err.value)
+    copy = tiny_whisper_folder(mirror_folder("someone/whisper-test"))
+    assert copy == tmp_path / "models" / "someone--whisper-test"
+    adapter = build_adapter("audio/whisper", d_model=8, model_name="someone/whisper-test").eval()
+    reference = transformers.WhisperModel.from_pretrained(copy).get_encoder()
+    torch.testing.assert_close(adapter.encoder.conv1.weight, reference.conv1.weight, atol=0, rtol=0)
+
+
 # --------------------------------------------------------------------------------------------- DIFFA's subsampler
 def test_diffa_conv_lengths_by_hand_and_values_against_its_formula() -> None:
     """T // 4 positions (T % 4 dropped, then k3 stride 4 padding 1: floor((4m - 1) / 4) + 1 = m), DIFFA's keys, and

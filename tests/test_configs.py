@@ -68,7 +68,8 @@ def test_recipe_parses_and_builds_its_model(path, no_data):
         # by the trainer (and LoRA goes on top of them); here the recipe's own shape is built
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=None, lora=None, trainable=None))
     if cfg.model.adapters:  # pretrained towers / tokenizers come from an earlier stage's output; here the shape
-        adapters = {m: {**a, "pretrained": None if isinstance(a.get("pretrained"), str) else False}
+        adapters = {m: {**a, "pretrained": None if isinstance(a.get("pretrained"), str) else False,
+                        **({"save_encoder": True} if "save_encoder" in a else {})}  # random weights: keep them
                     if _has_pretrained_field(a["adapter"]) else a for m, a in cfg.model.adapters.items()}
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, adapters=adapters))
     torch.manual_seed(0)

@@ -221,6 +221,8 @@ def test_logits_match_diffa_reference(folders):
     check_logits(model, weights)
     # every DIFFA tensor was consumed (the strict load would have reported any left over); the prompt follows DIFFA
     assert model.config.task_options["asr"]["prompt"].startswith(" <audio>. What is the speaker saying?<|eot_id|>")
+    assert model.config.task_options["asr"]["prompt_before"].startswith("<|startoftext|><|start_header_id|>system")
+    assert model.config.task_options["asr"]["prompt_before"].endswith("<|end_header_id|>\n\nThis is the audio:")
 
 
 def test_stage_one_uses_the_prompt_embeddings(folders):

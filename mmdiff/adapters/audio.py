@@ -37,8 +37,11 @@ torch.Size([2, 26, 16])
 from __future__ import annotations
 
 import abc
+import collections
 import functools
+import hashlib
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
@@ -51,6 +54,7 @@ from torch import Tensor, nn
 from mmdiff.adapters.base import AdapterConfig, ContinuousAdapter, register_adapter
 from mmdiff.adapters.projectors import PROJECTORS, build_projector, is_projector, projected_length
 from mmdiff.audio import SAMPLING_RATE, LogMel, SpecAugment, whisper_log_mel
+from mmdiff.hub import is_hub_id, resolve_checkpoint
 
 __all__ = [
     "AudioAdapterConfig",
@@ -480,6 +484,17 @@ class WhisperAdapterConfig(AudioAdapterConfig):
             mean of its own positions); 1 = off. Whisper gives 50 positions per second.
         whisper_config: the encoder's `WhisperConfig` fields (`WHISPER_ENCODER_FIELDS`); None = read from
             `model_name` when built (the built adapter's config holds them, which is what a checkpoint saves).
+        trim: encode only the clip's own frames (Whisper's positions 0 .. n-1, no padding to the 30 s window), each
+            clip alone, as whisper.cpp's `audio_ctx` does: about 30 s / clip length less encoder work; the outputs
+            differ from the padded ones, so train and run the projector with the same setting. False = Whisper's own
+            fixed window.
+        save_encoder: False leaves the frozen encoder's weights out of checkpoints; the adapter reads them again
+            from `model_name` whenever it is built (needs `pretrained` and `freeze`), so a checkpoint holds only
+            what was trained and `model_name` must resolve offline (a folder, the hub cache, or mmdiff's local copy
+            `mmdiff.hub.mirror_folder`).
+        cache_size: keep the frozen encoder's outputs of up to this many distinct clips in memory (least recently
+            used first out), keyed by a hash of the clip's features: training on a fixed set of clips (augmentation
+            drawn per example, as the speech source does) runs the encoder once per clip. 0 = off.
     """
 
     model_name: str = ""
@@ -487,10 +502,20 @@ class WhisperAdapterConfig(AudioAdapterConfig):
     freeze: bool = True
     pool: int = 1
     whisper_config: dict[str, Any] | None = None
+    trim: bool = False
+    save_encoder: bool = True
+    cache_size: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _positive_int(self.pool, "pool")
+        if isinstance(self.cache_size, bool) or not isinstance(self.cache_size, int) or self.cache_size < 0:
+            raise ValueError(f"cache_size must be an integer >= 0 (0 = no encoder cache), got {self.cache_size!r}")
+        if self.cache_size and not self.freeze:
+            raise ValueError("cache_size needs freeze=True: a trainable encoder's outputs change every step")
+        if not self.save_encoder and not (self.pretrained and self.freeze and self.model_name):
+            raise ValueError("save_encoder=False needs pretrained=True, freeze=True and a model_name to read the "
+                             "encoder from; a trained or random encoder left out of checkpoints would be lost")
         if not isinstance(self.model_name, str):
             raise ValueError(f"model_name must be a folder or hub id string, got {self.model_name!r}")
         if self.whisper_config is not None:
@@ -501,6 +526,14 @@ class WhisperAdapterConfig(AudioAdapterConfig):
         elif not self.model_name:
             raise ValueError("the whisper adapter needs model_name (a Whisper folder or hub id) or whisper_config "
                              "(the encoder's WhisperConfig fields)")
+
+
+def _whisper_folder(name: str) -> str:
+    """A Whisper `model_name` -> what `from_pretrained` reads: a folder as given; a hub id through
+    `mmdiff.hub.resolve_checkpoint` (the hub cache, a download, or mmdiff's local copy `mirror_folder`)."""
+    if os.path.isdir(name) or not is_hub_id(name):
+        return name
+    return str(resolve_checkpoint(name))
 
 
 def _transformers_whisper() -> Any:
@@ -531,7 +564,10 @@ class WhisperAdapter(AudioAdapter):
 
     def __init__(self, config: WhisperAdapterConfig, *, load_pretrained: bool | None = None) -> None:
         super().__init__(config)
-        self.encoder = self._build_encoder(config.pretrained if load_pretrained is None else bool(load_pretrained))
+        # an encoder left out of checkpoints is read from its source every time (a checkpoint will not bring it)
+        load = config.pretrained if load_pretrained is None or not config.save_encoder else bool(load_pretrained)
+        self.encoder = self._build_encoder(load)
+        self._cache: collections.OrderedDict[bytes, Tensor] = collections.OrderedDict()
         self.config = replace(config, whisper_config=self._encoder_fields(self.encoder.config))
         self.projector = build_projector(config.projector, self.encoder_width, config.d_model)
         if config.freeze:
@@ -546,7 +582,7 @@ class WhisperAdapter(AudioAdapter):
                              "pretrained=False to build from whisper_config)")
         try:
             if load_pretrained:
-                encoder = whisper.WhisperModel.from_pretrained(name).get_encoder()
+                encoder = whisper.WhisperModel.from_pretrained(_whisper_folder(name)).get_encoder()
                 if cfg.whisper_config is not None and self._encoder_fields(encoder.config) != self._encoder_fields(
                         whisper.WhisperConfig(**cfg.whisper_config)):
                     raise ValueError(f"the Whisper checkpoint {name!r} has encoder config "
@@ -554,9 +590,9 @@ class WhisperAdapter(AudioAdapter):
                                      f"{cfg.whisper_config}; drop whisper_config or name the matching checkpoint")
                 return encoder
             fields = cfg.whisper_config if cfg.whisper_config is not None else \
-                self._encoder_fields(whisper.WhisperConfig.from_pretrained(name))
+                self._encoder_fields(whisper.WhisperConfig.from_pretrained(_whisper_folder(name)))
             return whisper.WhisperEncoder(whisper.WhisperConfig(**fields))
-        except OSError as err:
+        except OSError as err:  # HubCheckpointNotFound included
             raise RuntimeError(
                 f"could not read the Whisper checkpoint {name!r} ({type(err).__name__}: {err}); give a local folder "
                 "(e.g. one written by scripts/convert_whisper_ct2.py) or download the hub id once while online "
@@ -566,6 +602,10 @@ class WhisperAdapter(AudioAdapter):
     @staticmethod
     def _encoder_fields(whisper_config: Any) -> dict[str, Any]:
         return {k: getattr(whisper_config, k) for k in WHISPER_ENCODER_FIELDS}
+
+    @property
+    def unsaved_prefixes(self) -> tuple[str, ...]:
+        return () if self.config.save_encoder else ("encoder.",)
 
     @property
     def window_seconds(self) -> float:
@@ -592,16 +632,57 @@ class WhisperAdapter(AudioAdapter):
 
     def _features(self, clips: list[Tensor]) -> tuple[Tensor, Tensor]:
         n_mels = int(self.config.whisper_config["num_mel_bins"])  # type: ignore[index]
-        features, mask = whisper_log_mel(clips, n_mels=n_mels, pad_to=self.window_seconds)  # (B, M, 2 * P)
-        return features, mask.sum(dim=1)
+        if not self.config.trim:
+            features, mask = whisper_log_mel(clips, n_mels=n_mels, pad_to=self.window_seconds)  # (B, M, 2 * P)
+            return features, mask.sum(dim=1)
+        # each clip alone, zero-padded to whole encoder positions (320 samples): ceil(T / 320) of them, as untrimmed
+        step = WHISPER_HOP * WHISPER_STRIDE
+        rows = [whisper_log_mel(F.pad(c, (0, -len(c) % step)), n_mels=n_mels, pad_to=None).features[0]
+                for c in clips]  # (M, F_i), F_i = 2 * ceil(T_i / 320)
+        frames = torch.tensor([r.shape[1] for r in rows], dtype=torch.long)
+        return torch.stack([F.pad(r, (0, int(frames.max()) - r.shape[1])) for r in rows]), frames
 
     def _encode(self, features: Tensor, frames: Tensor) -> list[Tensor]:
-        param = next(self.encoder.parameters())
         trainable = any(p.requires_grad for p in self.encoder.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
-            states = self.encoder(input_features=features.to(param.dtype)).last_hidden_state  # (B, P, C)
+            if not self.config.cache_size:
+                return self._run_encoder(features, frames)
+            keys = [hashlib.blake2b(features[i, :, : int(n)].cpu().numpy().tobytes(), digest_size=16).digest()
+                    for i, n in enumerate(frames)]
+            todo = sorted({i for i, k in enumerate(keys) if k not in self._cache})
+            if todo:
+                fresh = self._run_encoder(features[todo], frames[todo])
+                for i, states in zip(todo, fresh, strict=True):
+                    self._cache[keys[i]] = states.detach()
+                    if len(self._cache) > self.config.cache_size:
+                        self._cache.popitem(last=False)
+            out = []
+            for key in keys:
+                self._cache.move_to_end(key)
+                out.append(self._cache[key])
+            return out
+
+    def _run_encoder(self, features: Tensor, frames: Tensor) -> list[Tensor]:
+        """Features (B, M, F) and real frames (B,) -> per clip its encoder positions (ceil(frames / 2), C)."""
+        param = next(self.encoder.parameters())
         keep = (frames + WHISPER_STRIDE - 1) // WHISPER_STRIDE  # (B,) positions covering each clip
-        return [states[i, : int(n)] for i, n in enumerate(keep)]
+        if not self.config.trim:
+            states = self.encoder(input_features=features.to(param.dtype)).last_hidden_state  # (B, P, C)
+            return [states[i, : int(n)] for i, n in enumerate(keep)]
+        return [self._trimmed(features[i : i + 1, :, : int(f)].to(param.dtype))[0, : int(n)]
+                for i, (f, n) in enumerate(zip(frames, keep, strict=True))]
+
+    def _trimmed(self, features: Tensor) -> Tensor:
+        """`WhisperEncoder.forward` without its fixed-window check: (1, M, F) -> (1, F / 2, C), positions from 0."""
+        enc = self.encoder
+        x = F.gelu(enc.conv2(F.gelu(enc.conv1(features)))).transpose(1, 2)  # (1, P, C)
+        if x.shape[1] > enc.embed_positions.num_embeddings:
+            raise ValueError(f"{x.shape[1]} encoder positions exceed Whisper's {enc.embed_positions.num_embeddings}")
+        x = F.dropout(x + enc.embed_positions.weight[: x.shape[1]], p=enc.dropout, training=enc.training)
+        for layer in enc.layers:
+            out = layer(x, None)
+            x = out[0] if isinstance(out, tuple) else out
+        return enc.layer_norm(x)
 
     def _pool(self, states: Tensor) -> Tensor:
         """(n, C) -> (ceil(n / pool), C): the mean of each group of `pool` positions (the last group may be short)."""

@@ -101,6 +101,12 @@ class _Adapter(nn.Module, abc.ABC):
         """The registry key this adapter was built from, e.g. "vision/timm"."""
         return self.config.key
 
+    @property
+    def unsaved_prefixes(self) -> tuple[str, ...]:
+        """State-dict key prefixes a checkpoint leaves out, because the adapter reads those weights again from its
+        own pretrained source whenever it is built (a frozen tower such as Whisper's encoder); default none."""
+        return ()
+
     def check_fits(self, core_config: Any) -> None:
         """Raises a ValueError naming the fix when this adapter cannot serve a core of `core_config`."""
 

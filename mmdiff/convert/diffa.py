@@ -194,7 +194,7 @@ class DIFFAConverter(Converter):
     def model_config(self, hf: Mapping[str, Any], *, specials: Mapping[str, int] | None = None,
                      options: Mapping[str, Any] | None = None) -> ModelConfig:
         """The mmdiff ASR config: the core of the LLaDA folder's config.json (with an "audio" placeholder special),
-        the `audio/diffa` adapter, ASR options (full attention, DIFFA's prompt after the audio)."""
+        the `audio/diffa` adapter, ASR options (full attention, DIFFA's chat prompt before and after the audio)."""
         options = {**self.load_options, **(options or {})}
         llm_hf = read_config(self.llm_folder(hf, options))
         specials = dict(specials or {})
@@ -209,8 +209,9 @@ class DIFFAConverter(Converter):
             raise ValueError(f"DIFFA's llm_config has d_model={width} but the LLaDA folder's config.json has "
                              f"{core.d_model}; pass llm=<the LLaDA folder DIFFA was trained on>")
         adapter = self.adapter_config(hf, core.d_model, options["stage"])
-        after_audio = PROMPT_TEMPLATE.split("{audio}", 1)[1].format(question=options["instruction"])
-        asr = {"transcript_length": self.answer_length, "attention": "full", "prompt": after_audio}
+        before_audio, after_audio = PROMPT_TEMPLATE.split("{audio}", 1)
+        asr = {"transcript_length": self.answer_length, "attention": "full", "prompt_before": before_audio,
+               "prompt": after_audio.format(question=options["instruction"])}
         diffa = {"prompt_template": PROMPT_TEMPLATE, "instruction": options["instruction"],
                  "llm_folder": str(options.get("llm") or hf.get("llm_model_id") or DEFAULT_LLM)}
         return ModelConfig(core=core, task="asr", task_options={"asr": asr, "diffa": diffa},

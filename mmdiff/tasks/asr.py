@@ -7,8 +7,11 @@ never attends to the transcript by default (LaViDa's prefix attention, so a prom
 
 Layout of one row, left-padded so that the transcript block starts at the same column in every row:
 
-    [pad ... pad] [audio x n_i] [prompt ids] | [transcript ids] [eos ... eos]
-    <--- N - n_i -> <------- prompt (P) ---> <--- transcript_length (T) --->
+    [pad ... pad] [before ids] [audio x n_i] [prompt ids] | [transcript ids] [eos ... eos]
+    <--- N - n_i -> <-------------- prompt (P) ----------> <--- transcript_length (T) --->
+
+`prompt_before` (text before the audio, e.g. a chat template's system turn and "This is the audio:", as DIFFA
+writes it) is empty unless the options set it.
 
 The audio adapter (modality "audio": `prepare(list of 1-D float32 clips at adapter.sampling_rate)` -> (signal,
 tokens per clip); `embed(signal)` -> (B, N, d_model), rows right-aligned, zeros first) says how many soft tokens each
@@ -60,6 +63,8 @@ class ASROptions:
             error in training; at inference a longer utterance needs shorter windows, `chunk_seconds`).
         attention: attention kind of the canvas: "prefix" (the prompt never sees the transcript) or "full".
         prompt: text placed after the audio tokens (e.g. "transcribe"), in the tokenizer's words; None = none.
+        prompt_before: text placed before the audio tokens (a chat template's opening, "This is the audio:"), after
+            the row's padding; None = none.
         chunk_seconds: window length for long audio; None = the audio adapter's `window_seconds`.
         chunk_overlap: seconds shared by consecutive windows (their repeated words are merged away); None = a sixth
             of the window (transformers' default stride for chunked ASR).
@@ -68,6 +73,7 @@ class ASROptions:
     transcript_length: int = 32
     attention: str = "prefix"
     prompt: str | None = None
+    prompt_before: str | None = None
     chunk_seconds: float | None = None
     chunk_overlap: float | None = None
 
@@ -98,21 +104,22 @@ class ASRTask(Task):
         super().__init__(model)
         self.adapter = audio_adapter(model)
         self.sampling_rate = int(getattr(self.adapter, "sampling_rate", DEFAULT_RATE))
-        self.prompt_ids = self._prompt_ids()
+        self.prompt_ids = self._prompt_ids("prompt")
+        self.before_ids = self._prompt_ids("prompt_before")
 
-    def _prompt_ids(self) -> list[int]:
-        text = self.options.prompt
+    def _prompt_ids(self, field: str) -> list[int]:
+        text = getattr(self.options, field)
         if not text:
             return []
         if self.model.tokenizer is None:
-            raise ValueError("task_options.asr.prompt needs a tokenizer to read it; this model has none")
+            raise ValueError(f"task_options.asr.{field} needs a tokenizer to read it; this model has none")
         try:
             ids = self.model.tokenizer.encode(text, add_special_tokens=False)
         except Exception as err:  # a closed word-level vocabulary without an unknown token
-            raise ValueError(f"task_options.asr.prompt {text!r} has words outside this model's vocabulary ({err})") \
-                from err
+            raise ValueError(f"task_options.asr.{field} {text!r} has words outside this model's vocabulary "
+                             f"({err})") from err
         if not ids:
-            raise ValueError(f"task_options.asr.prompt {text!r} has no tokens; give it words or set it to null")
+            raise ValueError(f"task_options.asr.{field} {text!r} has no tokens; give it words or set it to null")
         return list(ids)
 
     def training_canvas(self, examples: Sequence[dict[str, Any]]) -> Canvas:
@@ -154,22 +161,24 @@ class ASRTask(Task):
             raise ValueError(f"this model's vocabulary has no {AUDIO_TOKEN!r} special for the audio positions; build "
                              f"its VocabLayout with specials including {AUDIO_TOKEN!r} (the speech source's do)")
         signal, counts = self.adapter.prepare(list(clips))
-        N, B = max(counts), len(counts)
-        width = N + len(self.prompt_ids)
+        N, B, L = max(counts), len(counts), len(self.before_ids)
+        width = N + L + len(self.prompt_ids)
         total = width + options.transcript_length
         if total > self.model.config.core.max_seq_len:
-            raise ValueError(f"{N} audio tokens + {len(self.prompt_ids)} prompt ids + {options.transcript_length} "
-                             f"transcript positions = {total} positions exceed the core's max_seq_len="
-                             f"{self.model.config.core.max_seq_len}; transcribe shorter windows (chunk_seconds) or "
-                             "use a model with a longer context")
-        prompt = torch.tensor(self.prompt_ids, dtype=torch.long)
+            raise ValueError(f"{N} audio tokens + {L + len(self.prompt_ids)} prompt ids + "
+                             f"{options.transcript_length} transcript positions = {total} positions exceed the core's "
+                             f"max_seq_len={self.model.config.core.max_seq_len}; transcribe shorter windows "
+                             "(chunk_seconds) or use a model with a longer context")
+        before, after = (torch.tensor(t, dtype=torch.long) for t in (self.before_ids, self.prompt_ids))
         ids = torch.full((B, width), vocab.pad_id if vocab.pad_id is not None else vocab.mask_id)  # (B, P)
         attention_mask = torch.zeros(B, width, dtype=torch.bool)
-        for row, n in enumerate(counts):
-            ids[row, N - n : N] = vocab.id(AUDIO_TOKEN)
-            ids[row, N:] = prompt
-            attention_mask[row, N - n :] = True
         soft_positions = torch.arange(N).expand(B, N).clone()  # (B, N): spare (zero) slots on the padding first
+        for row, n in enumerate(counts):
+            ids[row, N - n : N - n + L] = before
+            ids[row, N - n + L : N + L] = vocab.id(AUDIO_TOKEN)
+            ids[row, N + L :] = after
+            attention_mask[row, N - n :] = True
+            soft_positions[row, N - n :] += L  # the clip's own n slots sit after the text before the audio
         return Canvas(ids=ids, maskable=torch.zeros_like(ids, dtype=torch.bool), attention_mask=attention_mask,
                       attention=options.attention, prefix_len=torch.full((B,), width),
                       position_ids=compact_positions(attention_mask), soft_positions=soft_positions,
