@@ -55,6 +55,7 @@ FLOOR_OF: dict[str, str] = {
     "mmdiff.lora": "modeling",
     "mmdiff.tasks": "tasks",
     "mmdiff.data": "evaluation",
+    "mmdiff.data.lerobot": "evaluation",
     "mmdiff.sim": "evaluation",
     "mmdiff.metrics": "evaluation",
     "mmdiff.evaluation": "evaluation",

@@ -1,7 +1,8 @@
 """Samplers: objects with typed options (`mmdiff.sampling.base.Sampler`), found by name in
-`mmdiff.registry.SAMPLERS` ("llada", "dream", "llada-reference")."""
+`mmdiff.registry.SAMPLERS` ("llada", "dream", "llada-reference", "discrete-diffusion-vla")."""
 
 from mmdiff.sampling.base import Sampler, SamplerOptions
+from mmdiff.sampling.ddvla import DDVLAOptions, DiscreteDiffusionVLASampler
 from mmdiff.sampling.dream import DreamOptions, DreamSampler, dream_generate
 from mmdiff.sampling.llada import LLaDAOptions, LLaDASampler, llada_generate
 from mmdiff.sampling.output import GIVEN, SamplerOutput
@@ -18,6 +19,8 @@ __all__ = [
     "DreamOptions",
     "ReferenceSampler",
     "ReferenceOptions",
+    "DiscreteDiffusionVLASampler",
+    "DDVLAOptions",
     "llada_generate",
     "reference_generate",
     "dream_generate",

@@ -4,6 +4,8 @@
   random confidences, the top-k commit per row; Fast-dLLM (Wu et al. 2025): the threshold and factor rules.
 - Dream (Ye et al. 2025, `generation_utils.py`): its nucleus / top-k filters (the dtype's lowest value, not -inf)
   and `sample_tokens` (confidence = probability, margin or negative entropy).
+- Discrete Diffusion VLA (Liang et al. 2025): `token_scores` (the confidence, or confidence gap, of given tokens, for
+  committed tokens too) and `secondary_remask` (its threshold and residual-drop checks of committed tokens).
 - `LogitFilters`: the constraints applied to a step's logits before sampling (banned ids, allowed ids, a hook,
   top-k / top-p).
 """
@@ -23,6 +25,8 @@ __all__ = [
     "gumbel_argmax",
     "filter_logits",
     "confidence_scores",
+    "token_scores",
+    "secondary_remask",
     "commit_mask",
     "threshold_commits",
     "factor_commits",
@@ -88,6 +92,46 @@ def confidence_scores(logits: Tensor, x0: Tensor, remasking: str, generator: tor
     if remasking == "entropy":
         return (p * torch.log(p.clamp(min=1e-300))).sum(-1)  # negative entropy
     raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
+
+
+def token_scores(logits: Tensor, tokens: Tensor, score: str) -> Tensor:
+    """(..., V) logits and (...) tokens -> (...) float64 score of each given token under the logits: "low_confidence"
+    its probability p(token) (the softmax in the logits' dtype, as `confidence_scores`); "margin" the confidence gap
+    p(token) - max over the other ids of p, in [-1, 1]: negative when the model now prefers another id, by that
+    margin. For the argmax token these are `confidence_scores`' "low_confidence" and "margin".
+
+    >>> logits = torch.log(torch.tensor([[0.7, 0.2, 0.1]]))
+    >>> [round(float(token_scores(logits, torch.tensor([t]), "margin")), 4) for t in (0, 1)]
+    [0.5, -0.5]
+    """
+    if score == "low_confidence":
+        return F.softmax(logits, dim=-1).gather(-1, tokens[..., None]).squeeze(-1).double()
+    if score == "margin":
+        p = F.softmax(logits.double(), dim=-1)
+        own = p.gather(-1, tokens[..., None])  # (..., 1)
+        best_other = p.scatter(-1, tokens[..., None], -math.inf).max(-1).values
+        return own.squeeze(-1) - best_other
+    raise ValueError(f"score must be 'low_confidence' or 'margin', got {score!r}")
+
+
+def secondary_remask(committed: Tensor, score_now: Tensor, score_kept: Tensor, *, threshold: float | None = None,
+                     drop: float | None = None) -> Tensor:
+    """Discrete Diffusion VLA's secondary re-masking checks of committed tokens (bool (B, K): which to mask again).
+
+    A committed position fails the threshold check when its score now is below `threshold`, and the residual-drop
+    check when its score fell by more than `drop` since the step that committed it (`score_kept`); either check
+    (None = off) re-masks it. Positions not `committed` never are.
+
+    >>> secondary_remask(torch.tensor([[True, True, True, False]]), torch.tensor([[0.05, 0.5, 0.65, 0.0]]),
+    ...                  torch.tensor([[0.9, 0.8, 0.7, 0.9]]), threshold=0.1, drop=0.25).tolist()
+    [[True, True, False, False]]
+    """
+    again = torch.zeros_like(committed)
+    if threshold is not None:
+        again |= score_now < threshold
+    if drop is not None:
+        again |= score_kept - score_now > drop
+    return again & committed
 
 
 def commit_mask(confidence: Tensor, k: Tensor) -> Tensor:
