@@ -240,3 +240,4 @@ def test_doctests_pass():
 
     assert doctest.testmod(mmdiff.sampling.ddvla).failed == 0
     assert doctest.testmod(mmdiff.sampling.schedule).failed == 0
+    assert doctest.testmod(mmdiff.sampling.selection).failed == 0

@@ -161,8 +161,10 @@ def factor_commits(confidence: Tensor, still_masked: Tensor, factor: float) -> T
     """Fast-dLLM's factor rule: the n most confident masked positions, n the longest prefix of the sorted
     confidences c_1 >= c_2 >= ... with c_i >= 1 - factor / (i + 1) (c_1 always), per row.
 
-    >>> factor_commits(torch.tensor([[0.9, 0.6, 0.5]]), torch.ones(1, 3, dtype=torch.bool), 1.0).tolist()
+    >>> factor_commits(torch.tensor([[0.9, 0.7, 0.5]]), torch.ones(1, 3, dtype=torch.bool), 1.0).tolist()
     [[True, True, False]]
+    >>> factor_commits(torch.tensor([[0.9, 0.6, 0.5]]), torch.ones(1, 3, dtype=torch.bool), 1.0).tolist()  # < 2/3
+    [[True, False, False]]
     """
     conf = confidence.masked_fill(~still_masked, -math.inf)
     ordered = conf.sort(dim=1, descending=True).values  # (B, N)
