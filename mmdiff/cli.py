@@ -4,6 +4,7 @@
     mmdiff info NAME                        a zoo card (all fields) and the core config
     mmdiff generate NAME --prompt TEXT      sample answers (LLaDA-style masked diffusion, Nie et al. 2025)
     mmdiff transcribe NAME FILE ...         speech to text with an ASR model (one line per file)
+    mmdiff transcribe NAME --references DIR transcribe reference clips: reference vs output, WER and CER
     mmdiff train CONFIG.yaml [--a.b=v ...]  train from a recipe (overrides are dotted keys)
     mmdiff eval NAME [--split val]          the model's task metrics on its own data source, as JSON
 
@@ -291,6 +292,14 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     one line per file, `FILE<TAB>text`, or only the text when one file is given; --json prints [{"file", "text"}]."""
     from mmdiff.tasks import build_pipeline
 
+    references = None
+    if args.references is not None:
+        from mmdiff.data.speech import read_clips
+
+        references = read_clips(args.references)
+        args.files = [*args.files, *(str(r["path"]) for r in references)]
+    if not args.files:
+        raise CLIError("give audio files to transcribe, or --references FOLDER (clips with their transcripts)")
     missing = [f for f in args.files if not Path(f).is_file()]
     if missing:
         raise FileNotFoundError(f"no audio file at {', '.join(missing)}")
@@ -301,6 +310,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     generator = _seeded_generator(args.seed, model.device)
     takes = generator is not None and _sampler_accepts(model, "generator", overrides)
     texts = pipe(list(args.files), **({"generator": generator} if takes else {}))
+    if references is not None:
+        return _print_against_references(args, texts, references)
     if args.json:
         print(json.dumps([{"file": f, "text": t} for f, t in zip(args.files, texts, strict=True)], indent=2))
     elif len(args.files) == 1:
@@ -308,6 +319,29 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     else:
         for file, text in zip(args.files, texts, strict=True):
             print(f"{file}\t{text}")
+    return 0
+
+
+def _print_against_references(args: argparse.Namespace, texts: list[str], references: list[dict[str, Any]]) -> int:
+    """`transcribe --references`: the given files one line each, then each reference clip's reference vs output and
+    the WER / CER over the reference clips (numbers normalised on both sides, `mmdiff.data.speech`)."""
+    from mmdiff.data.speech import transcript_errors
+
+    given = len(args.files) - len(references)
+    outputs = texts[given:]
+    rates = transcript_errors([r["text"] for r in references], outputs)
+    if args.json:
+        print(json.dumps({"files": [{"file": f, "text": t} for f, t in zip(args.files[:given], texts, strict=False)],
+                          "clips": [{"file": str(r["path"]), "kind": r.get("kind"), "reference": r["text"],
+                                     "output": o} for r, o in zip(references, outputs, strict=True)], **rates},
+                         indent=2))
+        return 0
+    for file, text in zip(args.files[:given], texts, strict=False):
+        print(f"{file}\t{text}")
+    for row, output in zip(references, outputs, strict=True):
+        kind = f" ({row['kind']})" if row.get("kind") else ""
+        print(f"{Path(row['path']).name}{kind}\n  reference: {row['text']}\n  output:    {output}")
+    print("  ".join(f"{k.upper()} {v:.3f}" for k, v in rates.items()) + f" over {len(references)} clips")
     return 0
 
 
@@ -479,7 +513,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "FILE<TAB>transcript; with a single FILE only the transcript. Audio longer than "
                                    "the model's window is transcribed in overlapping windows and joined.")
     _add_model_flags(p)
-    p.add_argument("files", nargs="+", metavar="FILE", help="audio files")
+    p.add_argument("files", nargs="*", metavar="FILE", help="audio files")
+    p.add_argument("--references", type=Path, metavar="FOLDER",
+                   help="also transcribe the clips of FOLDER (its transcripts.tsv, as mmdiff.data.speech.export_clips "
+                        "writes it) and print each reference vs output, then the WER and CER")
     p.add_argument("--batch-size", type=positive_int, default=16, help="windows decoded at once (default: 16)")
     p.add_argument("--json", action="store_true", help='print JSON [{"file", "text"}] instead of text')
     _add_sampler_flags(p)

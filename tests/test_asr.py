@@ -429,6 +429,25 @@ def test_cli_transcribes_files_and_held_out_problems(model, source, tmp_path, ca
     assert main(["transcribe", str(folder), *map(str, files), "--json", "--steps", "6"]) == 0
     assert json.loads(capsys.readouterr().out) == [{"file": str(f), "text": t} for f, t in zip(files, want,
                                                                                              strict=True)]
+    # reference clips (a folder as export_clips writes it): reference vs output per clip, then WER and CER
+    clips_dir = tmp_path / "clips"
+    clips_dir.mkdir()
+    for i, f in enumerate(files):
+        (clips_dir / f"{i:03d}.wav").write_bytes(f.read_bytes())
+    texts = [source.example("val", i)["text"] for i in range(2)]
+    (clips_dir / "transcripts.tsv").write_text("file\ttext\tkind\tvoice\tspeed\n" + "".join(
+        f"{i:03d}.wav\t{t}\tdigits\ttest\t1.0\n" for i, t in enumerate(texts)))
+    assert main(["transcribe", str(folder), str(files[0]), "--references", str(clips_dir)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rates = transcript_errors(texts, want)
+    assert out == [f"{files[0]}\t{want[0]}", "000.wav (digits)", f"  reference: {texts[0]}", f"  output:    {want[0]}",
+                   "001.wav (digits)", f"  reference: {texts[1]}", f"  output:    {want[1]}",
+                   f"WER {rates['wer']:.3f}  CER {rates['cer']:.3f} over 2 clips"]
+    assert main(["transcribe", str(folder), "--references", str(clips_dir), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [c["output"] for c in shown["clips"]] == want and shown["wer"] == pytest.approx(rates["wer"])
+    assert main(["transcribe", str(folder)]) == 2
+    assert "--references FOLDER" in capsys.readouterr().err
     # held-out clips of the model's data source: reference vs output, and the WER of them
     assert main(["generate", str(folder), "--problems", "3", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
