@@ -4,6 +4,8 @@ imitates a scripted expert on a toy reaching environment far above a random poli
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -304,10 +306,10 @@ def expert_examples(n: int, seed: int, horizon: int = 4, near: float = 0.5) -> l
              obs["observation.state"][i], "task": obs["task"][i], "action": chunks[i]} for i in range(n)]
 
 
-def test_tiny_policy_imitates_the_expert_far_above_a_random_policy(tokenizer):
+@pytest.fixture(scope="module")
+def trained(tokenizer):
     """A tiny policy (image, instruction, binned state -> chunks of 4 binned actions) trained for 500 steps on the
-    expert's chunks reaches the goal the instruction names in nearly every held-out episode (1.0 measured; 0.77 to
-    1.0 over five initialisations), a random policy in about one of twenty."""
+    expert's chunks (about 15 s on two CPU cores)."""
     from mmdiff.diffusion import get_schedule
 
     model = make_vla(tokenizer, state="bins", state_bins=16, steps=4, instruction_length=6, random_weights=False)
@@ -324,7 +326,13 @@ def test_tiny_policy_imitates_the_expert_far_above_a_random_policy(tokenizer):
         loss.backward()
         optimizer.step()
         warmup.step()
-    policy = VLAPolicy(model.eval(), n_action_steps=2)
+    return model.eval()
+
+
+def test_tiny_policy_imitates_the_expert_far_above_a_random_policy(trained):
+    """The trained policy reaches the goal the instruction names in nearly every held-out episode (1.0 measured;
+    0.77 to 1.0 over five initialisations), a random policy in about one of twenty (0.06 measured)."""
+    policy = VLAPolicy(trained, n_action_steps=2)
     policy.reset()
     rate = PointReach(64, seed=123).run(lambda obs: policy.select_action(obs).numpy())
     g = np.random.default_rng(0)
@@ -334,3 +342,120 @@ def test_tiny_policy_imitates_the_expert_far_above_a_random_policy(tokenizer):
     assert expert_rate == 1.0 and random_rate <= 0.15, (expert_rate, random_rate)
     assert rate >= 0.75 and rate >= random_rate + 0.5, (rate, random_rate)
     assert set(policy.nfe) == {4}  # 4 forward passes per chunk of 8 action tokens
+
+
+# ------------------------------------------------------------------------------------------------ evaluation loop
+class PointReachEnv:
+    """One `PointReach` as a simulator with the environment protocol of `mmdiff.evaluation.rollouts`; the task is
+    the instruction."""
+
+    image_key = "observation.images.corner"
+
+    def __init__(self, task: str) -> None:
+        self.task, self.closed = task, False
+
+    def reset(self, seed: int) -> dict:
+        self.sim, self.steps = PointReach(1, seed), 0
+        self.sim.texts, self.sim.goal = [self.task], np.array([PointReach.GOALS[self.task]])
+        return self.observation()
+
+    def observation(self) -> dict:
+        return {k: v[0] for k, v in self.sim.observation().items()}
+
+    def step(self, action):
+        self.sim.step(np.asarray(action)[None])
+        self.steps += 1
+        success = bool(self.sim.done[0])
+        return self.observation(), float(success), success, self.steps >= PointReach.MAX_STEPS, {"success": success}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_evaluate_policy_reports_success_length_and_nfe_and_writes_a_gif(trained, tmp_path):
+    from PIL import Image
+
+    from mmdiff.evaluation import RandomPolicy, ScriptedPolicy, evaluate_policy, format_results
+
+    tasks = ["to be", "the mind"]
+    envs: list[PointReachEnv] = []
+
+    def make_env(task):
+        envs.append(PointReachEnv(task))
+        return envs[-1]
+
+    policy = VLAPolicy(trained, n_action_steps=2)
+    gif = tmp_path / "rollout.gif"
+    results = evaluate_policy(policy, tasks, episodes=8, seed=10, make_env=make_env, gif=gif, progress=False)
+    assert [r.task for r in results] == tasks and all(e.closed for e in envs)
+    assert [[e.seed for e in r.episodes] for r in results] == [list(range(10, 18))] * 2
+    for r in results:  # the loop's bookkeeping against the episodes themselves
+        assert r.success_rate == np.mean([e.success for e in r.episodes])
+        assert r.mean_length == np.mean([e.length for e in r.episodes])
+        assert r.nfe_per_chunk == 4.0 and r.seconds_per_action > 0
+        assert all(e.length <= PointReach.MAX_STEPS and (e.success or e.length == PointReach.MAX_STEPS)
+                   for e in r.episodes)
+    assert min(r.success_rate for r in results) >= 0.75
+    first = results[0].episodes[0]
+    assert Image.open(gif).n_frames <= first.length + 1 and Image.open(gif).size == (256, 256)
+    lines = format_results(results).splitlines()
+    assert lines[0] == results[0].line() and lines[0].startswith("to be: success ")
+    assert "NFE per chunk 4.0" in lines[0] and lines[-1].startswith("average success ")
+    # four environments in lockstep (one batch row each) give the same episodes as one at a time
+    batched = evaluate_policy(policy, tasks, episodes=8, seed=10, make_env=make_env, num_envs=4, progress=False)
+    assert [r.episodes for r in batched] == [r.episodes for r in results]
+    experts = ScriptedPolicy({t: (lambda obs, t=t: PointReach.expert(obs["observation.state"],
+                                                                      np.array(PointReach.GOALS[t]))) for t in tasks})
+    upper = evaluate_policy(experts, tasks, episodes=8, make_env=make_env, num_envs=3, progress=False)
+    lower = evaluate_policy(RandomPolicy(2, seed=0), tasks, episodes=8, make_env=make_env, progress=False)
+    assert [r.success_rate for r in upper] == [1.0, 1.0] and all(r.nfe_per_chunk is None for r in upper)
+    assert max(r.success_rate for r in lower) <= 0.25
+
+
+needs_metaworld = pytest.mark.skipif(importlib.util.find_spec("metaworld") is None,
+                                     reason="needs metaworld (pip install 'mmdiff[robot]')")
+
+
+@needs_metaworld
+def test_evaluate_policy_runs_seeded_metaworld_episodes(tokenizer, tmp_path):
+    """A random-weight policy for Meta-World's 4-D actions and 39-D state runs two short seeded episodes of
+    "reach" at its own image size; the names and dimensions the simulator needs are checked first."""
+    from mmdiff.evaluation import evaluate_policy
+
+    model = make_vla(tokenizer, action_dim=4, state_dim=39, instruction_length=12)
+    policy = VLAPolicy(model)
+    results = evaluate_policy(policy, "reach-v3", episodes=2, seed=3, max_steps=5, gif=tmp_path / "reach.gif",
+                              progress=False)
+    assert [r.task for r in results] == ["reach"] and [e.seed for e in results[0].episodes] == [3, 4]
+    assert [e.length for e in results[0].episodes] == [5, 5] and results[0].nfe_per_chunk == 8.0
+    assert (tmp_path / "reach.gif").is_file()
+    with pytest.raises(ValueError, match="unknown Meta-World task 'reech': did you mean 'reach'"):
+        evaluate_policy(policy, ["reach", "reech"], episodes=1)
+    with pytest.raises(ValueError, match="the Meta-World simulator takes 4-dimensional actions"):
+        evaluate_policy(VLAPolicy(make_vla(tokenizer, state_dim=39)), "reach", episodes=1)
+
+
+@needs_metaworld
+def test_cli_evaluates_a_policy_in_metaworld(tokenizer, tmp_path, capsys):
+    """`mmdiff eval vla NAME --task T --episodes N --seed S`: one line per task, the average, a GIF; without
+    --task the tasks of the model's data source."""
+    from mmdiff.cli import main
+
+    model = make_vla(tokenizer, action_dim=4, state_dim=39, instruction_length=20)
+    model.config.task_options["data"] = {"name": "metaworld-demos", "options": {"root": str(tmp_path / "demos"),
+                                                                                "tasks": ["reach", "push"]}}
+    folder = str(model.save_pretrained(tmp_path / "vla"))
+    gif = tmp_path / "out.gif"
+    code = main(["eval", "vla", folder, "--task", "reach", "--episodes", "2", "--seed", "3", "--max-steps", "4",
+                 "--gif", str(gif), "--device", "cpu", "--output", str(tmp_path / "eval.json")])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0 and out[:2] == ["reach: success 0.000  mean episode length 4.0  NFE per chunk 8.0",
+                                     "average success 0.000"]
+    assert gif.is_file() and (tmp_path / "eval.json").is_file()
+    assert main(["eval", folder, "--episodes", "1", "--max-steps", "2", "--gif", "", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["reach", "push", "average success 0.000"]
+    assert main(["eval", "vlm", folder, "--task", "reach", "--device", "cpu"]) == 2
+    assert "is a 'vla' model, not a 'vlm' model" in capsys.readouterr().err
+    assert main(["eval", folder, "--task", "reech", "--episodes", "1", "--device", "cpu"]) == 2
+    assert "did you mean 'reach'" in capsys.readouterr().err

@@ -391,7 +391,10 @@ class VLATask(Task):
     # ------------------------------------------------------------------------------------------------ canvases
     def training_canvas(self, examples: Sequence[Mapping[str, Any]]) -> Canvas:
         """lerobot frames {"observation.images.<camera>", "observation.state", "task", "action" (H, D) or (D,) for
-        H = 1} -> one canvas whose targets are the action chunks' codes, scored by the action head."""
+        H = 1} -> one canvas whose targets are the action chunks' codes, scored by the action head.
+
+        Steps past an episode's end (lerobot's `action_is_pad`, the last action repeated by `MetaWorldDemosDataset`)
+        stay targets: the policy learns to hold the final action."""
         if not len(examples):
             raise ValueError("no examples given")
         for i, e in enumerate(examples):
