@@ -7,6 +7,7 @@
     mmdiff transcribe NAME --references DIR transcribe reference clips: reference vs output, WER and CER
     mmdiff train CONFIG.yaml [--a.b=v ...]  train from a recipe (overrides are dotted keys)
     mmdiff eval NAME [--split val]          the model's task metrics on its own data source, as JSON
+    mmdiff eval vla NAME --task T           a policy's success rate over seeded episodes in its simulator
 
 `generate` holds no per-task code: it finds the model's task in `mmdiff.registry.TASKS` (or the task a selector flag
 such as `--images` picks) and runs its pipeline's `run_cli`; each pipeline adds the flags it reads
@@ -439,8 +440,67 @@ def _evaluate_kwargs(source: Any, args: argparse.Namespace, model: Any) -> dict[
     return kwargs
 
 
+def _eval_target(args: argparse.Namespace) -> str | None:
+    """`mmdiff eval [TASK] NAME`: the task word when two names are given (it must be a registered task), else None."""
+    if args.model is None:
+        return None
+    import mmdiff.tasks  # noqa: F401  (registers the built-in tasks)
+    from mmdiff.registry import TASKS
+
+    task, args.name = args.name, args.model
+    if task not in TASKS:
+        raise CLIError(f"mmdiff eval [TASK] NAME: {task!r} is not a task ({TASKS.unknown_message(task)})")
+    return task
+
+
+def _policy_class(model: Any) -> Any:
+    """The model's pipeline class when it is a policy (a pipeline with `select_action`), else None."""
+    import mmdiff.tasks  # noqa: F401  (registers the built-in tasks)
+    from mmdiff.registry import TASKS
+
+    cls = TASKS.get(model.config.task).pipeline_class if model.config.task in TASKS else None
+    return cls if cls is not None and callable(getattr(cls, "select_action", None)) else None
+
+
+def cmd_eval_policy(model: Any, args: argparse.Namespace) -> int:
+    """Closed-loop evaluation of a policy model: seeded episodes of each --task (default: the tasks of the model's
+    data source) in the simulator, a progress bar per task, one line per task and the average success; a GIF of the
+    first episode."""
+    from mmdiff.evaluation.rollouts import average_success, evaluate_policy, format_results
+
+    tasks = args.task
+    if not tasks:
+        source = _data_source(model)
+        tasks = list(getattr(source, "tasks", None) or [])
+        if not tasks:
+            raise CLIError(f"{args.name}'s data source names no tasks; pass --task T (repeatable)")
+    policy = _policy_class(model)(model, **_sampler_overrides(args, model))
+    _seeded_generator(args.seed, model.device)
+    results = evaluate_policy(policy, tasks, episodes=args.episodes or 50, seed=args.seed or 0,
+                              num_envs=args.num_envs, max_steps=args.max_steps, gif=args.gif or None)
+    print(format_results(results))
+    if args.gif:
+        print(f"rollout: {args.gif}")
+    if args.output:
+        from mmdiff.io import atomic_write
+
+        text = json.dumps(_jsonable({"tasks": [r.to_dict() for r in results],
+                                     "average_success": average_success(results)}), indent=2)
+        atomic_write(args.output, lambda tmp: Path(tmp).write_text(text + "\n"))
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    task = _eval_target(args)
     model = _load_model(args.name, args.device, args.dtype)
+    if task is not None and task != model.config.task:
+        raise CLIError(f"{args.name} is a {model.config.task!r} model, not a {task!r} model")
+    if _policy_class(model) is not None:
+        return cmd_eval_policy(model, args)
+    policy_flags = [f for f in ("task", "episodes", "num_envs", "max_steps") if getattr(args, f) not in (None, 1)]
+    if policy_flags:
+        flag = "--" + policy_flags[0].replace("_", "-")
+        raise CLIError(f"{flag} evaluates a robot policy in a simulator; {args.name} is a {model.config.task!r} model")
     source = _data_source(model)
     if not hasattr(source, "evaluate"):
         raise CLIError(f"data source {type(source).__name__} has no evaluate(model, split, limit) method")
@@ -529,8 +589,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("harness", add_help=False,
                    help="lm-eval on local tasks: mmdiff harness --model_args model=NAME --include_path DIR --tasks T "
                         "(lm-eval's arguments; needs pip install 'mmdiff[eval]')")
-    p = sub.add_parser("eval", help="task metrics of a model on its own data source, as JSON")
+    p = sub.add_parser("eval", help="task metrics of a model on its own data source, as JSON; a policy: success "
+                                    "rates of seeded episodes in its simulator")
     _add_model_flags(p)
+    p.add_argument("model", nargs="?", help="with two names (mmdiff eval TASK NAME): the model, TASK its task")
+    g = p.add_argument_group("policies (closed-loop episodes in a simulator, e.g. mmdiff eval vla NAME --task reach)")
+    g.add_argument("--task", action="append", help="a simulator task (repeatable; default: the data source's tasks)")
+    g.add_argument("--episodes", type=positive_int, help="seeded episodes per task (default: 50)")
+    g.add_argument("--num-envs", type=positive_int, default=1, help="environments stepped in lockstep (default: 1)")
+    g.add_argument("--max-steps", type=positive_int, help="episode step limit (default: the simulator's)")
+    g.add_argument("--gif", default="rollout.gif",
+                   help="the first episode as an animated GIF (default: rollout.gif; '' for none)")
     p.add_argument("--split", default="val", help="data split (default: val)")
     p.add_argument("--limit", type=positive_int, help="evaluate at most N examples (default: the data source's)")
     p.add_argument("--output", help="also write the JSON to this file")

@@ -254,14 +254,18 @@ class DiffusionModel(nn.Module):
         return out[0] if single else out
 
     def embed_signals(self, canvas: Canvas) -> Canvas:
-        """The canvas with its raw modality signals (`canvas.signals`) turned into soft tokens by the adapters."""
+        """The canvas with its raw modality signals (`canvas.signals`) turned into soft tokens by the adapters.
+
+        A signal's key is its adapter's modality, optionally with a ":name" suffix for one more input of that modality
+        (the VLA task's cameras: "vision:corner", "vision:wrist"); the soft tokens follow the signals' order."""
         if not canvas.signals:
             return canvas
-        unknown = [m for m in canvas.signals if m not in self.adapters]
+        modality = {key: key.partition(":")[0] for key in canvas.signals}
+        unknown = [m for m in canvas.signals if modality[m] not in self.adapters]
         if unknown:
             raise ValueError(f"the canvas carries {unknown} inputs but this model has adapters for "
                              f"{list(self.adapters) or 'no modality'}; use a model built with such an adapter")
-        soft = [self.adapters[m].embed(signal) for m, signal in canvas.signals.items()]  # each (B, N_m, d_model)
+        soft = [self.adapters[modality[m]].embed(signal) for m, signal in canvas.signals.items()]  # (B, N_m, d_model)
         embeds = torch.cat(soft, dim=1) if len(soft) > 1 else soft[0]
         if len(soft) == 1 and canvas.soft_positions is not None and canvas.soft_positions.shape[1] > embeds.shape[1]:
             # rows of a chunk of the batch: the adapter padded to the chunk's widest row, the canvas to the batch's;

@@ -20,7 +20,8 @@ def pipeline(task: str, model: Any, **options: Any) -> Pipeline:
 
     Args:
         task: a pipeline name: "text-generation" (also "text"), "vlm" (also "image-text-to-text"),
-            "text-to-image" (also "t2i"), "automatic-speech-recognition" (also "asr").
+            "text-to-image" (also "t2i"), "automatic-speech-recognition" (also "asr"), "vla" (also "robotics": a
+            robot policy, `mmdiff.tasks.vla.VLAPolicy`).
         model: what `create_model` loads, or a model.
         options: the pipeline's options (`sampler`, sampler keywords, `batch_size`, `progress`).
 
@@ -32,6 +33,7 @@ def pipeline(task: str, model: Any, **options: Any) -> Pipeline:
     >>> # answer = mmdiff.pipeline("vlm", model="mnist-grid-vlm")(image, "is there a seven?")
     >>> # images = mmdiff.pipeline("text-to-image", model="mmada-8b-base")("a red bus")
     >>> # transcripts = mmdiff.pipeline("asr", model=folder)(["a.wav", {"raw": samples, "sampling_rate": 8000}])
+    >>> # action = mmdiff.pipeline("vla", model=folder).select_action(observation)
     """
     if isinstance(model, str):
         from mmdiff.zoo import create_model

@@ -20,13 +20,14 @@ def test_pipeline_names_resolve_through_the_registry():
     names = pipeline_names()
     assert {k: v.name for k, v in names.items()} == {
         "text": "text", "text-generation": "text", "vlm": "vlm", "image-text-to-text": "vlm",
-        "t2i": "t2i", "text-to-image": "t2i", "asr": "asr", "automatic-speech-recognition": "asr"}
+        "t2i": "t2i", "text-to-image": "t2i", "asr": "asr", "automatic-speech-recognition": "asr",
+        "vla": "vla", "robotics": "vla", "vision-language-action": "vla"}
     for cls in names.values():
         assert issubclass(cls, Task) and issubclass(cls.pipeline_class, Pipeline)
         assert TASKS.get(cls.name) is cls and cls.pipeline_class.task_class is cls
-    with pytest.raises(ValueError, match=r"unknown pipeline 'vla'; tasks with one: asr, automatic-speech-recognition, "
-                       r"image-text-to-text, t2i, text"):
-        pipeline_task("vla")
+    with pytest.raises(ValueError, match=r"unknown pipeline 'video'; tasks with one: asr, "
+                       r"automatic-speech-recognition, image-text-to-text, robotics, t2i, text"):
+        pipeline_task("video")
 
 
 def _by_hand(model, prompts, **sampler):
