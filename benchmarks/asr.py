@@ -17,7 +17,9 @@ Systems:
 Latency is wall time per clip (= per batch / batch size) over all batches after one warm-up batch, feature
 extraction and encoders included, from 16 kHz float arrays in memory; NFE is forward passes per batch (the
 diffusion core's, or Whisper's decoder steps). Batch 16 runs on every clip; batch 1 on the first `--batch1-clips`
-(Whisper takes about a second per clip on two CPU cores), and its rows say how many.
+(Whisper takes about a second per clip on two CPU cores), and its rows say how many. A second table times the
+Whisper encoder alone on the first `--encoder-clips` clips, on the clip's own frames (the entry's `trim`) and padded
+to Whisper's 30 s window.
 
     python benchmarks/asr.py                    # 300 held-out clips at batch 16, 48 at batch 1
     python benchmarks/asr.py --clips 48         # a smoke run
@@ -126,6 +128,30 @@ def whisper_runner(device: torch.device) -> Any:
     return run
 
 
+def encoder_rows(model: Any, examples: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
+    """The entry's Whisper encoder alone, on the clip's own frames (the entry's `trim`) and padded to Whisper's 30 s
+    window (Whisper's own input), batches of 16, no encoder cache: ms per clip."""
+    from mmdiff.adapters import build_adapter
+
+    adapter = model.adapters["audio"]
+    rows = []
+    for trim in (True, False):
+        fields = {**adapter.config.to_dict(), "trim": trim, "cache_size": 0}
+        fields.pop("adapter", None)
+        twin = build_adapter(adapter.key, **fields).to(device).eval()
+        batches = [[e["audio"] for e in examples[i : i + 16]] for i in range(0, len(examples), 16)]
+        with torch.inference_mode():
+            twin.features(twin.prepare(batches[0])[0])
+            sync(device)
+            start = time.perf_counter()
+            for batch in batches:
+                twin.features(twin.prepare(batch)[0])
+            sync(device)
+        rows.append({"encoder": "clip's own frames (trim)" if trim else "padded to 30 s (Whisper's window)",
+                     "clips": len(examples), "ms_per_clip": 1000 * (time.perf_counter() - start) / len(examples)})
+    return rows
+
+
 def bench(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
     examples = SpeechSource(val_size=args.clips).examples("val")
     model = mmdiff.create_model(args.model, device=str(device))
@@ -148,22 +174,27 @@ def bench(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]
     for row in rows:
         whisper = next(r for r in rows if r["batch"] == row["batch"] and r["system"].startswith("Whisper"))
         row["speedup_vs_whisper"] = whisper["ms_per_clip"] / row["ms_per_clip"]
+    for row in encoder_rows(model, examples[: args.encoder_clips], device):
+        rows.append({"system": f"encoder only: {row.pop('encoder')}", "batch": 16, **row})
     return rows
 
 
 def markdown(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Namespace) -> str:
     pct = lambda x: f"{100 * x:.1f} %"  # noqa: E731
+    decoding, encoders = [r for r in rows if "wer" in r], [r for r in rows if "wer" not in r]
     table = [{
         "system": r["system"], "batch": r["batch"], "clips": r["clips"], "WER": pct(r["wer"]), "CER": pct(r["cer"]),
         **{f"WER {k}": pct(r[f"wer_{k}"]) for k in KINDS if f"wer_{k}" in r},
         "NFE / batch": f"{r['nfe_per_batch']:.1f}", "ms / clip": f"{r['ms_per_clip']:.1f}",
         "vs Whisper": f"{r['speedup_vs_whisper']:.2f}x",
-    } for r in rows]
-    columns = list(table[0])
+    } for r in decoding]
     head = (f"ASR benchmark: `{args.model}` against Whisper tiny.en on {args.clips} held-out clips (held-out voices "
             f"and speeds); device {info['device']} ({info.get('gpu', info['cpu'])}), torch {info['torch']}, "
             f"{info['torch_threads']} threads. Command: `{args.command}`.")
-    return head + "\n\n" + fmt_table(table, columns) + "\n"
+    encoder = fmt_table([{"Whisper tiny.en encoder": r["system"].removeprefix("encoder only: "), "batch": r["batch"],
+                          "clips": r["clips"], "ms / clip": f"{r['ms_per_clip']:.1f}"} for r in encoders],
+                        ["Whisper tiny.en encoder", "batch", "clips", "ms / clip"])
+    return head + "\n\n" + fmt_table(table, list(table[0])) + "\n\n" + encoder + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch1-clips", type=int, default=48, help="clips of the batch-1 rows (the first ones)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument("--encoder-clips", type=int, default=32, help="clips of the encoder-only rows")
     add_run_arguments(parser)
     return run_benchmark("asr", parser, argv, bench, markdown)
 

@@ -133,6 +133,15 @@ class CanvasCore(nn.Module):
     def config(self) -> Any:
         return self.core.config
 
+    def select_rows(self, index: Tensor) -> CanvasCore:
+        """The same core bound to rows `index` of the canvas (soft tokens, positions, prefix lengths): what a sampler
+        runs when only some rows still decode."""
+        batch = self.canvas.batch_size
+        rows = self.canvas.map_tensors(lambda t: t[index.to(t.device)] if t.dim() and t.shape[0] == batch else t)
+        view = CanvasCore(self.core, rows)
+        view.prompt_length = self.prompt_length
+        return view
+
     def check_ids(self, ids: Tensor) -> None:
         self.core.check_ids(ids)
 

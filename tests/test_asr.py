@@ -357,6 +357,21 @@ def test_batches_equal_one_by_one(model):
     assert len({b["text"] for b in batched}) > 1  # the clips do get different transcripts
 
 
+@pytest.mark.parametrize("threshold", [0.02, 0.05])
+def test_threshold_decoding_batches_equal_one_by_one(model, threshold):
+    """Threshold decoding: rows finish the block at different steps and sit out the rest; the ones still decoding
+    keep their own soft tokens and prefix lengths (a batch of canvases with different audio lengths)."""
+    clips = [clip(s, seed=i) for i, s in enumerate([0.4, 0.9, 0.25, 0.6])]
+    pipe = mmdiff.pipeline("asr", model, progress=False, threshold=threshold)
+    batched = pipe(clips, sampling_rate=RATE, batch_size=4, return_history=True)
+    single = [pipe(c, sampling_rate=RATE, return_history=True) for c in clips]
+    assert [b["text"] for b in batched] == [s["text"] for s in single]
+    steps = [b["history"][0].commit_step[0, -6:] for b in batched]
+    assert len({int(s.max()) for s in steps}) > 1  # the rows did finish at different steps
+    for b, s in zip(batched, single, strict=True):
+        assert torch.equal(b["history"][0].sequences[:, -6:], s["history"][0].sequences[:, -6:])
+
+
 def test_the_shipped_logmel_conv_adapter_serves_the_task(tmp_path):
     """The task with the registry's own `audio/logmel-conv` adapter: batches equal one-by-one results, and a saved
     checkpoint transcribes alike after loading."""

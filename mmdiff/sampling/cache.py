@@ -46,8 +46,10 @@ class _Forward:
         inside the block) when given. With `rows` = (row indices (R,), their gathered cache) only those rows run
         (no guidance); the others get zero logits and the returned cache is `kv` unchanged."""
         attention, position_ids, batch, given_kv = self.attention, self.position_ids, x.shape[0], kv
+        core = self.core
         if rows is not None:
             keep, kv = rows
+            core = self._row_core(keep)
             x, position_ids = x[keep], position_ids[keep]
             attention = None if attention is None else attention[keep]
             columns = None if columns is None else columns[keep]
@@ -64,7 +66,7 @@ class _Forward:
             x.shape[0] // columns.shape[0], 1)  # (B', n): the unconditional rows ask at the same columns
         if cache is None or kv is None:
             index = columns
-            out = self.core(x, attention_mask=attention, position_ids=position_ids, logits_at=index,
+            out = core(x, attention_mask=attention, position_ids=position_ids, logits_at=index,
                             check_inputs=False, use_cache=cache is not None)
             logits, kv = out.logits, out.cache
         else:
@@ -72,7 +74,7 @@ class _Forward:
             # positions changed since their keys and values were computed)
             start, end = window if cache == "delayed" else (lo, L if cache == "prefix" else hi)
             index = columns - start
-            logits = self.core(x[:, start:end], attention_mask=attention,
+            logits = core(x[:, start:end], attention_mask=attention,
                                position_ids=position_ids[:, start:end], logits_at=index, check_inputs=False,
                                cache=kv, cache_window=(start, end)).logits
         if self.uncond_prompt is not None:
@@ -84,6 +86,18 @@ class _Forward:
             full[rows[0]] = logits
             return full, given_kv
         return logits, kv
+
+
+    def _row_core(self, keep: Tensor) -> nn.Module:
+        """The core for rows `keep` only: a core bound to per-row inputs (a canvas's soft tokens and prefix lengths)
+        selects those rows; a plain core serves any rows. Kept while the same rows decode."""
+        select = getattr(self.core, "select_rows", None)
+        if select is None:
+            return self.core
+        cached = getattr(self, "_rows_core", None)
+        if cached is None or cached[0] is not keep:
+            self._rows_core = (keep, select(keep))
+        return self._rows_core[1]
 
 
 class CacheStrategy:
