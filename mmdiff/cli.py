@@ -16,6 +16,10 @@ such as `--images` picks) and runs its pipeline's `run_cli`; each pipeline adds 
 Errors in the input (unknown names, bad files, bad options) print one `mmdiff: error: ...` message and exit with
 status 2; set MMDIFF_DEBUG=1 to see the traceback instead.
 
+Start-up stays light: this module imports no torch and no model code at module level; each command imports what it
+needs when it runs, and `generate`'s per-task flags are added when that subcommand is parsed or its help shown. So
+`mmdiff list` (the zoo cards alone) and `mmdiff --help` answer without importing torch.
+
 >>> main(["list", "*no-such-model*"])
 name  task  params  weights  key metric
 0
@@ -29,11 +33,11 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mmdiff.tasks.base import positive_int
+from mmdiff.dataclass_io import positive_int
 
 __all__ = ["main", "build_parser", "DATA_MODULES"]
 
@@ -517,6 +521,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------- parser
+class _Subcommand(argparse.ArgumentParser):
+    """A subcommand's parser that adds its costly flags (`add_flags(parser)`, which may import torch and the tasks)
+    only when it is used: when its arguments are parsed or its help or usage is printed."""
+
+    def __init__(self, *args: Any, add_flags: Callable[[argparse.ArgumentParser], None] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._add_flags = add_flags
+
+    def _complete(self) -> None:
+        if self._add_flags is not None:
+            add, self._add_flags = self._add_flags, None
+            add(self)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._complete()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self._complete()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self._complete()
+        return super().format_help()
+
+
+def _add_generate_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of `mmdiff generate` that each task's pipeline reads, then the sampler flags."""
+    for task in _pipeline_tasks():  # each task's pipeline adds the flags it reads
+        task.pipeline_class.add_cli_arguments(p)
+    _add_sampler_flags(p)
+
+
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="zoo name, checkpoint folder or hub repo id (org/name)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
@@ -547,7 +585,7 @@ def _add_sampler_flags(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of `mmdiff`."""
     parser = argparse.ArgumentParser(prog="mmdiff", description="mmdiff: a multimodal masked-diffusion model zoo")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Subcommand)
 
     p = sub.add_parser("list", help="list zoo entries")
     p.add_argument("pattern", nargs="*", help="fnmatch pattern(s), e.g. '*sums*' (default: all)")
@@ -556,16 +594,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="show a zoo card and its model config")
     p.add_argument("name", help="zoo name or checkpoint folder")
 
-    p = sub.add_parser("generate", help="generate answers to prompts")
+    p = sub.add_parser("generate", help="generate answers to prompts", add_flags=_add_generate_flags)
     _add_model_flags(p)
     p.add_argument("--prompt", action="append", help="prompt text (repeat for a batch); a VLM's question")
     p.add_argument("--prompt-file", help="a file with one prompt per line")
     p.add_argument("--problems", type=positive_int, help="solve N held-out problems of the model's data source")
     p.add_argument("--split", default="val", help="data split for --problems (default: val)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    for task in _pipeline_tasks():  # each task's pipeline adds the flags it reads
-        task.pipeline_class.add_cli_arguments(p)
-    _add_sampler_flags(p)
 
     p = sub.add_parser("transcribe", help="transcribe audio files with an ASR model",
                        description="Transcribes each FILE (WAV, FLAC, OGG, MP3; any rate, mixed to mono) with the "

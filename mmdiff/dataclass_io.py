@@ -1,11 +1,12 @@
 """Typed dataclasses <-> plain dicts / YAML, strictly: an unknown or missing field is an error that names it.
 
 Every config in mmdiff (core, training recipes, sampler defaults) is a dataclass; JSON and YAML are only their
-serialisation.
+serialisation. Typed values from command-line text live here too (`parse_override_value`, `positive_int`).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import re
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["from_dict", "to_dict", "apply_overrides", "parse_override_value", "load_yaml"]
+__all__ = ["from_dict", "to_dict", "apply_overrides", "parse_override_value", "positive_int", "load_yaml"]
 
 
 def to_dict(obj: Any) -> Any:
@@ -128,6 +129,18 @@ YAML12_FLOAT = re.compile(r"^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)[eE][-+]?\
 def parse_override_value(text: str) -> Any:
     """Parses a command-line value with YAML rules (`3`, `1e-3`, `true`, `[1, 2]`, `null`)."""
     return load_yaml(text)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (the command-line flags of the CLI and of every task's pipeline).
+
+    >>> positive_int("3")
+    3
+    """
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,12 +7,16 @@ samplers, tasks and schedules are all found by name, and a third party adds its 
 ... def red(): return "#f00"
 >>> colors.get("red")()
 '#f00'
+
+A registry may name the modules that register its built-in entries (`provided_by`); they are imported on its first
+lookup, not before, so `import mmdiff` declares every built-in without importing torch or any model code.
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -46,6 +50,31 @@ class Registry:
         self.kind = kind
         self._entries: dict[str, Any] = {}
         self._meta: dict[str, dict[str, Any]] = {}
+        self._providers: list[str] = []  # modules still to import before the next lookup (see `provided_by`)
+
+    def provided_by(self, *modules: str) -> None:
+        """Names modules whose import registers entries here; each is imported on the registry's first use after
+        this call (a lookup, `in`, `list`, `len`, `add`), once, so declaring them costs nothing until then.
+
+        The package (`mmdiff/__init__.py`, the top floor) declares the built-ins this way: a lower floor that looks
+        up a converter or a task by name finds it without importing the floor above, and `import mmdiff` stays
+        light. A module that fails to import raises from the lookup and is tried again on the next one.
+
+        >>> widgets = Registry("widget")
+        >>> widgets.provided_by("colorsys")  # a module whose import would call widgets.add(...)
+        >>> widgets.list()  # the first lookup imports it
+        []
+        """
+        self._providers += [m for m in modules if m not in self._providers]
+
+    def _load_providers(self) -> None:
+        while self._providers:
+            module = self._providers.pop(0)  # popped first: the module's own lookups while importing don't recurse
+            try:
+                importlib.import_module(module)
+            except BaseException:
+                self._providers.insert(0, module)
+                raise
 
     def register(self, name: str | None = None, *, override: bool = False, **meta: Any) -> Callable[[Any], Any]:
         """Decorator that adds an object under `name` (default: its `__name__`).
@@ -72,6 +101,7 @@ class Registry:
         """Adds `obj` under `name` (the non-decorator form of `register`)."""
         if not isinstance(name, str) or not name:
             raise TypeError(f"{self.kind} names must be non-empty strings, got {name!r}")
+        self._load_providers()  # a built-in of the same name is there first, as if the package were imported eagerly
         if name in self._entries and not override and self._entries[name] is not obj:
             raise ValueError(
                 f"{self.kind} {name!r} is already registered; pass override=True to replace it or pick another name"
@@ -88,11 +118,13 @@ class Registry:
 
     def get(self, name: str) -> Any:
         """Returns the entry called `name`; an unknown name raises KeyError listing the closest names."""
+        self._load_providers()
         if name in self._entries:
             return self._entries[name]
         raise KeyError(self.unknown_message(name))
 
     def unknown_message(self, name: str) -> str:
+        self._load_providers()
         close = difflib.get_close_matches(name, list(self._entries), n=5, cutoff=0.4)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         known = ", ".join(self.list()) or "(none registered)"
@@ -105,17 +137,20 @@ class Registry:
 
     def list(self, pattern: str | list[str] = "*") -> list[str]:
         """Names matching one or more fnmatch patterns, in natural order."""
+        self._load_providers()
         patterns = [pattern] if isinstance(pattern, str) else list(pattern)
         names = [n for n in self._entries if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
         return sorted(names, key=natural_key)
 
     def __contains__(self, name: object) -> bool:
+        self._load_providers()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.list())
 
     def __len__(self) -> int:
+        self._load_providers()
         return len(self._entries)
 
     def __repr__(self) -> str:

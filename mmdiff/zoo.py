@@ -6,6 +6,9 @@ for entries trained by this project, the checkpoint files beside it (`config.jso
 `sampler_config.json`, tokenizer files, `README.md`). Other entries point at a hub repo (`weights: org/name`).
 Third parties add their own cards with `register_model`.
 
+Reading the cards needs neither torch nor any model code (`mmdiff list` runs on them alone); building a model
+imports them on first use.
+
 >>> import mmdiff.zoo as zoo
 >>> isinstance(zoo.list_models(), list)
 True
@@ -20,14 +23,16 @@ import importlib.resources
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from mmdiff.card import CARD_NAME, SHIPPED, ZooCard, load_card
 from mmdiff.hub import cached_checkpoint, is_hub_id, resolve_checkpoint
-from mmdiff.modeling import CONFIG_NAME, WEIGHTS_NAME, DiffusionModel, ModelConfig
 from mmdiff.registry import CONVERTERS, Registry
+
+if TYPE_CHECKING:  # torch and the model are imported where a model is built, not by listing the zoo
+    import torch
+
+    from mmdiff.modeling import DiffusionModel, ModelConfig
 
 __all__ = [
     "CARD_NAME",
@@ -49,6 +54,10 @@ __all__ = [
 ]
 
 README_NAME = "README.md"
+# the checkpoint file names of `mmdiff.modeling` (CONFIG_NAME, WEIGHTS_NAME), spelled here so that reading the cards
+# needs no torch; tests/test_zoo.py checks that the two agree
+_CONFIG_NAME = "config.json"
+_WEIGHTS_NAME = "model.safetensors"
 LIST_HINT = "list all entries with mmdiff.list_models() or `mmdiff list`"
 
 
@@ -110,7 +119,7 @@ def register_model(
         raise TypeError(f"register_model takes a ZooCard, a dict of card fields or a card.yaml path, got {card!r}")
     if folder is not None:
         card.folder = Path(folder)
-    if card.shipped and (card.folder is None or not (card.folder / CONFIG_NAME).is_file()):
+    if card.shipped and (card.folder is None or not (card.folder / _CONFIG_NAME).is_file()):
         raise ValueError(
             f"zoo card {card.name!r} has weights: shipped, so it needs its checkpoint folder: "
             "register_model(card, folder=<folder with config.json and model.safetensors>)"
@@ -122,7 +131,7 @@ def register_model(
 # ------------------------------------------------------------------------------------------------- queries
 def _available_offline(card: ZooCard) -> bool:
     if card.shipped:
-        return card.folder is not None and (card.folder / WEIGHTS_NAME).is_file()
+        return card.folder is not None and (card.folder / _WEIGHTS_NAME).is_file()
     folder = cached_checkpoint(card.weights, card.revision)
     return folder is not None and any(folder.glob("*.safetensors"))
 
@@ -177,13 +186,15 @@ def format_params(n: int) -> str:
 def checkpoint_folder(card: ZooCard) -> Path:
     """The checkpoint folder of a zoo entry: the folder beside a shipped card, or the (downloaded) hub snapshot."""
     if card.shipped:
-        if card.folder is None or not (card.folder / CONFIG_NAME).is_file():
-            raise FileNotFoundError(f"zoo entry {card.name!r} ships no {CONFIG_NAME} beside its card ({card.folder})")
+        if card.folder is None or not (card.folder / _CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"zoo entry {card.name!r} ships no {_CONFIG_NAME} beside its card ({card.folder})")
         return card.folder
     return resolve_checkpoint(card.weights, card.revision)
 
 
 def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    import torch
+
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     value = getattr(torch, str(dtype), None)
@@ -194,6 +205,7 @@ def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
 
 def _load(folder: Path, card: ZooCard | None, *, pretrained: bool, device: Any, dtype: Any) -> DiffusionModel:
     from mmdiff.convert import detect_layout  # importing it registers the converters
+    from mmdiff.modeling import DiffusionModel
 
     layout = card.converter if card is not None and card.converter else detect_layout(folder)
     if layout is not None:  # a foreign layout (LLaDA, Dream, MMaDA): converted natively, no remote code
@@ -240,7 +252,7 @@ def create_model(
 
     _discover()
     text = os.fspath(name_or_path)
-    if text not in _MODELS and not (Path(text) / CONFIG_NAME).is_file() and is_lora_folder(text):
+    if text not in _MODELS and not (Path(text) / _CONFIG_NAME).is_file() and is_lora_folder(text):
         if lora is not None:
             raise ValueError(f"{text} is itself a LoRA folder; pass its base model as name_or_path")
         base = lora_base(text)
@@ -266,7 +278,7 @@ def _create(name_or_path: str | os.PathLike, *, pretrained: bool, device: Any, d
         card = load_card(path) if (path / CARD_NAME).is_file() else None
         return _load(path, card, pretrained=pretrained, device=device, dtype=dtype)
     if path.exists():
-        raise ValueError(f"{path} is a file; pass the checkpoint folder that holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+        raise ValueError(f"{path} is a file; pass the checkpoint folder that holds {_CONFIG_NAME} and {_WEIGHTS_NAME}")
     if is_hub_id(text):
         return _load(resolve_checkpoint(text), None, pretrained=pretrained, device=device, dtype=dtype)
     raise KeyError(
@@ -278,6 +290,8 @@ def _create(name_or_path: str | os.PathLike, *, pretrained: bool, device: Any, d
 # ------------------------------------------------------------------------------------------------- model cards
 def core_summary(config: ModelConfig | Mapping[str, Any]) -> dict[str, Any]:
     """The headline numbers of a model config (for model cards and `mmdiff info`)."""
+    from mmdiff.modeling import ModelConfig
+
     if isinstance(config, Mapping):
         config = ModelConfig.from_dict(dict(config))
     core, vocab = config.core, config.core.vocab

@@ -16,6 +16,7 @@ import yaml
 import mmdiff.zoo as zoo
 from mmdiff.hub import ALLOW_PATTERNS, IGNORE_PATTERNS, HubCheckpointNotFound, cached_checkpoint, resolve_checkpoint
 from mmdiff.io import load_json
+from mmdiff.modeling import DiffusionModel
 from mmdiff.registry import Registry
 from mmdiff.zoo import ZooCard, create_model, list_models, load_card, model_info, register_model
 
@@ -264,7 +265,7 @@ def test_converter_cards_load_through_their_converter(isolated_zoo, fake_hub_cac
     class Layout:  # the converter interface the zoo uses (mmdiff.convert.Converter.load)
         def load(self, folder, *, pretrained, device, dtype, specials):
             calls.append((folder, pretrained, device, dtype, specials))
-            return zoo.DiffusionModel.from_pretrained(folder, pretrained=pretrained)
+            return DiffusionModel.from_pretrained(folder, pretrained=pretrained)
 
     zoo.CONVERTERS.add("zz-test-layout", Layout(), override=True)
     register_model(make_card("zz-foreign", weights="tiny-org/foreign", converter="zz-test-layout",

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from mmdiff.canvas import Canvas
-from mmdiff.dataclass_io import from_dict
+from mmdiff.dataclass_io import from_dict, positive_int  # positive_int: re-exported, the pipelines' flag type
 from mmdiff.registry import TASKS
 
 __all__ = ["Task", "Pipeline", "CLIContext", "build_pipeline", "pipeline_task", "pipeline_names", "positive_int"]
@@ -127,14 +127,6 @@ def build_pipeline(name: str, model: Any, **options: Any) -> Pipeline:
                          f"its config.task_options hold no {cls.name!r} options; load a {name!r} model (or one whose "
                          f"converter writes task_options[{cls.name!r}])")
     return cls.pipeline_class(model, **options)
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number >= 1 (the command-line flags of the CLI and of every task's pipeline)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 class CLIContext(Protocol):
