@@ -92,7 +92,7 @@ def test_registries_load_their_built_ins_on_first_lookup():
             "print(json.dumps([before, 'llada' in CONVERTERS, TASKS.list(), SAMPLERS.get('llada').__name__]))")
     before, has_llada, tasks, sampler = json.loads(fresh_python(code).stdout)
     assert before is False and has_llada is True
-    assert tasks == ["asr", "t2i", "text", "vlm"] and sampler == "LLaDASampler"
+    assert tasks == ["asr", "t2i", "text", "vla", "vlm"] and sampler == "LLaDASampler"
 
 
 def test_generate_flags_arrive_when_generate_is_used(capsys):
