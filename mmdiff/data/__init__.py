@@ -11,6 +11,8 @@ A data source is a class registered under a name; the trainer builds it from the
     source.dataset(split, vocab)    -> a torch Dataset of examples {"ids": LongTensor (L,), "maskable": BoolTensor
                                        (L,)} for split "train" or "val"
     source.evaluate(model, split, limit) -> dict of task metrics (optional; e.g. exact match of answers)
+    source.fit_adapters(model)      -> (optional) fits the data statistics the model's adapters lack on the train split
+                                       (e.g. an action tokenizer's q01 / q99); the trainer calls it after build_model
 
 The task (`TASKS.get(source.task)`) turns a list of examples into a `Canvas`: `task.collator(model)(examples)`.
 

@@ -55,6 +55,7 @@ __all__ = [
     "Trainer",
     "build_source",
     "build_model",
+    "fit_adapters",
     "build_optimizer",
     "build_scheduler",
     "lr_multiplier",
@@ -146,6 +147,19 @@ def build_model(config: TrainConfig, source: Any = None) -> DiffusionModel:
     model.sampler_config = sampler
     model.tokenizer = model.tokenizer if model.tokenizer is not None else tokenizer
     return _fine_tuning(config.model, model).train()
+
+
+def fit_adapters(source: Any, model: DiffusionModel) -> list[str]:
+    """Adapter statistics fitted on the source's training data, for the adapters that still lack them (an action
+    tokenizer's q01 / q99, a state MLP's mean / std): `source.fit_adapters(model)` when the source has it (it
+    returns the modalities fitted), else nothing. The statistics live in the adapter configs, so no weight depends on
+    them and fitting after `build_model` is the same as before it; `build_model` itself reads no data.
+
+    >>> fit_adapters(object(), None)
+    []
+    """
+    fit = getattr(source, "fit_adapters", None)
+    return list(fit(model)) if callable(fit) else []
 
 
 def _adapter_settings(adapters: Mapping[str, Any], d_model: int | None) -> tuple[dict[str, Any], dict[str, int]]:
@@ -431,6 +445,7 @@ class Trainer:
         set_seed(cfg.seed)  # the same initial weights on every process
         self.source = build_source(cfg.data)
         self.model = build_model(cfg, self.source)
+        fit_adapters(self.source, self.model)
         self.model.core.set_gradient_checkpointing(cfg.model.gradient_checkpointing)
         if loaded is not None:
             self.model.load_weights(loaded.weights, source=str(loaded.folder / ckpt.WEIGHTS))
