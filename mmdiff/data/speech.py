@@ -86,6 +86,7 @@ __all__ = [
     "TRAIN_SPEEDS",
     "VAL_SPEEDS",
     "INSTALL_HINT",
+    "SHIPPED_CLIPS",
 ]
 
 KINDS = ("digits", "numbers", "commands")
@@ -131,6 +132,8 @@ SPECIALS = ("mask", "eos", "pad", "bos", "audio")  # "audio": placeholder id whe
 REQUIRED_SPECIALS = ("mask", "eos", "pad", "audio")
 _STREAMS = {"train": 0, "val": 1, "augment": 2}  # seed-sequence words keeping the random streams apart
 _CACHE_VERSION = 1
+# six held-out clips (two per kind) that ship with the package, with their transcripts (`export_clips`, `read_clips`)
+SHIPPED_CLIPS = Path(__file__).resolve().parent / "assets" / "speech-clips"
 
 
 # ------------------------------------------------------------------------------------------------ text
