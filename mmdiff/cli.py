@@ -469,7 +469,8 @@ def _policy_class(model: Any) -> Any:
 def cmd_eval_policy(model: Any, args: argparse.Namespace) -> int:
     """Closed-loop evaluation of a policy model: seeded episodes of each --task (default: the tasks of the model's
     data source) in the simulator, a progress bar per task, one line per task and the average success; a GIF of the
-    first episode."""
+    first episode. Episodes start from the data source's held-out seeds when it has them (`candidate_seeds`;
+    --seed S skips the first S), else from seeds S, S + 1, ..."""
     from mmdiff.evaluation.rollouts import average_success, evaluate_policy, format_results
 
     tasks = args.task
@@ -480,7 +481,12 @@ def cmd_eval_policy(model: Any, args: argparse.Namespace) -> int:
             raise CLIError(f"{args.name}'s data source names no tasks; pass --task T (repeatable)")
     policy = _policy_class(model)(model, **_sampler_overrides(args, model))
     _seeded_generator(args.seed, model.device)
-    results = evaluate_policy(policy, tasks, episodes=args.episodes or 50, seed=args.seed or 0,
+    episodes, first = args.episodes or 50, args.seed or 0
+    seeds = None
+    source = _data_source(model) if isinstance(model.config.task_options.get("data"), dict) else None
+    if callable(getattr(source, "candidate_seeds", None)):  # the source's held-out starts, never in its training
+        seeds = {t: source.candidate_seeds("val", t, first + episodes)[first:] for t in tasks}
+    results = evaluate_policy(policy, tasks, episodes=episodes, seed=first, seeds=seeds,
                               num_envs=args.num_envs, max_steps=args.max_steps, gif=args.gif or None)
     print(format_results(results))
     if args.gif:

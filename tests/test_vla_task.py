@@ -4,6 +4,8 @@ imitates a scripted expert on a toy reaching environment far above a random poli
 
 from __future__ import annotations
 
+import json
+
 import importlib.util
 
 import numpy as np
@@ -452,6 +454,11 @@ def test_cli_evaluates_a_policy_in_metaworld(tokenizer, tmp_path, capsys):
     assert code == 0 and out[:2] == ["reach: success 0.000  mean episode length 4.0  NFE per chunk 8.0",
                                      "average success 0.000"]
     assert gif.is_file() and (tmp_path / "eval.json").is_file()
+    from mmdiff.data.metaworld_demos import MetaWorldDemosSource
+
+    held_out = MetaWorldDemosSource(root=str(tmp_path / "demos"), tasks=["reach"]).candidate_seeds("val", "reach", 5)
+    episodes = json.loads((tmp_path / "eval.json").read_text())["tasks"][0]["episodes"]
+    assert [e["seed"] for e in episodes] == held_out[3:5]  # the source's held-out starts; --seed 3 skips three
     assert main(["eval", folder, "--episodes", "1", "--max-steps", "2", "--gif", "", "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines] == ["reach", "push", "average success 0.000"]
