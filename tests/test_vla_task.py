@@ -4,9 +4,8 @@ imitates a scripted expert on a toy reaching environment far above a random poli
 
 from __future__ import annotations
 
-import json
-
 import importlib.util
+import json
 
 import numpy as np
 import pytest
