@@ -403,3 +403,24 @@ def test_tiny_block_diffusion_model_learns_to_copy(tmp_path):
     assert result["token_accuracy"] >= 0.9 and result["exact_match"] >= 0.5, result
     out = model.generate(BlockCopySource().digits("val")[:16], gen_length=8, return_history=True)
     assert out.nfe <= 8  # two blocks of four, several digits committed per step
+
+
+def test_log_likelihood_of_a_block_core_scores_blocks_from_clean_prefixes():
+    from mmdiff.diffusion import elbo_log_likelihood, stratified_masks
+
+    core = block_core(block_size=2)
+    prompt, answer = [1, 2, 3], [4, 5, 6, 7, 8]
+    got = elbo_log_likelihood(core, prompt, answer, mask_id=MASK, mc_samples=4, batch_size=4,
+                              generator=torch.Generator().manual_seed(0))
+    masks, counts = stratified_masks(4, 5, torch.Generator().manual_seed(0))
+    seq = torch.tensor(prompt + answer)
+    total = 0.0
+    for r in range(4):  # one forward per answer block: clean prompt and blocks before it, the noised block
+        for lo in (3, 5, 7):
+            hi = min(lo + 2, 8)
+            here = masks[r, lo - 3 : hi - 3]
+            x = torch.cat([seq[:lo], seq[lo:hi].masked_fill(here, MASK)])[None]
+            with torch.no_grad():
+                logits = core(x, attention_mask=block_causal_mask(hi, 2, 3)).logits[0, lo:hi][here]
+            total += float(F.cross_entropy(logits, seq[lo:hi][here], reduction="sum")) / (int(counts[r]) / 5)
+    assert got == pytest.approx(-total / 4, rel=1e-5)
