@@ -20,7 +20,11 @@ said otherwise):
 - llada, k sums/step (k = 2, 4, 8): fixed parallel decoding; the model can add a few digits at once
   (s_{k+1} = s_{k-1} + d_k + d_{k+1}), but not many, so large k must guess and loses accuracy;
 - AR baseline: the same core trained with causal attention and next-token loss on the same task and budget
-  (benchmarks/ar_baseline.py), decoded greedily with a KV cache (only when its folder exists: `--ar`).
+  (benchmarks/ar_baseline.py), decoded greedily with a KV cache (only when its folder exists: `--ar`);
+- block diffusion, threshold t (and + pipeline): the same core built block-causal and trained with block diffusion
+  on the same data (configs/reasoning/running-sums-block.yaml), decoded by the `block-diffusion` sampler with its
+  exact cache of finished blocks, threshold commits inside a block, and D2F pipelining (the next block starts once
+  half of the current one is decoded, at the same threshold) (only when its folder exists: `--block-model`).
 
 Run it on an otherwise idle machine, with OpenMP's default wait policy (what users get; `make bench` unsets the
 Makefile's OMP_WAIT_POLICY=PASSIVE for this script): passive waiting puts the threads to sleep between operations,
@@ -81,6 +85,16 @@ def methods(block: int, parallel: list[int], thresholds: list[float], small_bloc
     return rows
 
 
+def block_methods(thresholds: list[float]) -> dict[str, dict[str, Any]]:
+    """Rows of the block-diffusion model: method name -> sampler keywords (its blocks are the core's)."""
+    rows = {}
+    for t in thresholds:
+        rows[f"block diffusion, threshold {t}"] = {"sampler": "block-diffusion", "threshold": t}
+        rows[f"block diffusion + pipeline, threshold {t}"] = {
+            "sampler": "block-diffusion", "threshold": t, "pipeline": 0.5, "pipeline_threshold": t}
+    return rows
+
+
 def canvases(source: RunningSumsSource, problems: list[list[int]], vocab: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded canvases with the sums masked, and their attention mask."""
     rows = []
@@ -102,8 +116,8 @@ def make_decoder(model: Any, source: RunningSumsSource, options: dict[str, Any],
         if ar_fill is not None:
             out = ar_fill(model.core, ids, attention, mask_id=model.vocab.mask_id)
             return out.sequences, attention, out.nfe
-        steps = len(chunk[0]) // per_step
-        out = model.generate(ids, attention, return_history=True, gen_length=0, infill=True, steps=steps, **options)
+        steps = {} if options.get("sampler") == "block-diffusion" else {"steps": len(chunk[0]) // per_step}
+        out = model.generate(ids, attention, return_history=True, gen_length=0, infill=True, **steps, **options)
         return out.sequences, attention, out.nfe
 
     return decode
@@ -171,6 +185,8 @@ def load_ar(path: Path | None, device: torch.device) -> tuple[Any, Any]:
 def bench(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
     model = create_model(args.model, device=str(device))
     ar_model, ar_fill = load_ar(args.ar, device)
+    block_model = create_model(args.block_model, device=str(device)) if (
+        args.block_model is not None and args.block_model.is_dir()) else None
     rows = []
     for length in args.lengths:
         n = length // 2
@@ -182,11 +198,14 @@ def bench(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]
                                                      args.small_block).items()}
             if ar_model is not None:
                 decoders["AR baseline (KV cache)"] = make_decoder(ar_model, source, {}, device, ar_fill)
+            if block_model is not None:
+                decoders.update({name: make_decoder(block_model, source, options, device)
+                                 for name, options in block_methods(args.thresholds).items()})
             results = run_methods(decoders, source, problems, batch, device)
             reference_out = results[REFERENCE]["outputs"]
             for name, result in results.items():
                 outputs = result.pop("outputs")
-                same = None if name.startswith("AR") else sum(
+                same = None if name.startswith(("AR", "block diffusion")) else sum(
                     a == b for a, b in zip(outputs, reference_out, strict=True)) / len(problems)
                 rows.append({"length": length, "batch": batch, "method": name, "same_as_reference": same, **result})
                 print(f"length {length} batch {batch} {name}: exact {result['exact_match']:.3f} "
@@ -230,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="rows with this many sums committed per step (fixed parallel decoding)")
     parser.add_argument("--ar", type=Path, default=Path(__file__).resolve().parent / "baselines" / "ar-running-sums",
                         help="folder of the AR baseline (skipped when missing)")
+    parser.add_argument("--block-model", type=Path,
+                        default=Path(__file__).resolve().parent / "baselines" / "block-running-sums",
+                        help="folder of the block-diffusion model (configs/reasoning/running-sums-block.yaml; "
+                             "skipped when missing)")
     add_run_arguments(parser)
 
     def check(args: argparse.Namespace) -> None:

@@ -12,7 +12,9 @@ from typing import Any, Literal
 from mmdiff.dataclass_io import from_dict
 from mmdiff.vocab import VocabLayout
 
-__all__ = ["CoreConfig"]
+__all__ = ["CoreConfig", "CORE_ATTENTION"]
+
+CORE_ATTENTION = ("full", "block_causal")  # the attention a core is built (and trained) with
 
 
 @dataclass
@@ -36,6 +38,12 @@ class CoreConfig:
         logits_shift: "none" (the logit at i predicts token i, LLaDA) or "previous" (hidden state i-1 predicts
             token i and position 0 repeats position 0, Dream).
         dropout: residual dropout during training.
+        attention: "full" (bidirectional, LLaDA / Dream / MDLM) or "block_causal" (block diffusion: BD3-LM, Arriola
+            et al. 2025; Fast-dLLM v2; D2F): the canvas is cut into blocks of `block_size` positions from its first
+            column, a position sees every position of its own block and of the blocks before it, none after. Such a
+            core is trained with clean and noised copies in one pass (`mmdiff.diffusion.diffusion_loss`) and decoded
+            block by block with an exact key/value cache (sampler "block-diffusion").
+        block_size: the block length of "block_causal" attention (None with "full").
     """
 
     vocab: VocabLayout
@@ -53,6 +61,8 @@ class CoreConfig:
     max_seq_len: int = 1024
     logits_shift: Literal["none", "previous"] = "none"
     dropout: float = 0.0
+    attention: Literal["full", "block_causal"] = "full"
+    block_size: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -86,6 +96,18 @@ class CoreConfig:
             raise ValueError(f"head size {self.d_model // self.n_heads} must be even for RoPE")
         if self.logits_shift not in ("none", "previous"):
             raise ValueError(f"logits_shift must be 'none' or 'previous', got {self.logits_shift!r}")
+        if self.attention not in CORE_ATTENTION:
+            raise ValueError(f"attention must be one of {CORE_ATTENTION}, got {self.attention!r}")
+        if self.attention == "block_causal":
+            if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
+                raise ValueError(f"attention='block_causal' needs block_size, a positive integer (the block length, "
+                                 f"e.g. 8), got {self.block_size!r}")
+            if self.logits_shift != "none":
+                raise ValueError("attention='block_causal' needs logits_shift='none': with shifted logits the first "
+                                 "position of a block would be predicted from the block before it")
+        elif self.block_size is not None:
+            raise ValueError(f"block_size={self.block_size} is only used with attention='block_causal'; set "
+                             "attention='block_causal' (block diffusion) or drop block_size")
 
     @property
     def head_dim(self) -> int:

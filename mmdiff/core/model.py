@@ -4,6 +4,10 @@ A bidirectional pre-norm transformer (RMSNorm, RoPE, SwiGLU, grouped-query atten
 LLaDA (Nie et al., 2025, "Large Language Diffusion Models"), Dream 7B (Ye et al., 2025) and MDLM
 (Sahoo et al., 2024). Its input is token ids and/or soft-token embeddings (continuous modality features); its
 output is logits at the positions a loss or sampler asks for, never more.
+
+Built with `attention="block_causal"` (`CoreConfig`) it is a block-diffusion core (BD3-LM, Arriola et al. 2025,
+"Block Diffusion"; Fast-dLLM v2; D2F): bidirectional inside blocks of `block_size` positions, causal across them,
+so the keys and values of finished blocks can be cached exactly.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from mmdiff.core.config import CoreConfig
+from mmdiff.core.masks import block_causal_rows
 from mmdiff.registry import ARCHITECTURES
 
 __all__ = ["MaskedDiffusionTransformer", "CoreOutput", "KVCache", "RMSNorm", "rotary_embedding", "place_soft_tokens"]
@@ -309,7 +314,9 @@ class MaskedDiffusionTransformer(nn.Module):
             soft_embeds: (B, N, d_model) continuous tokens placed at `soft_positions` (B, N); or (B, L, d_model)
                 as the whole input when input_ids is None.
             attention_mask: (B, L) padding mask (True = real token), or a boolean (B, 1|H, L, L) mask from
-                `mmdiff.core.masks` (True = may attend).
+                `mmdiff.core.masks` (True = may attend). A core built `attention="block_causal"` applies its
+                block-causal mask (blocks of `block_size` from the first column, `masks.block_causal_rows`) with the
+                padding mask; a 4-D mask replaces it (block diffusion training and prompts as block 0 pass one).
             position_ids: (B, L) RoPE positions; default 0..L-1.
             logits_at: None -> logits everywhere (B, L, V); a (B, L) bool mask -> (N, V) at the True positions;
                 a (B, K) long tensor -> (B, K, V) at those indices; False -> no logits.
@@ -329,7 +336,9 @@ class MaskedDiffusionTransformer(nn.Module):
         B, L, _ = x.shape
         lo = self._check_cache(cache, cache_window, L)
         canvas_length = cache.length if cache is not None else L
-        if canvas_length > self.config.max_seq_len:
+        # explicit positions inside the range are accepted on a longer input (block diffusion's [x_t ; x_0] pass)
+        if canvas_length > self.config.max_seq_len and (
+                cache is not None or position_ids is None or int(position_ids.max()) >= self.config.max_seq_len):
             raise ValueError(
                 f"sequence length {canvas_length} exceeds max_seq_len={self.config.max_seq_len}; shorten the input or "
                 "build the model with a larger max_seq_len"
@@ -338,7 +347,9 @@ class MaskedDiffusionTransformer(nn.Module):
             position_ids = torch.arange(lo, lo + L, device=x.device)[None].expand(B, L)
         cos, sin = rotary_embedding(position_ids, self.config.head_dim, self.config.rope_theta)
         mask = attention_mask
-        if mask is not None and mask.dim() == 2:
+        if self.config.attention == "block_causal" and (mask is None or mask.dim() == 2):
+            mask = block_causal_rows(lo, L, canvas_length, self.config.block_size, padding=mask, device=x.device)
+        elif mask is not None and mask.dim() == 2:
             mask = mask.bool()[:, None, None, :]  # (B, 1, 1, L_canvas) key padding
         elif mask is not None and cache is not None:
             mask = mask[:, :, lo : lo + L]  # (B, 1|H, L, L_canvas): the window's query rows

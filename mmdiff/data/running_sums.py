@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 
 from mmdiff.data import check_vocab_fits
 from mmdiff.evaluation.metrics import token_matches
-from mmdiff.registry import DATASETS
+from mmdiff.registry import DATASETS, SAMPLERS
 from mmdiff.vocab import VocabLayout
 
 __all__ = [
@@ -266,7 +266,8 @@ class RunningSumsSource:
         """Fills in the running sums and grades them: exact match overall and per length bucket, token accuracy.
 
         Problems are sorted by size and batched (left-padded canvases, the sums masked); each batch is decoded as
-        one block in `ceil(n_max_of_batch / tokens_per_step)` steps unless `steps` / `block_length` are given.
+        one block in `ceil(n_max_of_batch / tokens_per_step)` steps unless `steps` / `block_length` are given (for
+        samplers that take them: a block-diffusion model decodes its own blocks until done).
 
         Args:
             model: a `DiffusionModel` with this source's vocabulary.
@@ -323,7 +324,10 @@ class RunningSumsSource:
             canvases.append(ex["ids"].masked_fill(ex["maskable"], vocab.mask_id))
         ids, attention = left_pad(canvases, vocab.pad_id)  # (B, L), (B, L)
         longest = max(len(p) for p in batch)
-        options = {"block_length": ids.shape[1], "steps": -(-longest // tokens_per_step), **overrides}
+        sampler = overrides.get("sampler") or model.sampler_config.sampler
+        accepts = SAMPLERS.get(sampler).accepts if isinstance(sampler, str) else sampler.accepts
+        defaults = {"block_length": ids.shape[1], "steps": -(-longest // tokens_per_step)}  # one block
+        options = {**{k: v for k, v in defaults.items() if accepts(k)}, **overrides}
         out = model.generate(ids.to(model.device), attention.to(model.device), gen_length=0, infill=True,
                              return_history=True, **options)
         names = self.tokenizer().convert_ids_to_tokens(list(range(len(VOCAB))))

@@ -6,6 +6,8 @@ answer tokens (stratified counts, wrapped into 1..l for an answer of l tokens) a
 estimate is -E[sum over masked answer tokens of CE / (masked count / l)], a lower bound on log p(answer | prompt).
 The prompt is never masked. With `cfg_scale` > 0 the logits are guided as in LLaDA's evaluation
 (u + (w + 1)(c - u), the unconditional pass with the prompt masked).
+A block-causal core (block diffusion) is scored as it decodes: the prompt is block 0, each answer block is predicted
+from the clean blocks before it (`mmdiff.diffusion.objective.block_diffusion_logits`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from mmdiff.canvas import Canvas
+from mmdiff.diffusion.objective import block_diffusion_logits
 
 __all__ = ["stratified_masks", "elbo_log_likelihood"]
 
@@ -74,16 +79,26 @@ def elbo_log_likelihood(
     device = next(core.parameters()).device
     P, A = prompt_t.numel(), answer_t.numel()
     seq = torch.cat([prompt_t, answer_t]).to(device)[None].expand(batch_size, -1)  # (b, P + A)
+    block = getattr(getattr(core, "config", None), "attention", "full") == "block_causal"
+
+    def logits_of(clean: Tensor, noisy: Tensor, masked: Tensor) -> Tensor:
+        if not block:
+            return core(noisy, logits_at=masked, check_inputs=False).logits.float()
+        canvas = Canvas(ids=clean, maskable=masked, prefix_len=torch.full((batch_size,), P, device=device))
+        return block_diffusion_logits(core, canvas, noisy, masked).float()
+
     total = 0.0
     for _ in range(mc_samples // batch_size):
         masks, counts = stratified_masks(batch_size, A, generator, device)
         masked = torch.cat([torch.zeros(batch_size, P, dtype=torch.bool, device=device), masks], 1)
         noisy = seq.masked_fill(masked, mask_id)
-        logits = core(noisy, logits_at=masked, check_inputs=False).logits.float()  # (N, V)
+        logits = logits_of(seq, noisy, masked)  # (N, V)
         if cfg_scale > 0:
             uncond = noisy.clone()
             uncond[:, :P] = mask_id
-            u = core(uncond, logits_at=masked, check_inputs=False).logits.float()
+            clean_u = seq.clone()
+            clean_u[:, :P] = mask_id
+            u = logits_of(clean_u, uncond, masked)
             logits = u + (cfg_scale + 1) * (logits - u)
         row = masked.nonzero()[:, 0]
         ce = F.cross_entropy(logits, seq[masked], reduction="none") / (counts[row].float() / A)

@@ -13,6 +13,13 @@ Complementary masking (LaViDa, Li et al. 2025): each row is seen twice, once wit
 complement on the targets, so every target token gets a gradient in every step. The complement copy masks each
 target with marginal probability 1 - m(t); writing the ELBO as an integral over the mask ratio, int E[CE | m] / m dm,
 its weight is w(t) m(t) / (1 - m(t)) for any schedule (1 / (1 - m(t)) for the linear one).
+Block diffusion (BD3-LM, Arriola et al. 2025, "Block Diffusion", section 3.2's vectorised training): for a core built
+`attention="block_causal"` the core runs once on [noised canvas x_t ; clean canvas x_0] (2L positions, both with the
+canvas's RoPE positions) under `mmdiff.core.masks.block_diffusion_mask`: the noised block b sees itself and the clean
+blocks before it, the clean copy is block-causal. Each noised block is then predicted exactly as the block-diffusion
+sampler predicts it (from clean, committed blocks), and the loss equals the sum over blocks of separate forward
+passes on [x_0 blocks < b ; x_t block b]. One t per row masks all its blocks (an unbiased estimate of each block's
+ELBO; BD3-LM also draws one t per block).
 """
 
 from __future__ import annotations
@@ -25,9 +32,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmdiff.canvas import Canvas
+from mmdiff.core.masks import block_diffusion_mask
 from mmdiff.diffusion.schedules import Schedule, get_schedule
 
-__all__ = ["forward_process", "diffusion_loss", "LossOutput"]
+__all__ = ["forward_process", "diffusion_loss", "block_diffusion_logits", "LossOutput"]
 
 
 def forward_process(
@@ -78,6 +86,8 @@ def diffusion_loss(
         mask_id: the mask token id.
         normalize: "elbo" (divide by the batch's target count) or "sft" (per row by its answer length, then mean).
         complementary: also run each row with the complementary mask (LaViDa); `elbo_per_row` then has 2B rows.
+            A core built `attention="block_causal"` is trained with block diffusion's clean and noised copies in one
+            pass (`block_diffusion_logits`); the canvas's `prefix_len` (its prompt) is block 0.
         t: (B,) diffusion times; sampled from the schedule when None.
         generator: RNG for t and the masks.
 
@@ -110,8 +120,11 @@ def diffusion_loss(
         clean = torch.cat([clean, clean])
         maskable = torch.cat([maskable, maskable])
         canvas = canvas.map_tensors(lambda x: torch.cat([x, x]))  # both copies share the layout
-    inputs = canvas.core_inputs(noisy)
-    logits = core(**inputs, logits_at=masked, check_inputs=False).logits  # (N, V_head)
+    if getattr(getattr(core, "config", None), "attention", "full") == "block_causal":
+        logits = block_diffusion_logits(core, canvas, noisy, masked)  # (N, V_head)
+    else:
+        inputs = canvas.core_inputs(noisy)
+        logits = core(**inputs, logits_at=masked, check_inputs=False).logits  # (N, V_head)
     targets = clean[masked]
     if canvas.vocab_range is not None:
         targets = targets - canvas.vocab_range[0]
@@ -125,3 +138,42 @@ def diffusion_loss(
     else:  # sft
         loss = (elbo_per_row / n_targets.clamp(min=1)).mean()
     return LossOutput(loss=loss, elbo_per_row=elbo_per_row, n_masked=masked.sum(), n_targets=n_targets.sum())
+
+
+def block_diffusion_logits(core: nn.Module, canvas: Canvas, noisy: Tensor, masked: Tensor) -> Tensor:
+    """Logits (N, V_head) at the `masked` (B, L) positions of the noised canvas `noisy` (B, L), from one pass of a
+    block-causal core over [noisy ; clean] (BD3-LM's vectorised training, see the module docstring): block b of the
+    noised copy sees itself and the clean blocks before it. The canvas's `prefix_len` is block 0 (its prompt; 0 when
+    None), its padding masks keys in both copies, its soft tokens are placed in both copies.
+
+    >>> from mmdiff import CoreConfig, MaskedDiffusionTransformer, VocabLayout
+    >>> cfg = CoreConfig(VocabLayout.build(16), d_model=32, n_layers=1, n_heads=2, attention="block_causal",
+    ...                  block_size=2)
+    >>> canvas = Canvas(ids=torch.randint(0, 16, (1, 4)), maskable=torch.ones(1, 4, dtype=torch.bool))
+    >>> masked = torch.tensor([[True, False, False, True]])
+    >>> block_diffusion_logits(MaskedDiffusionTransformer(cfg), canvas, canvas.ids.masked_fill(masked, 16),
+    ...                        masked).shape
+    torch.Size([2, 20])
+    """
+    config = core.config
+    if config.attention != "block_causal":
+        raise ValueError("block_diffusion_logits needs a core built with attention='block_causal' and a block_size")
+    if canvas.attention not in ("full", "block_causal"):
+        raise ValueError(f"a block-causal core is trained on canvases of attention 'full' or 'block_causal' (its own "
+                         f"blocks decide), got {canvas.attention!r}; build the canvas without that attention kind")
+    B, L = noisy.shape
+    prefix = canvas.prefix_len if canvas.prefix_len is not None else 0
+    mask = block_diffusion_mask(L, config.block_size, prefix, padding=canvas.attention_mask,
+                                device=noisy.device)  # (B | 1, 1, 2L, 2L)
+    positions = canvas.position_ids
+    if positions is None:
+        positions = torch.arange(L, device=noisy.device)[None].expand(B, L)
+    soft_embeds, soft_positions = canvas.soft_embeds, canvas.soft_positions
+    if soft_embeds is not None:  # the same soft tokens in both copies
+        soft_embeds = torch.cat([soft_embeds, soft_embeds], dim=1)  # (B, 2N, d_model)
+        soft_positions = torch.cat([soft_positions, soft_positions + L], dim=1)  # (B, 2N)
+    out = core(torch.cat([noisy, canvas.ids], dim=1), soft_embeds=soft_embeds, soft_positions=soft_positions,
+               attention_mask=mask, position_ids=torch.cat([positions, positions], dim=1),
+               logits_at=torch.cat([masked, torch.zeros_like(masked)], dim=1), vocab_range=canvas.vocab_range,
+               check_inputs=False)
+    return out.logits

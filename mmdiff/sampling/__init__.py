@@ -1,7 +1,8 @@
 """Samplers: objects with typed options (`mmdiff.sampling.base.Sampler`), found by name in
-`mmdiff.registry.SAMPLERS` ("llada", "dream", "llada-reference", "discrete-diffusion-vla")."""
+`mmdiff.registry.SAMPLERS` ("llada", "dream", "llada-reference", "discrete-diffusion-vla", "block-diffusion")."""
 
 from mmdiff.sampling.base import Sampler, SamplerOptions
+from mmdiff.sampling.block import BlockDiffusionOptions, BlockDiffusionSampler
 from mmdiff.sampling.ddvla import DDVLAOptions, DiscreteDiffusionVLASampler
 from mmdiff.sampling.dream import DreamOptions, DreamSampler, dream_generate
 from mmdiff.sampling.llada import LLaDAOptions, LLaDASampler, llada_generate
@@ -21,6 +22,8 @@ __all__ = [
     "ReferenceOptions",
     "DiscreteDiffusionVLASampler",
     "DDVLAOptions",
+    "BlockDiffusionSampler",
+    "BlockDiffusionOptions",
     "llada_generate",
     "reference_generate",
     "dream_generate",

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from mmdiff.sampling.output import SamplerOutput
 
-__all__ = ["Sampler", "SamplerOptions", "check_choice", "check_range", "unknown_option_error"]
+__all__ = ["Sampler", "SamplerOptions", "check_choice", "check_range", "unknown_option_error", "attention_mismatch"]
 
 
 def check_range(name: str, value: float | None, low: float | None = None, high: float | None = None, *,
@@ -63,6 +63,17 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
     """Raises a ValueError naming `name` and its choices unless `value` is one of them."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def attention_mismatch(sampler: str, attention: str, block_size: int | None) -> str:
+    """The error of a sampler asked to decode a core built with an attention it does not take."""
+    if attention == "block_causal":
+        return (f"sampler {sampler!r} decodes cores with full attention, but this core is block-causal (block "
+                f"diffusion, block_size={block_size}): decode it with sampler='block-diffusion' (an exact block "
+                "key/value cache)")
+    return (f"sampler {sampler!r} needs a block-causal core (CoreConfig(attention='block_causal', block_size=...), "
+            f"trained with objective.block_diffusion: true), but this core has {attention!r} attention: decode it "
+            "with sampler='llada' (cache='dual' or 'delayed' for speed)")
 
 
 def unknown_option_error(name: str, unknown: Sequence[str], accepted: Sequence[str]) -> TypeError:
@@ -100,6 +111,7 @@ class Sampler:
     Options: ClassVar[type[SamplerOptions]] = SamplerOptions
     inputs: ClassVar[tuple[str, ...]] = ()  # per-call keyword inputs that are not settings
     takes_eos: ClassVar[bool] = False  # whether the call uses eos_id / eot_id
+    core_attention: ClassVar[tuple[str, ...]] = ("full",)  # the core attention (`CoreConfig.attention`) it decodes
 
     def __init__(self, options: SamplerOptions | None = None, /, **overrides: Any) -> None:
         if options is not None and not isinstance(options, self.Options):
@@ -168,6 +180,10 @@ class Sampler:
         unknown = [k for k in inputs if k not in self.inputs]
         if unknown:
             raise unknown_option_error(self.name, unknown, self.option_names() + self.inputs)
+        config = getattr(core, "config", None)
+        attention = getattr(config, "attention", "full")
+        if attention not in self.core_attention:
+            raise ValueError(attention_mismatch(self.name, attention, getattr(config, "block_size", None)))
         return self._sample(core, input_ids, attention_mask, mask_id=mask_id, eos_id=eos_id, eot_id=eot_id,
                             generator=generator, return_history=return_history, **inputs)
 

@@ -3,8 +3,9 @@
 A recipe has one section per concern (see `TrainConfig`): `model` (core shape or a checkpoint to fine-tune),
 `data` (a data source in `mmdiff.registry.DATASETS` and its options), `objective` (the masked-diffusion loss of
 MDLM, Sahoo et al. 2024, and LLaDA, Nie et al. 2025: schedule, ELBO or SFT normalisation, LaViDa's complementary
-masking), `optim` (AdamW, warmup + cosine), `train` (steps, batch, precision, logging, checkpoints) and `sampler`
-(the sampling defaults saved with the final model). Unknown or missing fields are errors that name the field.
+masking, BD3-LM's block diffusion), `optim` (AdamW, warmup + cosine), `train` (steps, batch, precision, logging,
+checkpoints) and `sampler` (the sampling defaults saved with the final model). Unknown or missing fields are
+errors that name the field.
 
 >>> cfg = TrainConfig.from_dict({"name": "demo", "data": {"name": "running-sums"}})
 >>> cfg.optim.lr, cfg.train.mixed_precision
@@ -121,12 +122,17 @@ class ObjectiveSection:
         normalize: "elbo" (pre-training: weighted CE / target tokens) or "sft" (per-row answer-length
             normalisation; the prompt is never masked).
         complementary: LaViDa's complementary masking (each row twice, with a mask and its complement).
+        block_diffusion: block diffusion (BD3-LM, Arriola et al. 2025): the core is block-causal (set
+            `model.core.attention: block_causal` and `model.core.block_size`) and each step runs it once on the
+            noised and the clean canvas together, every noised block predicted from the clean blocks before it; the
+            model then decodes with sampler "block-diffusion" (an exact block key/value cache).
     """
 
     schedule: str = "linear"
     eps: float = 1e-3
     normalize: Literal["elbo", "sft"] = "elbo"
     complementary: bool = False
+    block_diffusion: bool = False
 
     def __post_init__(self) -> None:
         import mmdiff.diffusion  # noqa: F401  (registers the built-in schedules)
@@ -238,6 +244,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not self.name:
             raise ConfigError("TrainConfig.name is empty; give the run a name")
+        block_core = self.model.core.get("attention", "full") == "block_causal"
+        if self.objective.block_diffusion and not block_core and self.model.init_from is None:
+            raise ConfigError("TrainConfig.objective.block_diffusion needs a block-causal core: set "
+                              "model.core.attention: block_causal and model.core.block_size (the block length, "
+                              "e.g. 8)")
+        if block_core and not self.objective.block_diffusion:
+            raise ConfigError("TrainConfig.model.core.attention is 'block_causal': such a core is trained with clean "
+                              "and noised copies in one pass; set objective.block_diffusion: true")
 
     # ------------------------------------------------------------------------------------------ serialisation
     @classmethod

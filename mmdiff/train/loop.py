@@ -214,6 +214,12 @@ def _check_init_matches(config: TrainConfig, model: DiffusionModel, vocab: Vocab
     if model.config.task != task:
         raise ConfigError(f"TrainConfig.model.init_from={ref!r} is a {model.config.task!r} model, data source "
                           f"{config.data.name!r} is a {task!r} task")
+    attention = model.config.core.attention
+    if config.objective.block_diffusion != (attention == "block_causal"):
+        fix = ("fine-tune it with objective.block_diffusion: true" if attention == "block_causal" else
+               "block diffusion needs a core built block-causal; drop objective.block_diffusion")
+        raise ConfigError(f"TrainConfig.model.init_from={ref!r} has {attention!r} attention but "
+                          f"objective.block_diffusion is {config.objective.block_diffusion}: {fix}")
     clash = {k: (v, getattr(model.config.core, k)) for k, v in config.model.core.items()
              if getattr(model.config.core, k) != v}
     if clash:
