@@ -27,7 +27,14 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from mmdiff.diffusion import LossOutput, Schedule, diffusion_loss, forward_process, get_schedule
     from mmdiff.modeling import DiffusionModel, ModelConfig, SamplerConfig
     from mmdiff.pipelines import pipeline
-    from mmdiff.sampling import DreamSampler, LLaDASampler, Sampler, llada_generate
+    from mmdiff.sampling import (
+        BlockDiffusionSampler,
+        DiscreteDiffusionVLASampler,
+        DreamSampler,
+        LLaDASampler,
+        Sampler,
+        llada_generate,
+    )
     from mmdiff.vocab import VocabLayout
     from mmdiff.zoo import create_model, list_models, model_info, register_model
 
@@ -50,7 +57,8 @@ _LAZY = {
                     "mmdiff.diffusion"),
     **dict.fromkeys(["DiffusionModel", "ModelConfig", "SamplerConfig"], "mmdiff.modeling"),
     "pipeline": "mmdiff.pipelines",
-    **dict.fromkeys(["llada_generate", "Sampler", "LLaDASampler", "DreamSampler"], "mmdiff.sampling"),
+    **dict.fromkeys(["llada_generate", "Sampler", "LLaDASampler", "DreamSampler", "BlockDiffusionSampler",
+                     "DiscreteDiffusionVLASampler"], "mmdiff.sampling"),
     "VocabLayout": "mmdiff.vocab",
     **dict.fromkeys(["create_model", "list_models", "model_info", "register_model"], "mmdiff.zoo"),
 }
@@ -96,6 +104,8 @@ __all__ = [
     "Sampler",
     "LLaDASampler",
     "DreamSampler",
+    "BlockDiffusionSampler",
+    "DiscreteDiffusionVLASampler",
     "pipeline",
     "VocabLayout",
     "create_model",
