@@ -27,8 +27,8 @@ the decoding and back after it); the last block may be short.
 
 Rows decode independently: a row that finished a block starts its next one while others still decode theirs (the
 window covers both), so a batch gives each row the tokens it gets alone. The cache is shared by the batch: a block
-enters it once every row has finished it (until then the window starts at it, and it is recomputed with the rest). `cache=False` recomputes every step from the
-canvas's first column (the reference the cache is tested against).
+enters it once every row has finished it (until then the window starts at it, and it is recomputed with the rest).
+`cache=False` recomputes every step from the canvas's first column (the reference the cache is tested against).
 """
 
 from __future__ import annotations
