@@ -411,6 +411,22 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
 
     path = training.resolve_recipe(args.config)  # a file, or a recipe shipped with mmdiff (configs/)
     config = training.load_train_config(path, _overrides(extra))
+    multi = {"--num-processes": args.num_processes, "--num-machines": args.num_machines,
+             "--machine-rank": args.machine_rank, "--main-process-ip": args.main_process_ip,
+             "--main-process-port": args.main_process_port}
+    stray = [flag for flag, value in multi.items() if value is not None]
+    if stray and args.accelerate_config is None:
+        raise CLIError(f"{', '.join(stray)} need(s) --accelerate-config NAME (ddp, fsdp, ...): mmdiff train then "
+                       "relaunches itself through accelerate launch")
+    if args.accelerate_config is not None:  # every process of `accelerate launch` runs this command without it
+        from mmdiff.train.launch import relaunch
+
+        flags = [*(["--no-resume"] if args.no_resume else []),
+                 *([f"--max-steps={args.max_steps}"] if args.max_steps else [])]
+        return relaunch(path.resolve(), extra, args.accelerate_config, num_processes=args.num_processes,
+                        num_machines=args.num_machines, machine_rank=args.machine_rank,
+                        main_process_ip=args.main_process_ip, main_process_port=args.main_process_port,
+                        train_flags=flags)
     out = training.train(config, resume=not args.no_resume, max_steps=args.max_steps)
     if int(os.environ.get("RANK", "0")) == 0:  # one line, also under `accelerate launch`
         print(f"final model: {out}")
@@ -626,6 +642,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="recipe YAML (see configs/)")
     p.add_argument("--no-resume", action="store_true", help="start over instead of resuming from out_dir")
     p.add_argument("--max-steps", type=positive_int, help="stop after this many steps (the schedule is unchanged)")
+    g = p.add_argument_group("several processes (accelerate launch with a config of configs/accelerate/)")
+    g.add_argument("--accelerate-config", metavar="NAME",
+                   help="ddp, fsdp, deepspeed-zero2, deepspeed-zero3 or an accelerate config file: relaunch through "
+                        "`accelerate launch --config_file ...` (the command is printed)")
+    g.add_argument("--num-processes", type=positive_int,
+                   help="processes over all machines (default: every visible GPU; required without CUDA)")
+    g.add_argument("--num-machines", type=positive_int, help="machines (multi-node; default 1)")
+    g.add_argument("--machine-rank", type=int, help="this machine's rank (multi-node)")
+    g.add_argument("--main-process-ip", help="address of machine 0 (multi-node)")
+    g.add_argument("--main-process-port", type=int, help="port of the main process (default: accelerate's, 29500)")
 
     sub.add_parser("harness", add_help=False,
                    help="lm-eval on local tasks: mmdiff harness --model_args model=NAME --include_path DIR --tasks T "

@@ -19,7 +19,7 @@ from mmdiff.registry import ADAPTERS
 from mmdiff.train import TrainConfig, build_model, build_source, load_train_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-RECIPES = sorted(CONFIGS.rglob("*.yaml"))
+RECIPES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "accelerate")  # accelerate/: launch configs
 
 
 def expected_parameters(core: CoreConfig) -> int:

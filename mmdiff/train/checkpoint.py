@@ -63,6 +63,7 @@ __all__ = [
     "prune_checkpoints",
     "optimizer_state_to_safe",
     "optimizer_state_from_safe",
+    "shard_like_params",
     "capture_rng",
     "restore_rng",
 ]
@@ -102,6 +103,7 @@ def optimizer_state_to_safe(state_dict: Mapping[str, Any]) -> tuple[dict[str, Te
     """Splits `optimizer.state_dict()` into tensors (for safetensors) and JSON-able metadata.
 
     Tensors go under `state.{param_id}.{key}`; other per-parameter values and the param groups stay in the metadata.
+    A sharded value (an FSDP2 `DTensor`) is written as this process's shard (`shard_like_params` wraps it again).
     """
     tensors: dict[str, Tensor] = {}
     state_meta: dict[str, dict[str, Any]] = {}
@@ -109,7 +111,8 @@ def optimizer_state_to_safe(state_dict: Mapping[str, Any]) -> tuple[dict[str, Te
         plain = {}
         for key, value in values.items():
             if isinstance(value, Tensor):
-                tensors[f"state.{pid}.{key}"] = value.detach().cpu().contiguous()
+                local = value.to_local() if _is_dtensor(value) else value
+                tensors[f"state.{pid}.{key}"] = local.detach().cpu().contiguous()
             else:
                 plain[key] = value
         state_meta[str(pid)] = plain
@@ -132,6 +135,41 @@ def optimizer_state_from_safe(tensors: Mapping[str, Tensor], meta: Mapping[str, 
     tuples = set(meta.get("tuple_keys", []))
     groups = [{k: tuple(v) if k in tuples else v for k, v in g.items()} for g in meta["param_groups"]]
     return {"state": state, "param_groups": groups}
+
+
+def _is_dtensor(value: Any) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch built without distributed
+        return False
+    return isinstance(value, DTensor)
+
+
+def shard_like_params(state_dict: Mapping[str, Any], params: list[Tensor]) -> dict[str, Any]:
+    """An optimizer state dict read from a checkpoint, with each per-parameter tensor that has the shape of its
+    parameter's local shard made a `DTensor` like that parameter (FSDP2: same device mesh and placements); scalars
+    (AdamW's `step`) and the state of unsharded parameters are left as they are.
+
+    Args:
+        state_dict: `optimizer_state_from_safe(...)` of this process's shard files.
+        params: the optimizer's parameters in state-dict order (its param groups' `params`, concatenated).
+    """
+    state: dict[Any, dict[str, Any]] = {}
+    for pid, values in state_dict["state"].items():
+        param = params[int(pid)]
+        if not _is_dtensor(param):
+            state[pid] = dict(values)
+            continue
+        from torch.distributed.tensor import DTensor
+
+        local = param.to_local()
+        state[pid] = {
+            key: DTensor.from_local(value.to(local.device), param.device_mesh, param.placements, run_check=False,
+                                    shape=param.shape, stride=param.stride())
+            if isinstance(value, Tensor) and value.dim() > 0 and value.shape == local.shape else value
+            for key, value in values.items()
+        }
+    return {"state": state, "param_groups": state_dict["param_groups"]}
 
 
 # ------------------------------------------------------------------------------------------------- RNG states

@@ -20,6 +20,8 @@ import dataclasses
 import difflib
 import os
 import re
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,7 +185,12 @@ class TrainSection:
 
     Args:
         steps: optimizer steps in total.
-        batch_size: examples per micro-batch per process.
+        batch_size: examples per micro-batch: per process (`batch_scope: process`), or over all processes together
+            (`batch_scope: global`).
+        batch_scope: "process" (each process draws `batch_size` examples per micro-batch, so an optimizer step sees
+            batch_size x grad_accum x processes) or "global" (the processes split `batch_size` between them, so an
+            optimizer step sees batch_size x grad_accum examples whatever the number of processes, and a run on N
+            processes computes what one process computes; N must divide batch_size).
         grad_accum: micro-batches per optimizer step.
         mixed_precision: "no", "bf16", or "auto" (bf16 on CUDA, no on CPU).
         log_every: write a train record to metrics.jsonl (and the progress bar) every this many steps.
@@ -197,6 +204,7 @@ class TrainSection:
 
     steps: int = 1000
     batch_size: int = 32
+    batch_scope: Literal["process", "global"] = "process"
     grad_accum: int = 1
     mixed_precision: Literal["no", "bf16", "auto"] = "auto"
     log_every: int = 10
@@ -216,6 +224,27 @@ class TrainSection:
                 raise ConfigError(f"TrainConfig.train.{name} must be >= 0 (0 turns it off), got {getattr(self, name)}")
         if not self.out_dir:
             raise ConfigError("TrainConfig.train.out_dir is empty; give the run folder")
+
+    def micro_batch(self, world_size: int) -> int:
+        """Examples one process draws per micro-batch when `world_size` processes train.
+
+        >>> TrainSection(batch_size=8, batch_scope="global").micro_batch(2)
+        4
+        >>> TrainSection(batch_size=8).micro_batch(2)
+        8
+        """
+        if world_size < 1:
+            raise ValueError(f"world_size must be >= 1, got {world_size}")
+        if self.batch_scope == "process":
+            return self.batch_size
+        if self.batch_size % world_size:
+            fits = [n for n in range(1, self.batch_size + 1) if self.batch_size % n == 0]
+            raise ConfigError(
+                f"TrainConfig.train.batch_size={self.batch_size} with batch_scope=global is split over the processes, "
+                f"and {world_size} processes do not divide it; launch {', '.join(map(str, fits))} processes, or make "
+                f"batch_size a multiple of {world_size} (e.g. --train.batch_size="
+                f"{-(-self.batch_size // world_size) * world_size}), or use batch_scope=process")
+        return self.batch_size // world_size
 
 
 @dataclass
@@ -256,7 +285,9 @@ class TrainConfig:
     # ------------------------------------------------------------------------------------------ serialisation
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "TrainConfig") -> TrainConfig:
-        """Builds a config strictly: unknown, missing or ill-typed fields raise `ConfigError` naming them."""
+        """Builds a config strictly: unknown, missing or ill-typed fields raise `ConfigError` naming them (an unknown
+        one with the closest valid name)."""
+        check_known_keys(cls, data, where)
         try:
             return from_dict(cls, data, where=where)
         except ConfigError:
@@ -282,6 +313,43 @@ class TrainConfig:
         text = self.to_yaml()
         atomic_write(path, lambda tmp: Path(tmp).write_text(text))
         return path
+
+
+# ------------------------------------------------------------------------------------------------- unknown keys
+def check_known_keys(cls: type, data: Any, where: str) -> None:
+    """Raises `ConfigError` for the first key of `data` (nested sections included) that dataclass `cls` does not
+    have, naming the closest valid key (or every valid key when none is close).
+
+    >>> try:
+    ...     check_known_keys(TrainConfig, {"name": "x", "data": {"name": "y"}, "train": {"batchsize": 4}}, "recipe")
+    ... except ConfigError as err:
+    ...     print(str(err).split(" (known")[0])
+    unknown field 'batchsize' in recipe.train: did you mean 'batch_size'?
+    """
+    if not (dataclasses.is_dataclass(cls) and isinstance(data, Mapping)):
+        return  # wrong types are reported by from_dict
+    fields = [f.name for f in dataclasses.fields(cls) if f.init]
+    for key in data:
+        if key in fields:
+            continue
+        close = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"unknown field {key!r} in {where}: {hint}(known fields: {', '.join(fields)})")
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        section = _dataclass_in(hints[key])
+        if section is not None:
+            check_known_keys(section, value, f"{where}.{key}")
+
+
+def _dataclass_in(annotation: Any) -> type | None:
+    """The dataclass an annotation names (`X` or `X | None`), else None."""
+    if dataclasses.is_dataclass(annotation):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        found = [a for a in typing.get_args(annotation) if dataclasses.is_dataclass(a)]
+        return found[0] if len(found) == 1 else None
+    return None
 
 
 # ------------------------------------------------------------------------------------------------------ core keys
@@ -374,18 +442,24 @@ def apply_cli_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainC
 
 
 def shipped_recipes() -> Path | None:
-    """The folder of the recipes shipped with mmdiff: the installed package's `mmdiff.configs` (the repository's
-    `configs/` as package data), else the `configs/` folder beside the package in a source checkout."""
+    """The folder of the recipes shipped with mmdiff: the `configs/` folder beside the package when it runs from a
+    source checkout, else the installed package's `mmdiff.configs` (the repository's `configs/` as package data).
+
+    (The checkout comes first: an editable install maps `mmdiff.configs` to the folder it was installed from, which
+    is another checkout's when several git worktrees share one environment.)
+    """
     import importlib.resources
 
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "configs").is_dir():
+        return checkout / "configs"
     try:
         root = importlib.resources.files("mmdiff.configs")
         if isinstance(root, Path) and root.is_dir():
             return root
     except ModuleNotFoundError:
         pass
-    clone = Path(__file__).resolve().parents[2] / "configs"
-    return clone if clone.is_dir() else None
+    return None
 
 
 def resolve_recipe(path: str | os.PathLike) -> Path:
@@ -402,20 +476,34 @@ def resolve_recipe(path: str | os.PathLike) -> Path:
     """
     given = Path(path)
     if given.is_file():
-        return given
+        return _not_a_launch_config(given)
     root = shipped_recipes()
     if root is not None and not given.is_absolute():
         rel = Path(*given.parts[1:]) if given.parts[:1] == ("configs",) else given
         candidates = [root / rel, root / rel.with_name(rel.name + ".yaml")]
         if len(rel.parts) == 1:
-            candidates += sorted(root.glob(f"*/{rel.stem}.yaml"))
+            candidates += [p for p in sorted(root.glob(f"*/{rel.stem}.yaml")) if p.parent.name != LAUNCH_CONFIGS]
         found = list(dict.fromkeys(p for p in candidates if p.is_file()))
         if len(found) == 1 or (found and found[0] in candidates[:2]):
-            return found[0]
-    names = sorted(str(p.relative_to(root).with_suffix("")) for p in root.glob("*/*.yaml")) if root else []
+            return _not_a_launch_config(found[0])
+    names = sorted(str(p.relative_to(root).with_suffix("")) for p in root.glob("*/*.yaml")
+                   if p.parent.name != LAUNCH_CONFIGS) if root else []
     raise FileNotFoundError(f"training recipe {given} not found, neither as a file nor among the shipped recipes "
                             f"(configs/: {', '.join(names) or 'none found'}); give a YAML file or a shipped name, "
                             "e.g. configs/toy/copy-tiny.yaml")
+
+
+LAUNCH_CONFIGS = "accelerate"  # configs/accelerate/ holds `accelerate launch` configs, not training recipes
+
+
+def _not_a_launch_config(path: Path) -> Path:
+    """`path`, unless it is an accelerate launch config (which `mmdiff train --accelerate-config` takes)."""
+    head = path.read_text()[:4000] if path.suffix in (".yaml", ".yml") else ""
+    if re.search(r"^(distributed_type|compute_environment):", head, re.MULTILINE):
+        raise ConfigError(f"{path} is an accelerate launch config, not a training recipe: give a recipe and pass "
+                          f"this file as `mmdiff train RECIPE --accelerate-config {path.stem}` (or `accelerate launch "
+                          f"--config_file {path} -m mmdiff.cli train RECIPE`)")
+    return path
 
 
 def load_train_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> TrainConfig:

@@ -1,5 +1,6 @@
 """The training loop on Hugging Face accelerate: one code path for a CPU, one GPU, DDP and FSDP (the latter two come
-from `accelerate launch`, never from code here).
+from `accelerate launch` and the configs of configs/accelerate/, never from code here; FSDP on GPUs only, see
+`check_launch`).
 
 It minimises the masked-diffusion loss (MDLM, Sahoo et al. 2024; LLaDA, Nie et al. 2025: cross-entropy on masked
 target positions weighted by the schedule's ELBO weight; LLaDA's SFT normalisation; LaViDa's complementary masking,
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import difflib
 import hashlib
 import importlib
 import inspect
@@ -106,8 +108,10 @@ def build_source(data: DataSection) -> Any:
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         unknown = [k for k in data.options if k not in params]
         if unknown:
+            close = [f"{k!r} -> {m[0]!r}" for k in unknown if (m := difflib.get_close_matches(k, list(params), n=1))]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ConfigError(f"unknown option(s) {unknown} in TrainConfig.data.options for data source "
-                              f"{data.name!r}; it takes: {', '.join(params) or '(no options)'}")
+                              f"{data.name!r}{hint}; it takes: {', '.join(params) or '(no options)'}")
     try:
         return cls(**data.options)
     except (TypeError, ValueError) as err:
@@ -385,6 +389,36 @@ def resolve_mixed_precision(setting: str, device: torch.device) -> str:
     return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
 
 
+def check_launch(accelerator: Any, environ: Mapping[str, str] | None = None) -> None:
+    """Refuses launches that accelerate would run as something else than asked, before any file is written.
+
+    - processes started as N > 1 (WORLD_SIZE) that accelerate set up as N lone runs (on a machine without CUDA
+      unless ACCELERATE_USE_CPU=1): each would train alone and overwrite the others' files;
+    - an FSDP launch (ACCELERATE_USE_FSDP) that did not become FSDP: accelerate (1.x) picks FSDP only for process
+      groups on an accelerator (CUDA, XPU, ...); on CPU it silently trains with DDP instead;
+    - DeepSpeed: mmdiff's pickle-free checkpoints cannot yet hold ZeRO's partitioned optimizer state.
+    """
+    from accelerate.utils import DistributedType
+
+    env = os.environ if environ is None else environ
+    world = int(env.get("WORLD_SIZE", "1") or 1)
+    kind = accelerator.distributed_type
+    if world > 1 and accelerator.num_processes == 1:
+        raise ConfigError(f"this process is one of {world} (WORLD_SIZE={world}) but accelerate set it up as a "
+                          "single-process run, so every process would train alone and overwrite the others' files. "
+                          "Without CUDA, launch with ACCELERATE_USE_CPU=1 (a gloo group on CPU; `mmdiff train "
+                          "--accelerate-config NAME` sets it)")
+    if str(env.get("ACCELERATE_USE_FSDP", "")).lower() == "true" and kind != DistributedType.FSDP:
+        raise ConfigError(f"an FSDP launch became {kind.value}: accelerate runs FSDP only on GPUs (and other "
+                          "accelerators); on CPU it would silently train with plain DDP. Use "
+                          "configs/accelerate/ddp.yaml on CPU, fsdp.yaml on GPUs")
+    if kind == DistributedType.DEEPSPEED:
+        raise ConfigError("training under DeepSpeed is not supported yet: mmdiff's checkpoints (safetensors and "
+                          "JSON, never pickle) cannot yet hold ZeRO's partitioned optimizer state, so a run could "
+                          "not resume. Use configs/accelerate/fsdp.yaml: FSDP2 shards parameters, gradients and "
+                          "optimizer states like ZeRO-3")
+
+
 # --------------------------------------------------------------------------------------------- the loss module
 def _model_weights(loss_module_state: dict[str, Tensor]) -> dict[str, Tensor]:
     """`DiffusionModel.weights()` keys from the loss module's state dict (model.core.*, model.adapters.*)."""
@@ -432,6 +466,8 @@ class Trainer:
         mixed = resolve_mixed_precision(config.train.mixed_precision, _launch_device())
         _forget_other_precision(mixed)
         self.accelerator = Accelerator(mixed_precision=mixed, gradient_accumulation_steps=config.train.grad_accum)
+        check_launch(self.accelerator)
+        config.train.micro_batch(self.accelerator.num_processes)  # a world size that cannot split a global batch
         self.out_dir = Path(config.train.out_dir)
         self.ckpt_root = self.out_dir / ckpt.CHECKPOINTS_DIR
         self.metrics_path = self.out_dir / METRICS_FILE
@@ -458,8 +494,9 @@ class Trainer:
         vocab = self.model.vocab
         self.collate = TASKS.get(self.source.task).collator(self.model)
         self.val_set = self.source.dataset("val", vocab)
-        self.stream = BatchStream(self.source.dataset("train", vocab), self.collate, batch_size=cfg.train.batch_size,
-                                  seed=cfg.seed, rank=acc.process_index, world_size=acc.num_processes,
+        self.stream = BatchStream(self.source.dataset("train", vocab), self.collate,
+                                  batch_size=cfg.train.micro_batch(acc.num_processes), seed=cfg.seed,
+                                  rank=acc.process_index, world_size=acc.num_processes,
                                   pin_memory=acc.device.type == "cuda")
 
         schedule = get_schedule(cfg.objective.schedule, eps=cfg.objective.eps)
@@ -483,7 +520,11 @@ class Trainer:
 
     def _restore(self, loaded: ckpt.TrainingState) -> None:
         acc, state = self.accelerator, loaded.trainer_state
-        self.optimizer.load_state_dict(loaded.optimizer_state)
+        optimizer_state = loaded.optimizer_state
+        if self.sharded:  # this process's shard, as plain tensors: DTensors again, like the sharded parameters
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            optimizer_state = ckpt.shard_like_params(optimizer_state, params)
+        self.optimizer.load_state_dict(optimizer_state)
         self.scheduler.load_state_dict({**loaded.scheduler_state,
                                         "lr_lambdas": [None] * len(self.scheduler.lr_lambdas)})
         self.step = loaded.step
@@ -493,10 +534,14 @@ class Trainer:
         self.last_eval = dict(state.get("last_eval", {}))
         examples = int(state["micro_batches"]) * int(state["batch_size"]) * int(state["world_size"])
         per_process = self.stream.batch_size * self.stream.world_size
-        if examples % per_process or state["world_size"] != acc.num_processes:
-            warnings.warn(f"resuming with batch_size x processes = {per_process}, the checkpoint used "
-                          f"{state['batch_size']} x {state['world_size']}: the data order differs from the original "
-                          "run from here on", stacklevel=2)
+        if examples % per_process or per_process != int(state["batch_size"]) * int(state["world_size"]):
+            warnings.warn(f"resuming with batch_size x processes = {self.stream.batch_size} x {acc.num_processes}, "
+                          f"the checkpoint used {state['batch_size']} x {state['world_size']}: the data order differs "
+                          "from the original run from here on", stacklevel=2)
+        elif state["world_size"] != acc.num_processes:
+            warnings.warn(f"resuming on {acc.num_processes} process(es) a run saved on {state['world_size']}: the "
+                          "data order is kept, but masking and dropout noise come from other random streams from here "
+                          "on", stacklevel=2)
         self.stream.position = examples // per_process
         if loaded.rng_state is None:
             warnings.warn(f"{loaded.folder} has no RNG state for process {acc.process_index}; its random numbers "
@@ -563,7 +608,7 @@ class Trainer:
     def _val_loss(self) -> float | None:
         acc, cfg = self.accelerator, self.config
         world, rank = acc.num_processes, acc.process_index
-        size = min(cfg.train.batch_size, len(self.val_set) // world)
+        size = min(self.stream.batch_size, len(self.val_set) // world)
         n_batches = min(cfg.train.eval_batches, len(self.val_set) // (size * world)) if size else 0
         if n_batches == 0:
             warnings.warn(f"the val split has {len(self.val_set)} examples, too few for {world} processes; "
@@ -603,7 +648,7 @@ class Trainer:
         trainer_state = {
             "step": self.step,
             "micro_batches": self.stream.position,
-            "batch_size": cfg.train.batch_size,
+            "batch_size": self.stream.batch_size,  # per process
             "world_size": acc.num_processes,
             "tokens_seen": tokens_seen,
             "elapsed_s": self.elapsed,
@@ -798,7 +843,8 @@ def model_card(config: TrainConfig, step: int, last_eval: Mapping[str, Any], tok
         f"# {config.name}\n\n"
         f"A masked-diffusion `{model.config.task}` model ({params / 1e6:.2f}M parameters) trained with mmdiff on "
         f"`{config.data.name}` {json.dumps(config.data.options)}.\n\n"
-        f"- steps: {step} (batch {config.train.batch_size} x grad_accum {config.train.grad_accum} per process), "
+        f"- steps: {step} (batch {config.train.batch_size} x grad_accum {config.train.grad_accum} "
+        f"{'in all' if config.train.batch_scope == 'global' else 'per process'}), "
         f"{tokens:,} tokens, {elapsed / 60:.1f} min of training\n"
         f"- objective: {config.objective.normalize} loss, {config.objective.schedule} schedule\n"
         f"- reproduce: save the recipe below as `recipe.yaml`, then `mmdiff train recipe.yaml`\n\n"
