@@ -49,7 +49,7 @@ def _marks(command: str) -> list[pytest.MarkDecorator]:
 
 def test_the_readme_has_the_blocks_these_tests_run():
     """A changed README changes what is tested: the extraction finds every block and command."""
-    assert len(PYTHON_BLOCKS) == 7 and len(COMMANDS) == 15
+    assert len(PYTHON_BLOCKS) == 8 and len(COMMANDS) == 17
     assert len(fenced_blocks(README, "bash")) == 4
     assert COMMANDS[0].startswith("mmdiff list") and COMMANDS[-1].startswith(NEEDS_HUB_AND_GPU)
 
@@ -115,6 +115,16 @@ def test_python_vlm_and_text_to_image_block(tmp_path):
     assert (tmp_path / "seven.png").is_file()
 
 
+def test_python_asr_block(tmp_path):
+    """The shipped speech entry transcribes the shipped held-out clips (the printed references follow)."""
+    out = _run_python(_block("mmdiff.pipeline(\"asr\""), tmp_path).splitlines()
+    import ast
+
+    outputs, references, single = ast.literal_eval(out[0]), ast.literal_eval(out[1]), out[2]
+    assert len(outputs) == len(references) == 6 and single.strip()
+    assert sum(o == r for o, r in zip(outputs, references, strict=True)) >= 4
+
+
 def test_python_lm_eval_block(tmp_path):
     pytest.importorskip("lm_eval")
     write_lm_eval_task(tmp_path / "my_tasks")
@@ -138,6 +148,12 @@ def test_readme_command(command, tmp_path, monkeypatch, capsys):
             pytest.skip("needs a CUDA device (and the checkpoint from the hub)")
     if "--image grid.png" in command:
         write_grid_image(tmp_path / "grid.png")
+    if "speech-clips" in command:  # the held-out clips that ship with the package
+        import shutil
+
+        from mmdiff.data.speech import SHIPPED_CLIPS
+
+        shutil.copytree(SHIPPED_CLIPS, tmp_path / "speech-clips")
     if "--include_path my_tasks/" in command:
         pytest.importorskip("lm_eval")
         write_lm_eval_task(tmp_path / "my_tasks")
