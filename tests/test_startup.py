@@ -60,7 +60,9 @@ def test_list_answers_without_torch():
         assert weights == ("shipped" if card["weights"] == "shipped" else f"hub:{card['weights']}")
         first = next(iter(card["metrics"].items()), None)
         assert metric == ("-" if first is None else f"{first[0]}={first[1]:.4g}")
-    assert out.splitlines()[-1].split()[:4] == ["shakespeare-tiny", "text", "4.3M", "shipped"]
+    by_name = {row.split()[0]: row.split() for row in rows}
+    assert by_name["shakespeare-tiny"][:4] == ["shakespeare-tiny", "text", "4.3M", "shipped"]
+    assert by_name["speech-tiny"][:4] == ["speech-tiny", "asr", "11.6M", "shipped"]
 
 
 def test_list_pattern_and_pretrained_without_torch():
