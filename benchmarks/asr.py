@@ -16,7 +16,8 @@ Systems:
 
 Latency is wall time per clip (= per batch / batch size) over all batches after one warm-up batch, feature
 extraction and encoders included, from 16 kHz float arrays in memory; NFE is forward passes per batch (the
-diffusion core's, or Whisper's decoder steps). Batch 16 runs on every clip; batch 1 on the first `--batch1-clips`
+diffusion core's, or the length of Whisper's decoded sequence: one decoder pass per token, its forced start tokens
+included). Batch 16 runs on every clip; batch 1 on the first `--batch1-clips`
 (Whisper takes about a second per clip on two CPU cores), and its rows say how many. A second table times the
 Whisper encoder alone on the first `--encoder-clips` clips, on the clip's own frames (the entry's `trim`) and padded
 to Whisper's 30 s window.
