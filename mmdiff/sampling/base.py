@@ -28,7 +28,13 @@ from torch import Tensor, nn
 
 from mmdiff.sampling.output import SamplerOutput
 
-__all__ = ["Sampler", "SamplerOptions", "check_choice", "check_range", "unknown_option_error", "attention_mismatch"]
+__all__ = ["Sampler", "SamplerOptions", "option", "check_choice", "check_range", "unknown_option_error",
+           "attention_mismatch"]
+
+
+def option(default: Any, text: str) -> Any:
+    """A `SamplerOptions` field with its default and the help text the CLI and docs show."""
+    return dataclasses.field(default=default, metadata={"help": text})
 
 
 def check_range(name: str, value: float | None, low: float | None = None, high: float | None = None, *,

@@ -35,8 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +44,7 @@ from torch import Tensor, nn
 from mmdiff.core.masks import block_causal_mask
 from mmdiff.core.model import KVCache
 from mmdiff.registry import SAMPLERS
-from mmdiff.sampling.base import Sampler, SamplerOptions, check_range
+from mmdiff.sampling.base import Sampler, SamplerOptions, check_range, option
 from mmdiff.sampling.llada import _finish_rows_at_eos
 from mmdiff.sampling.output import GIVEN, SamplerOutput
 from mmdiff.sampling.selection import LogitFilters, confidence_scores, gumbel_argmax
@@ -53,31 +52,27 @@ from mmdiff.sampling.selection import LogitFilters, confidence_scores, gumbel_ar
 __all__ = ["BlockDiffusionSampler", "BlockDiffusionOptions"]
 
 
-def _help(default: Any, text: str) -> Any:
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass(frozen=True)
 class BlockDiffusionOptions(SamplerOptions):
     """The settings of `BlockDiffusionSampler` (the block length is the core's `block_size`)."""
 
-    gen_length: int = _help(128, "answer length, a multiple of the core's block_size (0 with `infill`: only fill the "
-                                 "prompt's masks)")
-    threshold: float = _help(0.9, "in [0, 1]: commit every masked position more probable than this, at least the "
-                                  "most probable one per row and block and step")
-    temperature: float = _help(0.0, "0 = greedy; > 0 samples with Gumbel noise in float64")
-    top_k: int | None = _help(None, "keep the k most likely tokens before sampling")
-    top_p: float | None = _help(None, "nucleus filter in (0, 1] before sampling")
-    pipeline: float | None = _help(None, "in (0, 1]: D2F pipelining, the next block starts once this fraction of the "
-                                         "block before it is decoded; None = one block after the other")
-    pipeline_threshold: float = _help(0.9, "in [0, 1]: the threshold of a block started early (while its "
-                                           "predecessor's decoded fraction is below activate_at); none forced")
-    activate_at: float = _help(1.0, "in (0, 1]: a started block decodes at `threshold` (at least one commit per step) "
-                                    "once this fraction of the block before it is decoded (D2F's decoded-token "
-                                    "threshold)")
-    eos_early_stop: bool = _help(False, "finish a row once its answer has an EOS with everything before decoded")
-    infill: bool = _help(False, "fill the mask ids of the prompt in place (gen_length=0)")
-    cache: bool = _help(True, "the exact block cache; False recomputes every step from the first column")
+    gen_length: int = option(128, "answer length, a multiple of the core's block_size (0 with `infill`: only fill the "
+                                  "prompt's masks)")
+    threshold: float = option(0.9, "in [0, 1]: commit every masked position more probable than this, at least the "
+                                   "most probable one per row and block and step")
+    temperature: float = option(0.0, "0 = greedy; > 0 samples with Gumbel noise in float64")
+    top_k: int | None = option(None, "keep the k most likely tokens before sampling")
+    top_p: float | None = option(None, "nucleus filter in (0, 1] before sampling")
+    pipeline: float | None = option(None, "in (0, 1]: D2F pipelining, the next block starts once this fraction of the "
+                                          "block before it is decoded; None = one block after the other")
+    pipeline_threshold: float = option(0.9, "in [0, 1]: the threshold of a block started early (while its "
+                                            "predecessor's decoded fraction is below activate_at); none forced")
+    activate_at: float = option(1.0, "in (0, 1]: a started block decodes at `threshold` (at least one commit per "
+                                     "step) once this fraction of the block before it is decoded (D2F's decoded-token "
+                                     "threshold)")
+    eos_early_stop: bool = option(False, "finish a row once its answer has an EOS with everything before decoded")
+    infill: bool = option(False, "fill the mask ids of the prompt in place (gen_length=0)")
+    cache: bool = option(True, "the exact block cache; False recomputes every step from the first column")
 
     def _check(self) -> None:
         if isinstance(self.gen_length, bool) or not isinstance(self.gen_length, int) or self.gen_length < 0:

@@ -36,14 +36,14 @@ prompt never attends to the actions: the "prefix" attention kind of a `CanvasCor
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from mmdiff.registry import SAMPLERS
-from mmdiff.sampling.base import Sampler, SamplerOptions, check_choice, check_range
+from mmdiff.sampling.base import Sampler, SamplerOptions, check_choice, check_range, option
 from mmdiff.sampling.llada import CACHES, POSITIONS, LLaDAOptions, _prepare
 from mmdiff.sampling.output import SamplerOutput
 from mmdiff.sampling.schedule import SCHEDULES, masked_after
@@ -55,34 +55,31 @@ SCORES = ("low_confidence", "margin")
 REMASK_CHECKS = ("none", "threshold", "drop", "both")
 
 
-def _help(default: Any, text: str) -> Any:
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass(frozen=True)
 class DDVLAOptions(SamplerOptions):
     """The settings of `DiscreteDiffusionVLASampler` (what `sampler_config.json` saves); validated on construction."""
 
-    gen_length: int = _help(32, "action tokens decoded after the prompt (the chunk: H steps x D dimensions)")
-    steps: int = _help(12, "refinement rounds T, one forward pass each")
-    temperature: float = _help(0.0, "0 = argmax predictions; > 0 samples them with Gumbel noise in float64")
-    remasking: str = _help("low_confidence", "the score ordering commits and re-checks: 'low_confidence' (probability "
-                                             "of the token) or 'margin' (its gap to the best other token)")
-    schedule: str = _help("cosine", "positions still masked after round t: 'cosine' (floor(N cos(pi/2 t/T)), MaskGIT) "
-                                    "or 'linear'")
-    choice_temperature: float = _help(0.0, "MaskGIT's Gumbel top-k: log-score + T (1 - t/steps) Gumbel noise orders "
-                                           "the commits (0 = most confident first, deterministic)")
-    remask: str = _help("both", f"secondary re-masking checks of committed tokens, one of {REMASK_CHECKS}")
-    remask_threshold: float = _help(0.1, "threshold check: re-mask a committed token whose score is now below this "
-                                         "(a probability, or a gap in [-1, 1] with remasking='margin')")
-    remask_drop: float = _help(0.5, "residual-drop check: re-mask a committed token whose score fell by more than "
-                                    "this since the round that committed it")
-    cache: str | None = _help(None, "None, 'prefix' (the prompt's keys and values computed once per chunk; exact "
-                                    "under prefix attention), 'dual' or 'delayed' (as the llada sampler)")
-    top_k: int | None = _help(None, "keep the k most likely tokens before sampling")
-    top_p: float | None = _help(None, "nucleus filter in (0, 1] before sampling")
-    positions: str = _help("absolute", "RoPE positions: 'absolute' (count padding) or 'compact' (from each row's "
-                                       "first real token)")
+    gen_length: int = option(32, "action tokens decoded after the prompt (the chunk: H steps x D dimensions)")
+    steps: int = option(12, "refinement rounds T, one forward pass each")
+    temperature: float = option(0.0, "0 = argmax predictions; > 0 samples them with Gumbel noise in float64")
+    remasking: str = option("low_confidence", "the score ordering commits and re-checks: 'low_confidence' "
+                                              "(probability of the token) or 'margin' (its gap to the best other "
+                                              "token)")
+    schedule: str = option("cosine", "positions still masked after round t: 'cosine' (floor(N cos(pi/2 t/T)), "
+                                     "MaskGIT) or 'linear'")
+    choice_temperature: float = option(0.0, "MaskGIT's Gumbel top-k: log-score + T (1 - t/steps) Gumbel noise orders "
+                                            "the commits (0 = most confident first, deterministic)")
+    remask: str = option("both", f"secondary re-masking checks of committed tokens, one of {REMASK_CHECKS}")
+    remask_threshold: float = option(0.1, "threshold check: re-mask a committed token whose score is now below this "
+                                          "(a probability, or a gap in [-1, 1] with remasking='margin')")
+    remask_drop: float = option(0.5, "residual-drop check: re-mask a committed token whose score fell by more than "
+                                     "this since the round that committed it")
+    cache: str | None = option(None, "None, 'prefix' (the prompt's keys and values computed once per chunk; exact "
+                                     "under prefix attention), 'dual' or 'delayed' (as the llada sampler)")
+    top_k: int | None = option(None, "keep the k most likely tokens before sampling")
+    top_p: float | None = option(None, "nucleus filter in (0, 1] before sampling")
+    positions: str = option("absolute", "RoPE positions: 'absolute' (count padding) or 'compact' (from each row's "
+                                        "first real token)")
 
     def _check(self) -> None:
         if self.gen_length < 1 or self.steps < 1:

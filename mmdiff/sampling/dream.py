@@ -51,7 +51,7 @@ Deliberate differences from the reference:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmdiff.registry import SAMPLERS
-from mmdiff.sampling.base import Sampler, SamplerOptions
+from mmdiff.sampling.base import Sampler, SamplerOptions, option
 from mmdiff.sampling.output import GIVEN, SamplerOutput
 from mmdiff.sampling.selection import sample_tokens, top_k_logits, top_p_logits
 
@@ -109,28 +109,24 @@ def select_positions(
     return picks
 
 
-def _help(default: Any, text: str) -> Any:
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass(frozen=True)
 class DreamOptions(SamplerOptions):
     """The settings of `DreamSampler` (Dream's `GenerationConfig` fields it uses); validated on construction."""
 
-    gen_length: int = _help(128, "answer length (Dream's max_new_tokens)")
-    steps: int = _help(128, "denoising steps (one forward pass each)")
-    temperature: float = _help(0.0, "0 = argmax tokens; > 0 samples them")
-    top_p: float | None = _help(None, "nucleus filter in (0, 1]; None or 1 = off")
-    top_k: int | None = _help(None, "keep the k most likely tokens; None = off")
-    alg: str = _help("entropy", f"one of {ALGORITHMS} (entropy: Dream's default for its instruct model)")
-    alg_temp: float | None = _help(0.0, "0 or None = commit the most confident positions; > 0 = sample positions "
-                                        "from softmax(confidence / alg_temp) without replacement")
-    eps: float = _help(1e-3, "last timestep of linspace(1, eps, steps + 1)")
-    infill: bool = _help(False, "also fill mask ids found in the prompt (else they are an error)")
-    count_rule: str = _help("per_row", "'per_row' or 'batch_mean' (Dream's exact rule, wrong when rows hold "
-                                       "different numbers of masks)")
-    logits_mask_inf: bool = _help(False, "never sample the mask id (its logit -inf before the softmax); Dream "
-                                         "does not, so the default keeps it, as Dream")
+    gen_length: int = option(128, "answer length (Dream's max_new_tokens)")
+    steps: int = option(128, "denoising steps (one forward pass each)")
+    temperature: float = option(0.0, "0 = argmax tokens; > 0 samples them")
+    top_p: float | None = option(None, "nucleus filter in (0, 1]; None or 1 = off")
+    top_k: int | None = option(None, "keep the k most likely tokens; None = off")
+    alg: str = option("entropy", f"one of {ALGORITHMS} (entropy: Dream's default for its instruct model)")
+    alg_temp: float | None = option(0.0, "0 or None = commit the most confident positions; > 0 = sample positions "
+                                         "from softmax(confidence / alg_temp) without replacement")
+    eps: float = option(1e-3, "last timestep of linspace(1, eps, steps + 1)")
+    infill: bool = option(False, "also fill mask ids found in the prompt (else they are an error)")
+    count_rule: str = option("per_row", "'per_row' or 'batch_mean' (Dream's exact rule, wrong when rows hold "
+                                        "different numbers of masks)")
+    logits_mask_inf: bool = option(False, "never sample the mask id (its logit -inf before the softmax); Dream "
+                                          "does not, so the default keeps it, as Dream")
 
     def _check(self) -> None:
         if self.steps < 1:

@@ -50,14 +50,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from mmdiff.registry import SAMPLERS
-from mmdiff.sampling.base import Sampler, SamplerOptions, check_choice
+from mmdiff.sampling.base import Sampler, SamplerOptions, check_choice, option
 from mmdiff.sampling.cache import CACHES as CACHE_STRATEGIES
 from mmdiff.sampling.cache import CacheStrategy, _Forward, make_cache
 from mmdiff.sampling.output import GIVEN, SamplerOutput
@@ -95,42 +95,38 @@ POSITIONS = ("absolute", "compact")
 CFG_FORMS = ("llada", "standard")
 
 
-def _help(default: Any, text: str) -> Any:
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass(frozen=True)
 class LLaDAOptions(SamplerOptions):
     """The settings of `LLaDASampler` (what `sampler_config.json` saves); validated on construction."""
 
-    gen_length: int = _help(128, "answer length (0 with `infill`: only fill the prompt's masks); with a mask-free "
-                                 "prompt a multiple of block_length")
-    steps: int = _help(128, "total denoising steps, split evenly over blocks (with threshold / factor: a block runs "
-                            "until decoded, at most one step per position)")
-    block_length: int = _help(32, "semi-autoregressive block size")
-    temperature: float = _help(0.0, "0 = greedy; > 0 samples with Gumbel noise in float64")
-    remasking: str = _help("low_confidence", f"commit order, one of {REMASKING}")
-    cfg_scale: float = _help(0.0, "classifier-free guidance weight w (see cfg_form)")
-    cfg_form: str = _help("llada", "'llada': (1 + w)c - w u (w = 0: no guidance); 'standard': u + w (c - u) "
-                                   "(w = 1: no guidance)")
-    threshold: float | None = _help(None, "in (0, 1]: commit every position more confident than this (at least "
-                                          "one per row and step)")
-    factor: float | None = _help(None, "> 0: Fast-dLLM's factor rule instead of a fixed count")
-    cache: str | None = _help(None, "None, 'prefix', 'dual' (Fast-dLLM, refreshed per block) or 'delayed' "
-                                    "(dKV-Cache)")
-    top_k: int | None = _help(None, "keep the k most likely tokens before sampling")
-    top_p: float | None = _help(None, "nucleus filter in (0, 1] before sampling")
-    infill: bool = _help(False, "fill mask ids found in the prompt (else they are an error)")
-    eos_early_stop: bool = _help(False, "finish a row once its answer has an EOS with everything before decoded")
-    logits_eos_inf: bool = _help(False, "never predict EOS (needs eos_id)")
-    confidence_eos_eot_inf: bool = _help(False, "as the reference: EOT's logit is -inf in the confidence softmax")
-    logits_mask_inf: bool = _help(False, "never predict the mask id (the reference may, leaving it masked)")
-    schedule: str = _help("linear", "commits per step: 'linear' (the reference's split) or 'cosine' (MaskGIT)")
-    choice_temperature: float = _help(0.0, "MaskGIT's Gumbel top-k: log-confidence + T (1 - step/steps) Gumbel "
-                                           "noise orders the commits (0 = deterministic)")
-    remask_below: float | None = _help(None, "in (0, 1): ReMDM secondary remasking of this sampler's earlier "
-                                             "commits whose probability fell below it (never at a block's last step)")
-    positions: str = _help("absolute", "RoPE positions: 'absolute' (count padding, the reference) or 'compact'")
+    gen_length: int = option(128, "answer length (0 with `infill`: only fill the prompt's masks); with a mask-free "
+                                  "prompt a multiple of block_length")
+    steps: int = option(128, "total denoising steps, split evenly over blocks (with threshold / factor: a block runs "
+                             "until decoded, at most one step per position)")
+    block_length: int = option(32, "semi-autoregressive block size")
+    temperature: float = option(0.0, "0 = greedy; > 0 samples with Gumbel noise in float64")
+    remasking: str = option("low_confidence", f"commit order, one of {REMASKING}")
+    cfg_scale: float = option(0.0, "classifier-free guidance weight w (see cfg_form)")
+    cfg_form: str = option("llada", "'llada': (1 + w)c - w u (w = 0: no guidance); 'standard': u + w (c - u) "
+                                    "(w = 1: no guidance)")
+    threshold: float | None = option(None, "in (0, 1]: commit every position more confident than this (at least "
+                                           "one per row and step)")
+    factor: float | None = option(None, "> 0: Fast-dLLM's factor rule instead of a fixed count")
+    cache: str | None = option(None, "None, 'prefix', 'dual' (Fast-dLLM, refreshed per block) or 'delayed' "
+                                     "(dKV-Cache)")
+    top_k: int | None = option(None, "keep the k most likely tokens before sampling")
+    top_p: float | None = option(None, "nucleus filter in (0, 1] before sampling")
+    infill: bool = option(False, "fill mask ids found in the prompt (else they are an error)")
+    eos_early_stop: bool = option(False, "finish a row once its answer has an EOS with everything before decoded")
+    logits_eos_inf: bool = option(False, "never predict EOS (needs eos_id)")
+    confidence_eos_eot_inf: bool = option(False, "as the reference: EOT's logit is -inf in the confidence softmax")
+    logits_mask_inf: bool = option(False, "never predict the mask id (the reference may, leaving it masked)")
+    schedule: str = option("linear", "commits per step: 'linear' (the reference's split) or 'cosine' (MaskGIT)")
+    choice_temperature: float = option(0.0, "MaskGIT's Gumbel top-k: log-confidence + T (1 - step/steps) Gumbel "
+                                            "noise orders the commits (0 = deterministic)")
+    remask_below: float | None = option(None, "in (0, 1): ReMDM secondary remasking of this sampler's earlier "
+                                              "commits whose probability fell below it (never at a block's last step)")
+    positions: str = option("absolute", "RoPE positions: 'absolute' (count padding, the reference) or 'compact'")
 
     def _check(self) -> None:
         if self.gen_length < 0 or self.block_length < 1 or self.steps < 1:
