@@ -26,7 +26,7 @@ from torch import Tensor
 
 from mmdiff.registry import HEADS
 
-__all__ = ["Head", "LMHead", "RangeHead", "get_head"]
+__all__ = ["Head", "LMHead", "RangeHead", "get_head", "head_for_codes"]
 
 
 class Head:
@@ -97,3 +97,13 @@ HEADS.add("lm", LMHead())
 HEADS.add("image", RangeHead("image"))
 HEADS.add("action", RangeHead("action"))
 
+
+def head_for_codes(name: str | None, vocab: Any, codes_range: str, *, codes: str, option: str) -> Head:
+    """The head `name` of a task that decodes one discrete modality's codes (the `codes_range` range of `vocab`):
+    a ValueError naming `option` (the task option that picks the head) when the head scores other ids."""
+    head = get_head(name)
+    span, wanted = head.id_range(vocab), vocab.range(codes_range)
+    if span != wanted:
+        raise ValueError(f"the {head.name!r} head scores ids {span} but the {codes}'s codes are {wanted}; set "
+                         f"{option} to the head of the {codes_range!r} range")
+    return head

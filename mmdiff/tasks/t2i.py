@@ -54,7 +54,7 @@ from torch import Tensor
 
 from mmdiff.adapters.base import check_finite_inputs
 from mmdiff.canvas import Canvas
-from mmdiff.heads import get_head
+from mmdiff.heads import head_for_codes
 from mmdiff.modeling import SamplerConfig
 from mmdiff.registry import TASKS
 from mmdiff.sampling.selection import uniform64
@@ -307,12 +307,8 @@ class T2ITask(Task):
     def __init__(self, model: Any) -> None:
         super().__init__(model)
         self.tokenizer = image_tokenizer(model)
-        self.head = get_head(self.options.head)
-        span, codes = self.head.id_range(model.vocab), model.vocab.range(self.tokenizer.vocab_range)
-        if span != codes:
-            raise ValueError(f"the {self.head.name!r} head scores ids {span} but the image tokenizer's codes are "
-                             f"{codes}; set task_options.t2i.head to the head of the {self.tokenizer.vocab_range!r} "
-                             "range")
+        self.head = head_for_codes(self.options.head, model.vocab, self.tokenizer.vocab_range,
+                                   codes="image tokenizer", option="task_options.t2i.head")
 
     def training_canvas(self, examples: Sequence[dict[str, Any]]) -> Canvas:
         """Training collate: images are tokenized (no gradient), captions dropped with `caption_dropout` (the row

@@ -47,7 +47,7 @@ from torch import Tensor
 
 from mmdiff.canvas import Canvas
 from mmdiff.core.masks import ATTENTION_KINDS
-from mmdiff.heads import get_head
+from mmdiff.heads import head_for_codes
 from mmdiff.registry import SAMPLERS, TASKS
 from mmdiff.tasks.base import CLIContext, Pipeline, Task
 from mmdiff.tasks.vlm import compact_positions
@@ -168,12 +168,8 @@ class VLATask(Task):
                              "specials including 'pad'")
         self.vision, self.actions = adapters["vision"], adapters["action"]
         self.state = adapters["state"] if self.options.use_state else None
-        self.head = get_head(self.options.head)
-        span, codes = self.head.id_range(model.vocab), model.vocab.range(self.actions.vocab_range)
-        if span != codes:
-            raise ValueError(f"the {self.head.name!r} head scores ids {span} but the action tokenizer's codes are "
-                             f"{codes}; set task_options.vla.head to the head of the {self.actions.vocab_range!r} "
-                             "range")
+        self.head = head_for_codes(self.options.head, model.vocab, self.actions.vocab_range,
+                                   codes="action tokenizer", option="task_options.vla.head")
         self.action_length = self._action_length()
         self.image_size = self._image_size()
 
