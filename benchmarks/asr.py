@@ -45,7 +45,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import add_run_arguments, fmt_table, run_benchmark, sync  # noqa: E402
+from common import CountingCore, add_run_arguments, fmt_table, run_benchmark, sync  # noqa: E402
 
 import mmdiff  # noqa: E402
 from mmdiff.data.speech import KINDS, SpeechSource, transcript_errors  # noqa: E402
@@ -78,24 +78,6 @@ def timed(run_batch: Any, batches: list[list[dict[str, Any]]], device: torch.dev
             nfe.append(calls)
         sync(device)
     return texts, time.perf_counter() - start, sum(nfe) / len(nfe)
-
-
-class CountingCore(torch.nn.Module):
-    """Counts forward passes of the core (NFE)."""
-
-    def __init__(self, core: torch.nn.Module) -> None:
-        super().__init__()
-        self.core, self.calls = core, 0
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        self.calls += 1
-        return self.core(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.core, name)
 
 
 def entry_runner(model: Any, batch: int, options: dict[str, Any]) -> Any:

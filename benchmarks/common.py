@@ -30,6 +30,24 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 CPU_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
+class CountingCore(torch.nn.Module):
+    """Counts forward passes of the core (NFE)."""
+
+    def __init__(self, core: torch.nn.Module) -> None:
+        super().__init__()
+        self.core, self.calls = core, 0
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return self.core(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.core, name)
+
+
 def machine_info(device: torch.device) -> dict[str, Any]:
     """Device, library versions and thread counts, for the results file."""
     info: dict[str, Any] = {

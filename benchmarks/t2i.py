@@ -33,8 +33,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import add_run_arguments, fmt_table, run_benchmark, sync  # noqa: E402
-from vlm import CountingCore  # noqa: E402
+from common import CountingCore, add_run_arguments, fmt_table, run_benchmark, sync  # noqa: E402
 
 import mmdiff  # noqa: E402
 from mmdiff.data.mnist_digits import MnistDigitsSource  # noqa: E402

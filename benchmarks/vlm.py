@@ -35,7 +35,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import add_run_arguments, fmt_table, run_benchmark, sync  # noqa: E402
+from common import CountingCore, add_run_arguments, fmt_table, run_benchmark, sync  # noqa: E402
 
 import mmdiff  # noqa: E402
 from mmdiff.data.mnist_grid import MnistGridSource, accuracy_by_kind  # noqa: E402
@@ -47,24 +47,6 @@ def settings(threshold: float) -> dict[str, dict[str, Any]]:
         "prompt cache": {"cache": "prefix"},
         f"prompt cache + threshold {threshold}": {"cache": "prefix", "threshold": threshold},
     }
-
-
-class CountingCore(torch.nn.Module):
-    """Counts forward passes of the core (NFE)."""
-
-    def __init__(self, core: torch.nn.Module) -> None:
-        super().__init__()
-        self.core, self.calls = core, 0
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        self.calls += 1
-        return self.core(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.core, name)
 
 
 def run_setting(model: Any, examples: list[dict[str, Any]], batch: int, options: dict[str, Any],
