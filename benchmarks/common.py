@@ -222,10 +222,12 @@ def _recorded(value: Any) -> str:
 def run_benchmark(name: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None,
                   bench: Callable[[argparse.Namespace, torch.device], list[dict[str, Any]]],
                   markdown: Callable[[list[dict[str, Any]], dict[str, Any], argparse.Namespace], str],
-                  check: Callable[[argparse.Namespace], None] | None = None) -> int:
+                  check: Callable[[argparse.Namespace], None] | None = None,
+                  summary: Callable[[list[dict[str, Any]]], dict[str, float]] | None = None) -> int:
     """The `main` of a benchmark script: parses `argv` (set by `add_run_arguments` and the script's own options),
     picks torch's threads and the device, runs `bench(args, device)` for the rows, and writes `<name>.json` (the
-    machine, the arguments, the rows) and `<name>.md` (`markdown(rows, machine, args)`, which may cite
+    machine, the arguments, the rows, and `summary(rows)` when given: flat numbers a zoo card can take, see
+    scripts/publish_zoo_entry.py --metrics-from) and `<name>.md` (`markdown(rows, machine, args)`, which may cite
     `args.command`) into `--out`, printing the table."""
     args = parser.parse_args(argv)
     args.command = command_line(f"{name}.py", sys.argv[1:] if argv is None else argv)
@@ -239,7 +241,10 @@ def run_benchmark(name: str, parser: argparse.ArgumentParser, argv: Sequence[str
     rows = bench(args, device)
     md = markdown(rows, info, args)
     recorded = {k: _recorded(v) for k, v in vars(args).items() if k != "out"}
-    json_path, md_path = write_results(name, {"machine": info, "args": recorded, "rows": rows}, md, args.out)
+    payload = {"machine": info, "args": recorded, "rows": rows}
+    if summary is not None:
+        payload["summary"] = summary(rows)
+    json_path, md_path = write_results(name, payload, md, args.out)
     print(md)
     print(f"wrote {json_path} and {md_path}", file=sys.stderr)
     return 0

@@ -5,6 +5,13 @@ The static card fields (description, license, data, recipe, reproduce, tags, sam
 read from the existing `zoo/<name>/card.yaml`; params, metrics and train_wall_time are always measured anew.
 
     python scripts/publish_zoo_entry.py runs/shakespeare-tiny zoo/shakespeare-tiny -- --limit 128
+
+With `--metrics-from RESULTS.json` the metrics are a benchmark's instead (its "summary", measured in one run, e.g.
+the policy, its baselines and both decodings of benchmarks/vla.py), and the card's metrics_command is the benchmark's
+command as its results file records it:
+
+    python scripts/publish_zoo_entry.py runs/metaworld-tiny zoo/metaworld-tiny \
+        --metrics-from benchmarks/results/vla.json
 """
 
 from __future__ import annotations
@@ -59,6 +66,28 @@ def train_wall_time(run_dirs: list[Path], devices: list[str] | None = None) -> s
     return head + ": " + ", ".join(f"{m:.1f} min on {d}" for d, m in minutes.items())
 
 
+def measure(final: Path, eval_args: list[str]) -> dict[str, float] | None:
+    """`mmdiff eval FINAL --output ...` with the extra arguments; None when it failed (its error is printed)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "metrics.json"
+        if mmdiff_main(["eval", str(final), "--output", str(out), *eval_args]):
+            return None
+        return json.loads(out.read_text())
+
+
+def benchmark_metrics(path: Path) -> tuple[dict[str, float], str]:
+    """The "summary" of a benchmark's results file and the command that measured it.
+
+    Raises:
+        ValueError: the file has no summary (the benchmark does not write one).
+    """
+    payload = json.loads(Path(path).read_text())
+    if not isinstance(payload.get("summary"), dict):
+        raise ValueError(f"{path} has no 'summary' of card metrics; use the results of a benchmark that writes one "
+                         "(e.g. benchmarks/vla.py)")
+    return payload["summary"], payload["args"]["command"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path, help="training output folder (holds final/ and metrics.jsonl)")
@@ -66,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--earlier-run", type=Path, action="append", default=[],
                         help="run folder of an earlier training stage (counted in the wall time); repeatable")
     parser.add_argument("--card", type=Path, help="card with the static fields (default: ENTRY/card.yaml)")
+    parser.add_argument("--metrics-from", type=Path,
+                        help="a benchmark's results JSON whose 'summary' holds the metrics (instead of mmdiff eval)")
     parser.add_argument("--device", action="append", default=[],
                         help="where each run trained, earlier runs first (e.g. '2 CPU threads (x86_64)'); repeatable; "
                              "default: all on this machine")
@@ -75,19 +106,20 @@ def main(argv: list[str] | None = None) -> int:
     args.eval_args = eval_args
     final = args.run_dir / "final"
     fields = load_yaml((args.card or args.entry / "card.yaml").read_text())
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "metrics.json"
-        code = mmdiff_main(["eval", str(final), "--output", str(out), *args.eval_args])
-        if code:
-            return code
-        measured = json.loads(out.read_text())
+    if args.metrics_from is not None:
+        measured, command = benchmark_metrics(args.metrics_from)
+    else:
+        measured = measure(final, args.eval_args)
+        if measured is None:
+            return 2
+        command = " ".join(["mmdiff eval", fields["name"], *(shlex.quote(a) for a in args.eval_args)])
     model = DiffusionModel.from_pretrained(final)
     model.sampler_config = load_train_config(fields["recipe"]).sampler  # the recipe holds the sampling defaults
     fields.update(
         params=count_parameters(model),
         train_wall_time=train_wall_time([*args.earlier_run, args.run_dir], args.device or None),
         metrics={k: round(float(v), 4) for k, v in measured.items() if isinstance(v, (int, float))},
-        metrics_command=" ".join(["mmdiff eval", fields["name"], *(shlex.quote(a) for a in args.eval_args)]),
+        metrics_command=command,
     )
     card = ZooCard.from_dict(fields)
     model.config.name = card.name

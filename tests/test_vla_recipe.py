@@ -80,7 +80,7 @@ def test_recipe_model_is_under_20_mb_and_builds_without_data(tmp_path):
     model = build_model(cfg, source)
     size = sum(t.numel() * t.element_size() for t in model.weights().values())
     assert 10e6 < size < 20e6  # float32 weights of core, tower and projector
-    assert model.vocab.range("action") == (75, 331) and model.vocab.range("state") == (331, 587)
+    assert model.vocab.range("action") == (75, 331) and "state" not in model.vocab.ranges  # state: soft tokens
     assert model.config.task_options["vla"] == source.task_options["vla"]
     assert model.adapters["action"].config.q01 is None  # fitted when training starts, from the demonstrations
     assert not list(tmp_path.iterdir())
@@ -101,10 +101,11 @@ def test_adapter_statistics_are_the_training_demonstrations_percentiles(tmp_path
     action, state = model.adapters["action"].config, model.adapters["state"].config
     np.testing.assert_allclose(action.q01, quantile(actions, 0.01), rtol=0, atol=1e-12)
     np.testing.assert_allclose(action.q99, quantile(actions, 0.99), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(state.q01, quantile(states, 0.01), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(state.q99, quantile(states, 0.99), rtol=0, atol=1e-12)
     assert action.normalize == [True, True, True, False]  # the recipe's mask is kept
     assert model.config.adapters["action"]["q01"] == action.q01  # what config.json will hold
+    # the recipe's state MLP gets the states' mean and (population) std
+    np.testing.assert_allclose(state.mean, states.astype(np.float64).mean(0), atol=1e-6)
+    np.testing.assert_allclose(state.std, states.astype(np.float64).std(0), atol=1e-6)
     assert fit_adapters(source, model) == []  # fitted adapters keep their statistics
 
     # the chunks FAST would be fitted on: each step's next H actions, the last one repeated past the end
@@ -113,13 +114,13 @@ def test_adapter_statistics_are_the_training_demonstrations_percentiles(tmp_path
     np.testing.assert_array_equal(chunks[8], episodes[0].action[[8, 9, 9]])
     np.testing.assert_array_equal(chunks[10], episodes[1].action[0:3])
 
-    # a state MLP gets the states' mean and (population) std
-    mlp = dataclasses.replace(cfg.model, adapters={**cfg.model.adapters,
-                                                   "state": {"adapter": "state/mlp", "state_dim": 39}})
-    model = build_model(dataclasses.replace(cfg, model=mlp), source)
+    # binned state tokens get the states' q01 / q99
+    bins = dataclasses.replace(cfg.model, adapters={**cfg.model.adapters,
+                                                    "state": {"adapter": "state/bins", "state_dim": 39}})
+    model = build_model(dataclasses.replace(cfg, model=bins), source)
     assert fit_adapters(source, model) == ["action", "state"]
-    np.testing.assert_allclose(model.adapters["state"].config.mean, states.astype(np.float64).mean(0), atol=1e-6)
-    np.testing.assert_allclose(model.adapters["state"].config.std, states.astype(np.float64).std(0), atol=1e-6)
+    np.testing.assert_allclose(model.adapters["state"].config.q01, quantile(states, 0.01), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(model.adapters["state"].config.q99, quantile(states, 0.99), rtol=0, atol=1e-12)
 
     # an action tokenizer for another robot names both dimensions
     seven = dataclasses.replace(cfg.model, adapters={**cfg.model.adapters,
