@@ -7,7 +7,9 @@ A policy is anything with lerobot's `reset()` and `select_action(observation)` (
 the baselines here: `RandomPolicy`, the lower bound, and `ScriptedPolicy` around Meta-World's scripted experts, the
 upper bound); its optional `nfe` list (forward passes of each decoded chunk) is read for the NFE column. An
 environment is anything with `reset(seed) -> observation`, `step(action) -> (observation, reward, terminated,
-truncated, info)` and `close()`, observations under lerobot's names; `mmdiff.sim.metaworld.MetaWorldEnv` by default.
+truncated, info)` and `close()`, observations under lerobot's names. By default a task name picks its simulator:
+LIBERO for LIBERO names (`mmdiff.sim.libero.LiberoEnv`: "libero_spatial/0" is task 0 of LIBERO-Spatial, a bare suite
+name "libero_spatial" all its tasks), Meta-World otherwise (`mmdiff.sim.metaworld.MetaWorldEnv`).
 
 Episodes of a task run `num_envs` environments in lockstep, one batch row each (a batched policy decodes them in
 one call; a row whose episode ended is fed its last observation and its actions are dropped); a row decodes the same
@@ -270,25 +272,30 @@ def evaluate_policy(policy: Any, tasks: str | Sequence[str], *, episodes: int = 
                     seeds: Sequence[int] | Mapping[str, Sequence[int]] | None = None, num_envs: int = 1,
                     make_env: Callable[[str], Any] | None = None, max_steps: int | None = None,
                     gif: str | Path | None = None, fps: int = 20, progress: bool = True) -> list[TaskResult]:
-    """Success rates of `policy` on seeded episodes of each task (Meta-World by default).
+    """Success rates of `policy` on seeded episodes of each task (in LIBERO or Meta-World by default).
 
     Args:
         policy: a `VLAPolicy` (or any object with `reset` / `select_action`); with the default environments its
             cameras, image size and action dimension pick and check the simulator's.
-        tasks: task names (`mmdiff.sim.metaworld.supported_tasks()` for Meta-World).
+        tasks: task names: Meta-World's (`mmdiff.sim.metaworld.supported_tasks()`), or LIBERO's "<suite>/<index>"
+            and suite names (`mmdiff.sim.libero.supported_tasks()`), not both in one call.
         episodes: episodes per task.
-        seed: episode k of a task starts from `reset(seed + k)`.
+        seed: episode k of a task starts from `reset(seed + k)` (in LIBERO: the task's initial state
+            `(seed + k) % 50`).
         seeds: explicit seeds instead (a list for every task, or one list per task).
         num_envs: environments stepped in lockstep (one batch row each).
-        make_env: task name -> environment; None = `MetaWorldEnv(task, image_size=..., camera=..., max_steps=...)`.
-        max_steps: the episode step limit of the default environments (None: Meta-World's 500).
+        make_env: task name -> environment; None = `LiberoEnv(task, image_size=..., cameras=..., max_steps=...)` for
+            LIBERO names, else `MetaWorldEnv(task, image_size=..., camera=..., max_steps=...)`.
+        max_steps: the episode step limit of the default environments (None: Meta-World's 500, or the LIBERO
+            suite's limit, e.g. 220 for libero_spatial).
         gif: write the first episode of the first task as an animated GIF here.
         fps: frames per second of the GIF.
         progress: a progress bar per task.
 
     Raises:
         ValueError: an unknown task name (naming the closest), an action dimension the simulator does not take, a
-            policy needing several cameras from a one-camera simulator, or a bad episode count.
+            policy needing several cameras from a one-camera simulator or a camera the simulator lacks, LIBERO and
+            Meta-World tasks in one call, or a bad episode count.
         ImportError: the simulator is not installed (naming the extra to install).
     """
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
@@ -297,7 +304,7 @@ def evaluate_policy(policy: Any, tasks: str | Sequence[str], *, episodes: int = 
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if make_env is None:
-        tasks, make_env = _metaworld(policy, tasks, max_steps)
+        tasks, make_env = _default_envs(policy, tasks, max_steps)
     results, frames = [], []
     for t, task in enumerate(tasks):
         task_seeds = _seeds(seeds, task, episodes, seed)
@@ -317,6 +324,39 @@ def _seeds(seeds: Any, task: str, episodes: int, seed: int) -> list[int]:
     if len(chosen) < 1:
         raise ValueError(f"no seeds given for task {task!r}")
     return [int(s) for s in chosen]
+
+
+def _default_envs(policy: Any, tasks: list[str], max_steps: int | None) -> tuple[list[str], Callable[[str], Any]]:
+    """The simulator the task names pick: LIBERO for LIBERO names, Meta-World otherwise."""
+    from mmdiff.sim.libero import is_libero_task
+
+    libero = [t for t in tasks if is_libero_task(t)]
+    if not libero:
+        return _metaworld(policy, tasks, max_steps)
+    if len(libero) < len(tasks):
+        others = [t for t in tasks if not is_libero_task(t)]
+        raise ValueError(f"the tasks mix LIBERO {libero} and Meta-World {others}; the two simulators take different "
+                         "actions and states: evaluate them in separate calls")
+    return _libero(policy, tasks, max_steps)
+
+
+def _libero(policy: Any, tasks: list[str], max_steps: int | None) -> tuple[list[str], Callable[[str], Any]]:
+    """Resolved LIBERO task names (suites expanded) and a factory of environments that render what the policy
+    reads: its cameras (default the front one) at its image size (default LIBERO's 128x128)."""
+    from mmdiff.sim.libero import ACTION_DIM, LiberoEnv, camera_names, expand_tasks
+
+    tasks = expand_tasks(tasks)  # an unknown name fails before a simulator starts
+    check = getattr(policy, "check_action_dim", None)
+    if check is not None:
+        check(ACTION_DIM, "the LIBERO simulator")
+    cameras = camera_names(list(getattr(policy, "cameras", ["agentview"])))
+    task_obj = getattr(policy, "task", None)
+    size = getattr(task_obj, "image_size", None) or (128, 128)
+
+    def make(task: str) -> Any:
+        return LiberoEnv(task, image_size=tuple(size), cameras=cameras, max_steps=max_steps)
+
+    return tasks, make
 
 
 def _metaworld(policy: Any, tasks: list[str], max_steps: int | None) -> tuple[list[str], Callable[[str], Any]]:
