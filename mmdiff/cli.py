@@ -715,7 +715,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `mmdiff list | head`: the reader left; stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
+    except (ValueError, KeyError, TypeError, FileNotFoundError, ImportError) as err:  # ImportError: a missing extra
         if os.environ.get("MMDIFF_DEBUG"):
             raise
         print(f"mmdiff: error: {_message(err)}", file=sys.stderr)

@@ -57,7 +57,6 @@ FLOOR_OF: dict[str, str] = {
     "mmdiff.data": "evaluation",
     "mmdiff.data.lerobot": "evaluation",
     "mmdiff.sim": "evaluation",
-    "mmdiff.sim.libero": "evaluation",
     "mmdiff.metrics": "evaluation",
     "mmdiff.evaluation": "evaluation",
     "mmdiff.viz": "sampling",

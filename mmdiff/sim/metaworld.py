@@ -31,13 +31,13 @@ table in the `corner` view, as it does in the world). Frames render headless wit
 from __future__ import annotations
 
 import difflib
-import importlib.util
-import os
 import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from mmdiff.sim.rendering import prepare_headless_rendering
 
 __all__ = [
     "ACTION_DIM",
@@ -153,15 +153,8 @@ def instruction(task: str) -> str:
 
 
 def _import_metaworld() -> Any:
-    """The metaworld module; MuJoCo renders headless through EGL unless MUJOCO_GL says otherwise.
-
-    triton (when installed) is imported first: Mesa's EGL loads the system's LLVM, and triton's own LLVM loaded
-    after it crashes the process (a segfault in `import triton`, which torch runs lazily, e.g. at the first
-    `torch._dynamo` use after a frame was rendered).
-    """
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    if importlib.util.find_spec("triton") is not None:
-        import triton  # noqa: F401
+    """The metaworld module, imported for headless rendering (`mmdiff.sim.rendering`)."""
+    prepare_headless_rendering()
     try:
         import metaworld
         import metaworld.policies
