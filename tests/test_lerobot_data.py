@@ -1,12 +1,15 @@
 """The LeRobotDataset v3.0 reader on a tiny dataset written here the way lerobot writes one (2 episodes over two data
 files, a camera as PNG bytes in parquet, tasks as a pandas-indexed parquet, episodes metadata with stats columns,
-stats.json): exact values read back, action chunks padded at the episode's end, and the errors of bad folders."""
+stats.json): exact values read back, action chunks padded at the episode's end, and the errors of bad folders. With
+PyAV, a second camera as an MP4 both episodes share (lossless H.264 in RGB, episode 1 from its from_timestamp): every
+frame read back exactly, frames off the tolerance named, and the decoder's picks equal a front-to-back decode."""
 
 from __future__ import annotations
 
 import io
 import json
 import math
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -223,34 +226,172 @@ def test_missing_files_are_named(tmp_path):
         LeRobotDataset(root)
 
 
-def test_video_cameras_need_pyav_or_are_skipped(tmp_path):
-    root = write_dataset(tmp_path / "v")
+WRIST = "observation.images.wrist"
+STARTS = (0.0, 0.5)  # from_timestamp of episodes 0 and 1 in the shared MP4: a spare frame at 0.4 s between them
+GOP = 3  # a keyframe every 3 frames: episode 1's frames sit after a keyframe, past its start
+
+
+def wrist(e: int, f: int) -> np.ndarray:
+    """(H, W, 3) uint8 noise, seeded by the frame: a lossless codec gives back every value."""
+    return np.random.default_rng(1000 + 100 * e + f).integers(0, 256, (H, W, 3), dtype=np.uint8)
+
+
+SPARE = np.random.default_rng(7).integers(0, 256, (H, W, 3), dtype=np.uint8)  # the file's frame of no episode
+
+
+def write_mp4(path: Path, images: list[np.ndarray], *, codec: str = "libx264rgb", pix_fmt: str = "rgb24",
+              options: dict[str, str] | None = None) -> Path:
+    """An MP4 at FPS frames a second, as lerobot's `encode_video_frames` writes one (PyAV, one video stream, frame i
+    at i / FPS s). The default, libx264rgb at qp 0 in rgb24, is lossless: H.264 High 4:4:4 Predictive in RGB, which
+    the decoder returns as planar gbrp and PyAV converts to rgb24 by reordering bytes only."""
+    av = pytest.importorskip("av")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if options is None:
+        options = {"qp": "0", "g": str(GOP), "sc_threshold": "0"}  # lossless, keyframes every GOP frames exactly
+    with av.open(str(path), "w") as output:
+        stream = output.add_stream(codec, rate=FPS, options=options)
+        stream.width, stream.height, stream.pix_fmt = images[0].shape[1], images[0].shape[0], pix_fmt
+        for image in images:
+            output.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        output.mux(stream.encode())
+    return path
+
+
+def add_video_camera(root: Path, starts: tuple[float, ...] = STARTS, *, write: bool = True) -> Path:
+    """Camera WRIST as a "video" feature: both episodes in videos/WRIST/chunk-000/file-000.mp4 (as v3 stores them),
+    episode e from `starts[e]` s on; with `write`, the MP4 itself (frames of episode 0, SPARE, frames of episode 1)."""
     info = json.loads((root / "meta" / "info.json").read_text())
     info["video_path"] = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
-    info["features"]["observation.images.wrist"] = {"dtype": "video", "shape": [H, W, 3],
-                                                    "names": ["height", "width", "channels"]}
+    info["features"][WRIST] = {"dtype": "video", "shape": [H, W, 3], "names": ["height", "width", "channels"],
+                               "info": {"video.fps": FPS, "video.height": H, "video.width": W, "video.channels": 3,
+                                        "video.codec": "h264", "video.pix_fmt": "rgb24", "has_audio": False}}
     (root / "meta" / "info.json").write_text(json.dumps(info))
     path = root / "meta" / "episodes" / "chunk-000" / "file-000.parquet"
-    table = pq.read_table(path)
-    rows = table.to_pylist()
-    for e, row in enumerate(rows):  # both episodes in one MP4: episode 1 starts 0.4 s in
-        row.update({"videos/observation.images.wrist/chunk_index": 0, "videos/observation.images.wrist/file_index": 0,
-                    "videos/observation.images.wrist/from_timestamp": 0.4 * e,
-                    "videos/observation.images.wrist/to_timestamp": 0.4 * e + LENGTHS[e] / FPS})
+    rows = pq.read_table(path).to_pylist()
+    for e, row in enumerate(rows):
+        row.update({f"videos/{WRIST}/chunk_index": 0, f"videos/{WRIST}/file_index": 0,
+                    f"videos/{WRIST}/from_timestamp": starts[e],
+                    f"videos/{WRIST}/to_timestamp": starts[e] + LENGTHS[e] / FPS})
     pq.write_table(pa.Table.from_pylist(rows), path)
+    if write:
+        frames = [wrist(0, f) for f in range(LENGTHS[0])] + [SPARE] + [wrist(1, f) for f in range(LENGTHS[1])]
+        assert len(frames) / FPS == pytest.approx(STARTS[1] + LENGTHS[1] / FPS)
+        write_mp4(root / "videos" / WRIST / "chunk-000" / "file-000.mp4", frames)
+    return root
+
+
+def chw(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(image).permute(2, 0, 1).float() / 255
+
+
+def test_video_cameras_need_pyav_or_are_skipped(tmp_path):
+    root = add_video_camera(write_dataset(tmp_path / "v"), write=False)
     meta = LeRobotMetadata(root)
-    mp4, shifted = video_query(meta, 1, "observation.images.wrist", [0.0, 0.2])
-    assert mp4 == root / "videos" / "observation.images.wrist" / "chunk-000" / "file-000.mp4"
-    assert shifted == pytest.approx([0.4, 0.6])
+    mp4, shifted = video_query(meta, 1, WRIST, [0.0, 0.2])
+    assert mp4 == root / "videos" / WRIST / "chunk-000" / "file-000.mp4"
+    assert shifted == pytest.approx([0.5, 0.7])
     try:
         import av  # noqa: F401
     except ImportError:
         with pytest.raises(ImportError, match=r"cameras \['observation.images.wrist'\] as MP4 videos; decoding "
                                               r"them needs PyAV: pip install av \(or pass skip_videos=True"):
             LeRobotDataset(root)
+    else:
+        with pytest.raises(FileNotFoundError, match=r"file-000.mp4 \(camera 'observation.images.wrist' of episode "
+                                                    r"0\) is missing: the LeRobotDataset folder .* is incomplete"):
+            LeRobotDataset(root)[0]
     data = LeRobotDataset(root, skip_videos=True)
-    assert data.camera_keys == [CAMERA] and "observation.images.wrist" not in data[0]
+    assert data.camera_keys == [CAMERA] and WRIST not in data[0]
     assert torch.equal(data[5]["action"], torch.tensor(action(1, 1)))
+
+
+@pytest.fixture
+def video_root(tmp_path: Path) -> Path:
+    pytest.importorskip("av", reason="MP4 cameras need PyAV (pip install av)")
+    return add_video_camera(write_dataset(tmp_path / "video"))
+
+
+def test_video_frames_read_back_exactly(video_root):
+    data = LeRobotDataset(video_root)
+    assert data.camera_keys == [CAMERA, WRIST]
+    pairs = [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2)]
+    for i in [6, 0, 4, 3, 1, 5, 2]:  # out of order: every read seeks
+        e, f = pairs[i]
+        item = data[i]
+        assert item[WRIST].shape == (3, H, W) and item[WRIST].dtype == torch.float32
+        assert torch.equal(item[WRIST], chw(wrist(e, f)))  # lossless: exactly the frame written
+        assert torch.equal(item[CAMERA], chw(pixels(e, f))) and torch.equal(item["action"], torch.tensor(action(e, f)))
+    raw = LeRobotDataset(video_root, images="uint8")
+    for i, (e, f) in enumerate(pairs):  # episode 1 from its from_timestamp 0.5 s: never the spare frame at 0.4 s
+        assert raw[i][WRIST].dtype == torch.uint8 and torch.equal(raw[i][WRIST], torch.from_numpy(wrist(e, f)))
+    only = LeRobotDataset(video_root, episodes=[1], images="uint8")
+    assert torch.equal(only[0][WRIST], torch.from_numpy(wrist(1, 0)))
+    assert len(data._videos) == 1  # one open container for the file both episodes share
+
+
+def test_video_delta_timestamps_stack_and_clamp_to_the_episode(video_root):
+    data = LeRobotDataset(video_root, delta_timestamps={WRIST: [-0.2, -0.1, 0.0, 0.1]})
+    item = data[5]  # episode 1, frame 1: frames 0 (clamped), 0, 1, 2
+    assert item[WRIST].shape == (4, 3, H, W)
+    assert torch.equal(item[WRIST], torch.stack([chw(wrist(1, f)) for f in (0, 0, 1, 2)]))
+    assert item[f"{WRIST}_is_pad"].tolist() == [True, False, False, False]
+    item = data[3]  # episode 0's last frame: the frame after it in the file (the spare one) is not the episode's
+    assert torch.equal(item[WRIST], torch.stack([chw(wrist(0, f)) for f in (1, 2, 3, 3)]))
+    assert item[f"{WRIST}_is_pad"].tolist() == [False, False, False, True]
+
+
+def test_video_timestamp_outside_tolerance_is_named(tmp_path):
+    pytest.importorskip("av", reason="MP4 cameras need PyAV (pip install av)")
+    from mmdiff.data.lerobot import FrameTimestampError, decode_video_frames
+
+    root = add_video_camera(write_dataset(tmp_path / "off"), starts=(0.0, 0.53))  # the MP4 as before, frames at k/10 s
+    with pytest.raises(FrameTimestampError, match=r"camera 'observation.images.wrist' of episode 1 at \[0.0000\] s "
+                       r"of the episode \(\+ its videos/observation.images.wrist/from_timestamp 0.53 s\): .*"
+                       r"file-000.mp4 has no frame within tolerance_s=0.0001 s of \[0.5300\] s \(nearest decoded "
+                       r"frames at \[0.5000\] s\): the video and the episodes metadata disagree"):
+        LeRobotDataset(root)[4]  # episode 1's metadata is 0.03 s off the frames
+    loose = LeRobotDataset(root, tolerance_s=0.05, images="uint8")  # nearest frame 0.03 s away: within 0.05 s
+    assert torch.equal(loose[4][WRIST], torch.from_numpy(wrist(1, 0)))
+    assert torch.equal(loose[0][WRIST], torch.from_numpy(wrist(0, 0)))
+    mp4 = root / "videos" / WRIST / "chunk-000" / "file-000.mp4"
+    with pytest.raises(FrameTimestampError, match=r"of \[0.4500, 2.0000\] s \(nearest decoded frames at \[0.4000, "
+                                                  r"0.7000\] s\)"):
+        decode_video_frames(mp4, [0.1, 0.45, 2.0])
+    frames = decode_video_frames(mp4, [0.4, 0.0, 0.4])  # repeated and unsorted timestamps
+    assert torch.equal(frames, torch.from_numpy(np.stack([SPARE, wrist(0, 0), SPARE])))
+
+
+def test_video_decoding_matches_a_sequential_decode_with_b_frames(tmp_path):
+    """A lossy H.264 (yuv420p, B-frames, so presentation and decoding orders differ and dts starts below 0): each
+    frame picked equals the same frame of one front-to-back decode of the whole file, for any set of timestamps."""
+    av = pytest.importorskip("av", reason="MP4 cameras need PyAV (pip install av)")
+    from mmdiff.data.lerobot import decode_video_frames
+
+    yy, xx = np.mgrid[0:16, 0:16]
+    images = [np.stack([(12 * xx + 9 * k) % 256, (12 * yy + 5 * k) % 256, (6 * (xx + yy) + 3 * k) % 256],
+                       -1).astype(np.uint8) for k in range(12)]  # a moving pattern the encoder predicts
+    mp4 = write_mp4(tmp_path / "b.mp4", images, codec="libx264", pix_fmt="yuv420p",
+                    options={"g": "6", "bf": "2", "crf": "18", "sc_threshold": "0"})
+    with av.open(str(mp4)) as container:
+        stream = container.streams.video[0]
+        sequential = {round(float(fr.pts * stream.time_base) * FPS): (fr.pict_type, fr.to_ndarray(format="rgb24"))
+                      for fr in container.decode(stream)}
+    assert sorted(sequential) == list(range(12))
+    assert any(int(kind) == int(av.video.frame.PictureType.B) for kind, _ in sequential.values())
+    with av.open(str(mp4)) as container:  # one container for every query, as the dataset keeps it
+        for frames in ([7], [0], [11], [5, 6, 7], [10, 2, 8], [9, 9, 1], list(range(12))):
+            got = decode_video_frames(container, [k / FPS for k in frames])
+            assert torch.equal(got, torch.from_numpy(np.stack([sequential[k][1] for k in frames])))
+
+
+def test_video_dataset_pickles_and_loads_in_workers(video_root):
+    data = LeRobotDataset(video_root, images="uint8")
+    assert torch.equal(data[2][WRIST], torch.from_numpy(wrist(0, 2)))  # a container is open now
+    copy = pickle.loads(pickle.dumps(data))  # a spawned worker's copy: without the open container
+    assert not copy._videos and torch.equal(copy[6][WRIST], torch.from_numpy(wrist(1, 2)))
+    batches = list(DataLoader(data, batch_size=4, num_workers=1))  # a forked worker opens its own
+    assert torch.equal(torch.cat([b[WRIST] for b in batches]),
+                       torch.from_numpy(np.stack([wrist(0, f) for f in range(4)] + [wrist(1, f) for f in range(3)])))
 
 
 def test_float_timestamps_are_float32_like_lerobot(root):

@@ -29,6 +29,13 @@ stored and as `mmdiff.data.metaworld_demos` yields them), and "task" the task st
 frames at those offsets, clamped to the frame's episode, and "<feature>_is_pad" (T,) marks the clamped ones (lerobot's
 padding); `action_horizon=H` is {"action": [0, 1/fps, ..., (H-1)/fps]}: the action chunk of the next H steps.
 
+A video camera's frames are decoded as lerobot's `decode_video_frames` (`src/lerobot/datasets/video_utils.py`, its
+PyAV path) decodes them: the episode's timestamps shifted by its `from_timestamp`, seek to the keyframe at or before
+the first, decode up to the first frame at or after the last, take for each timestamp the frame whose presentation
+time is nearest, and refuse one that is not closer than `tolerance_s` (lerobot's 1e-4 s) with a `FrameTimestampError`
+naming the timestamps. `decode_video_frames` here does it on a file or an open PyAV container; a `LeRobotDataset`
+keeps its MP4 files open (the `OPEN_VIDEOS` most recently read, per process).
+
 >>> data = LeRobotDataset("my_lerobot_dataset", action_horizon=8)  # doctest: +SKIP
 >>> frame = data[0]                                                # doctest: +SKIP
 >>> frame["action"].shape, frame["action_is_pad"].shape, frame["task"]  # doctest: +SKIP
@@ -41,6 +48,9 @@ import bisect
 import io
 import json
 import math
+import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,7 +60,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["LeRobotDataset", "LeRobotMetadata", "CODEBASE_VERSION", "IMAGE_FORMATS", "video_query"]
+__all__ = ["LeRobotDataset", "LeRobotMetadata", "CODEBASE_VERSION", "IMAGE_FORMATS", "TOLERANCE_S", "video_query",
+           "decode_video_frames", "FrameTimestampError"]
 
 CODEBASE_VERSION = "v3.0"
 IMAGE_FORMATS = ("float", "uint8")
@@ -59,6 +70,8 @@ TASKS_PATH = "meta/tasks.parquet"
 STATS_PATH = "meta/stats.json"
 EPISODES_DIR = "meta/episodes"
 CONVERT_V21 = "python -m lerobot.datasets.v30.convert_dataset_v21_to_v30 --repo-id=<the dataset's id>"
+TOLERANCE_S = 1e-4  # lerobot's LeRobotDataset(tolerance_s=1e-4)
+OPEN_VIDEOS = 8  # MP4 containers a dataset keeps open (per process), the most recently read
 
 
 def _pyarrow() -> tuple[Any, Any]:
@@ -238,7 +251,8 @@ class LeRobotDataset(Dataset):
         images: "float": cameras (C, H, W) float32 in [0, 1] (lerobot); "uint8": (H, W, C) uint8 as stored.
         image_transforms: applied to every camera tensor (after `images`), as lerobot's.
         skip_videos: leave MP4 cameras out (read the other features without a video decoder).
-        tolerance_s: how far a decoded video frame's timestamp may be from the one asked (lerobot's 1e-4 s).
+        tolerance_s: a decoded video frame must lie closer than this to the timestamp asked, and a
+            `delta_timestamps` offset within it of a whole frame (lerobot's 1e-4 s).
 
     Attributes:
         meta: the `LeRobotMetadata`; `stats`, `fps`, `features`, `camera_keys` are its.
@@ -249,7 +263,7 @@ class LeRobotDataset(Dataset):
     def __init__(self, root: str | Path, *, episodes: Sequence[int] | None = None,
                  delta_timestamps: dict[str, Sequence[float]] | None = None, action_horizon: int | None = None,
                  images: str = "float", image_transforms: Callable[[Tensor], Tensor] | None = None,
-                 skip_videos: bool = False, tolerance_s: float = 1e-4) -> None:
+                 skip_videos: bool = False, tolerance_s: float = TOLERANCE_S) -> None:
         if images not in IMAGE_FORMATS:
             raise ValueError(f"images must be one of {IMAGE_FORMATS}, got {images!r}")
         if not (isinstance(tolerance_s, (int, float)) and math.isfinite(tolerance_s) and tolerance_s >= 0):
@@ -272,6 +286,19 @@ class LeRobotDataset(Dataset):
                 raise FileNotFoundError(f"{path} (the frames of episode {e}) is missing: the LeRobotDataset folder "
                                         f"{self.meta.root} is incomplete; download it again")
         self._tables: dict[Path, tuple[Any, dict[int, int] | int]] = {}  # file -> (table, global index -> row)
+        self._videos: OrderedDict[Path, Any] = OrderedDict()  # MP4 file -> open PyAV container, least recent first
+        self._videos_pid = os.getpid()
+        self._videos_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (a DataLoader worker started by spawn) without the open video containers and their lock."""
+        state = self.__dict__.copy()
+        state.update(_videos=OrderedDict(), _videos_lock=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._videos_lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------------ setup
     def _select(self, episodes: Sequence[int] | None) -> list[int]:
@@ -431,11 +458,38 @@ class LeRobotDataset(Dataset):
         return pixels.movedim(-1, -3).float().div(255)
 
     def _video(self, episode_index: int, key: str, timestamps: list[float]) -> Tensor:
+        """Camera `key`'s frames of an episode at `timestamps` (seconds in the episode), in the `images` format."""
         path, shifted = video_query(self.meta, episode_index, key, timestamps)
-        if not path.exists():
-            raise FileNotFoundError(f"{path} (camera {key!r} of episode {episode_index}) is missing: the "
-                                    f"LeRobotDataset folder {self.meta.root} is incomplete; download it again")
-        return self._camera(_decode_video(path, shifted, self.tolerance_s))
+        with self._videos_lock:
+            try:
+                container = self._container(path, f"camera {key!r} of episode {episode_index}")
+                pixels = decode_video_frames(container, shifted, self.tolerance_s, name=path)
+            except FrameTimestampError as e:
+                start = float(self.meta.episodes[episode_index][f"videos/{key}/from_timestamp"])
+                raise FrameTimestampError(
+                    f"camera {key!r} of episode {episode_index} at {_seconds(timestamps)} s of the episode (+ its "
+                    f"videos/{key}/from_timestamp {start:g} s): {e}") from None
+        return self._camera(pixels)
+
+    def _container(self, path: Path, what: str) -> Any:
+        """The open PyAV container of an MP4 file: kept open for the next frame, the `OPEN_VIDEOS` most recently
+        read per process (a forked DataLoader worker opens its own: the parent's share its file offsets)."""
+        if self._videos_pid != os.getpid():
+            self._videos, self._videos_pid = OrderedDict(), os.getpid()
+        container = self._videos.pop(path, None)
+        if container is None:
+            if not path.exists():
+                raise FileNotFoundError(f"{path} ({what}) is missing: the LeRobotDataset folder {self.meta.root} is "
+                                        "incomplete; download it again")
+            container = _video_decoder([str(path)]).open(str(path))
+        self._videos[path] = container
+        while len(self._videos) > OPEN_VIDEOS:
+            self._videos.popitem(last=False)[1].close()
+        return container
+
+
+class FrameTimestampError(ValueError):
+    """A video has no frame close enough to a timestamp asked (the video and the episodes metadata disagree)."""
 
 
 def _video_decoder(keys: Sequence[str]) -> Any:
@@ -448,31 +502,72 @@ def _video_decoder(keys: Sequence[str]) -> Any:
     return av
 
 
-def _decode_video(path: Path, timestamps: list[float], tolerance_s: float) -> Tensor:
-    """(N, H, W, 3) uint8 frames of `path` at `timestamps` (seconds in the file): the decoded frame nearest to each,
-    which must lie within `tolerance_s` (lerobot's check)."""
-    av = _video_decoder([str(path)])
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        first, last = min(timestamps), max(timestamps)
-        container.seek(max(int(first / stream.time_base), 0), stream=stream, backward=True, any_frame=False)
-        frames, times = [], []
-        for frame in container.decode(stream):
-            if frame.pts is None:
-                continue
-            times.append(float(frame.pts * stream.time_base))
-            frames.append(frame.to_ndarray(format="rgb24"))  # (H, W, 3)
-            if times[-1] >= last - tolerance_s:
-                break
-    if not frames:
-        raise ValueError(f"{path} decoded no frame at or after {first:.4f} s")
-    times_array = np.asarray(times)
-    picked = []
-    for t in timestamps:
-        i = int(np.abs(times_array - t).argmin())
-        if abs(times_array[i] - t) > tolerance_s:
-            raise ValueError(f"{path}: no frame within tolerance_s={tolerance_s:g} of {t:.4f} s (nearest "
-                             f"{times_array[i]:.4f} s); the video and the episodes metadata disagree, or raise "
-                             "tolerance_s")
-        picked.append(frames[i])
-    return torch.from_numpy(np.stack(picked))
+def _seconds(values: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{v:.4f}" for v in values) + "]"
+
+
+def decode_video_frames(video: str | Path | Any, timestamps: Sequence[float], tolerance_s: float = TOLERANCE_S, *,
+                        name: str | Path | None = None) -> Tensor:
+    """(N, H, W, 3) uint8: the frames of a video file (a path, or an open PyAV input container, which is left open)
+    nearest to `timestamps` (seconds of the file's presentation times), as lerobot's `decode_video_frames`: seek to the
+    keyframe at or before the first timestamp, decode up to the first frame at or after the last, and pick for each
+    timestamp the frame whose time is nearest, which must be closer than `tolerance_s`.
+
+    Raises:
+        FrameTimestampError: a timestamp has no frame within `tolerance_s` (the message names them and the nearest
+            frames' times).
+        ValueError: no timestamp, or the file holds no video stream.
+
+    >>> decode_video_frames("videos/observation.images.top/chunk-000/file-000.mp4", [0.0, 0.1])  # doctest: +SKIP
+    """
+    wanted = [float(t) for t in timestamps]
+    if not wanted:
+        raise ValueError("decode_video_frames needs at least one timestamp")
+    if isinstance(video, (str, Path)):
+        with _video_decoder([str(video)]).open(str(video)) as container:
+            return decode_video_frames(container, wanted, tolerance_s, name=name or video)
+    name = name or getattr(video, "name", "the video")
+    if not video.streams.video:
+        raise ValueError(f"{name} holds no video stream: not a LeRobotDataset camera video")
+    stream = video.streams.video[0]
+    start = stream.start_time if stream.start_time is not None else 0
+    first = max(int(math.floor((min(wanted) - tolerance_s) / stream.time_base)), start)
+    times, frames, gaps, earliest = _nearest(video, stream, first, wanted)
+    head = wanted.index(min(wanted))
+    if first > start and not gaps[head] < tolerance_s and earliest > wanted[head]:  # the seek overshot: from the start
+        times, frames, gaps, earliest = _nearest(video, stream, start, wanted)
+    bad = [i for i, gap in enumerate(gaps) if not gap < tolerance_s]
+    if bad:
+        nearest = [times[i] for i in bad if times[i] is not None]
+        raise FrameTimestampError(
+            f"{name} has no frame within tolerance_s={tolerance_s:g} s of {_seconds([wanted[i] for i in bad])} s "
+            f"(nearest decoded frames at {_seconds(nearest)} s): the video and the episodes metadata disagree; "
+            "download the dataset again, or raise tolerance_s")
+    pixels: dict[int, np.ndarray] = {}
+    for frame in frames:
+        if id(frame) not in pixels:
+            pixels[id(frame)] = frame.to_ndarray(format="rgb24")  # (H, W, 3)
+    return torch.from_numpy(np.stack([pixels[id(frame)] for frame in frames]))
+
+
+def _nearest(container: Any, stream: Any, seek_pts: int, wanted: list[float]
+             ) -> tuple[list[float | None], list[Any], list[float], float]:
+    """Seek to the keyframe at or before `seek_pts` and decode to the first frame at or after max(wanted): for each
+    timestamp the nearest frame's time, the frame, and its distance (inf when nothing decoded); and the earliest
+    decoded frame's time."""
+    container.seek(seek_pts, stream=stream, backward=True, any_frame=False)
+    times: list[float | None] = [None] * len(wanted)
+    frames: list[Any] = [None] * len(wanted)
+    gaps = [math.inf] * len(wanted)
+    last, earliest = max(wanted), math.inf
+    for frame in container.decode(stream):
+        if frame.pts is None:
+            continue
+        t = float(frame.pts * stream.time_base)
+        earliest = min(earliest, t)
+        for i, q in enumerate(wanted):
+            if abs(t - q) < gaps[i]:
+                times[i], frames[i], gaps[i] = t, frame, abs(t - q)
+        if t >= last:  # every later frame is farther from every timestamp wanted
+            break
+    return times, frames, gaps, earliest
