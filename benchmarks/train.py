@@ -7,10 +7,17 @@ AdamW) as the median of several timed steps after warm-up, and the peak memory o
 process per configuration (see benchmarks/README.md). Both paths see the same weights, times and masks, and their
 losses are checked to agree before anything is timed.
 
+With `--levers` it measures the memory levers of training instead, in one run on one model and one batch of examples
+of uneven lengths: the plain step, activation checkpointing per block, the cross-entropy in chunks of masked
+positions, sequence packing, gradient accumulation (two micro-batches of half the examples), and all four together.
+Their losses are checked to agree first (every target masked, so the masks agree too).
+
     python benchmarks/train.py      # default: d_model 128 and 256, 4 layers, vocab 2048 (and 32768 for d128), 16 x 256
     python benchmarks/train.py --sizes 64x2 --batch 4 --seq 64 --iters 2   # a smoke run
+    python benchmarks/train.py --levers   # the memory levers: d256 x 4 layers, vocab 16384, 16 examples of 64-256
 
-Writes benchmarks/results/train.json and train.md and prints the markdown table.
+Writes benchmarks/results/train.json and train.md (with `--levers`: train-levers.json and train-levers.md) and prints
+the markdown table.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     CPU_MEMORY_ENV,
     RESULTS_DIR,
+    command_line,
     fmt_table,
     machine_info,
     median,
@@ -48,6 +56,7 @@ from common import (  # noqa: E402
 
 from mmdiff import Canvas, CoreConfig, MaskedDiffusionTransformer, VocabLayout, diffusion_loss  # noqa: E402
 from mmdiff.diffusion import LinearSchedule, forward_process  # noqa: E402
+from mmdiff.tasks.text import TextTask  # noqa: E402
 
 METHODS = {
     "masked": "masked positions only (mmdiff)",
@@ -144,17 +153,22 @@ def n_masked(canvas: Canvas, t: torch.Tensor, mask_id: int, device: torch.device
 def memory_worker(args: argparse.Namespace) -> None:
     """In a fresh process: one warm-up step (allocates optimizer state), then the peak memory of one step."""
     device = torch.device(args.device)
-    _, _, _, _, make_step, _ = build(args, parse_size(args.size, args.vocab), device)
-    step = make_step(args.method)
+    if args.lever:
+        step = LeverBench(args, device).make_step(args.lever)
+    else:
+        _, _, _, _, make_step, _ = build(args, parse_size(args.size, args.vocab), device)
+        step = make_step(args.method)
     step()
     print(json.dumps(peak_memory_of(step, device)))
 
 
-def measure_memory(args: argparse.Namespace, size: str, method: str, device: torch.device) -> dict[str, Any]:
+def measure_memory(args: argparse.Namespace, size: str, method: str, device: torch.device,
+                   lever: str | None = None) -> dict[str, Any]:
     worker = [
-        str(Path(__file__).resolve()), "--memory-worker", "--size", size, "--method", method, "--device", str(device),
+        str(Path(__file__).resolve()), "--memory-worker", "--size", size, "--device", str(device),
         "--vocab", str(args.vocab), "--batch", str(args.batch), "--seq", str(args.seq),
     ]
+    worker += ["--lever", lever, "--chunk", str(args.chunk)] if lever else ["--method", method]
     if args.threads:
         worker += ["--threads", str(args.threads)]
     if args.fp32:
@@ -194,6 +208,157 @@ def bench_size(args: argparse.Namespace, size_text: str, device: torch.device) -
         print(f"  {size_text} {method:6s}: {row['tokens_per_s']:,.0f} tokens/s"
               + (f", peak +{row['memory']['peak_mib']:.0f} MiB" if "memory" in row else ""), flush=True)
     return rows
+
+
+# ------------------------------------------------------------------------------------------------ memory levers
+LEVERS = {  # name -> (what it is, the parts it turns on)
+    "baseline": ("one micro-batch, right-padded; logits of all masked positions at once", ()),
+    "checkpointing": ("activation checkpointing per block (`model.gradient_checkpointing`)", ("checkpointing",)),
+    "chunked-loss": ("cross-entropy in chunks of masked positions (`objective.loss_chunk_size`)", ("chunk",)),
+    "packing": ("examples packed into rows of `--seq` (`train.pack_length`)", ("pack",)),
+    "grad-accum": ("two micro-batches of half the examples (`train.grad_accum: 2`)", ("accum",)),
+    "all": ("all four together", ("checkpointing", "chunk", "pack", "accum")),
+}
+
+
+class LeverBench:
+    """One core and optimizer, one batch of `--batch` text examples of uneven lengths (--seq/4 to --seq tokens, every
+    position a target), fixed times; `make_step(lever)` is one optimizer step with that lever on."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device) -> None:
+        d_model, n_layers, vocab = parse_size(args.size, args.vocab)
+        torch.manual_seed(0)
+        self.layout = VocabLayout.build(text_size=vocab - 4)  # + mask, eos, pad, bos = vocab ids
+        config = CoreConfig(vocab=self.layout, d_model=d_model, n_layers=n_layers, n_heads=max(1, d_model // 64),
+                            max_seq_len=args.seq)
+        self.core = MaskedDiffusionTransformer(config).to(device).train()
+        self.params = sum(p.numel() for p in self.core.parameters())
+        self.opt = torch.optim.AdamW(self.core.parameters(), lr=1e-4)
+        g = torch.Generator().manual_seed(1)
+        lengths = torch.randint(max(1, args.seq // 4), args.seq + 1, (args.batch,), generator=g).tolist()
+        self.examples = [{"ids": torch.randint(0, vocab - 4, (n,), generator=g),
+                          "maskable": torch.ones(n, dtype=torch.bool)} for n in lengths]
+        self.tokens = sum(lengths)
+        self.t = LinearSchedule().sample_t(args.batch, generator=g)
+        self.args, self.device = args, device
+        self.amp = device.type == "cuda" and not args.fp32
+
+    def micro_batches(self, parts: tuple[str, ...],
+                      t: torch.Tensor | None = None) -> list[tuple[Canvas, torch.Tensor]]:
+        """(canvas, times) per micro-batch: the examples padded or packed, in one or two halves."""
+        t = self.t if t is None else t
+        half = len(self.examples) // 2
+        groups = [(self.examples[:half], t[:half]), (self.examples[half:], t[half:])] if "accum" in parts else \
+            [(self.examples, t)]
+        out = []
+        for examples, times in groups:
+            canvas = (TextTask.pack(examples, self.layout, self.args.seq) if "pack" in parts
+                      else TextTask.collate(examples, self.layout))
+            out.append((canvas.to(self.device), times.to(self.device)))
+        return out
+
+    def loss(self, parts: tuple[str, ...], batches: list[tuple[Canvas, torch.Tensor]], backward: bool) -> float:
+        """The summed loss of the micro-batches, each divided by their number (as the trainer accumulates)."""
+        self.core.set_gradient_checkpointing("checkpointing" in parts)
+        gen = torch.Generator(device=self.device).manual_seed(2)  # the same masks every step
+        total = 0.0
+        for canvas, times in batches:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                out = diffusion_loss(self.core, canvas, LinearSchedule(), mask_id=self.layout.mask_id,
+                                     normalize="sft", t=times, generator=gen,
+                                     chunk_size=self.args.chunk if "chunk" in parts else None)
+            loss = out.loss / len(batches)
+            if backward:
+                loss.backward()
+            total += float(loss.detach())
+        return total
+
+    def make_step(self, lever: str) -> Callable[[], float]:
+        parts = LEVERS[lever][1]
+        batches = self.micro_batches(parts)
+
+        def step() -> float:
+            self.opt.zero_grad(set_to_none=True)
+            loss = self.loss(parts, batches, backward=True)
+            self.opt.step()
+            return loss
+
+        return step
+
+    def parity(self) -> dict[str, float]:
+        """Every lever's loss with every target masked (t = 1): the same number (the levers change no loss)."""
+        ones = torch.ones(len(self.examples))
+        with torch.no_grad():
+            values = {lever: self.loss(parts, self.micro_batches(parts, ones), backward=False)
+                      for lever, (_, parts) in LEVERS.items()}
+        tol = 2e-2 if self.amp else 1e-4
+        if any(abs(v - values["baseline"]) > tol * abs(values["baseline"]) for v in values.values()):
+            raise RuntimeError(f"the levers change the loss: {values}")
+        return values
+
+
+def bench_levers(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+    bench = LeverBench(args, device)
+    parity = bench.parity()
+    d_model, n_layers, vocab = parse_size(args.size, args.vocab)
+    all_times = time_interleaved({lever: bench.make_step(lever) for lever in LEVERS}, device, warmup=args.warmup,
+                                 iters=args.iters)
+    rows = []
+    for lever, times in all_times.items():
+        what, parts = LEVERS[lever]
+        batches = bench.micro_batches(parts)
+        row = {
+            "size": args.size, "d_model": d_model, "n_layers": n_layers, "vocab": vocab,
+            "params_m": round(bench.params / 1e6, 2), "lever": lever, "what": what,
+            "canvases": [list(c.ids.shape) for c, _ in batches],
+            "positions": sum(c.ids.numel() for c, _ in batches),
+            "tokens": bench.tokens,
+            "step_s_median": median(times), "step_s_all": times,
+            "tokens_per_s": bench.tokens / median(times),
+            "loss_all_masked": parity[lever],
+        }
+        if not args.no_memory:
+            row["memory"] = measure_memory(args, args.size, "masked", device, lever=lever)
+        rows.append(row)
+        print(f"  {lever:13s}: {row['tokens_per_s']:,.0f} tokens/s"
+              + (f", peak +{row['memory']['peak_mib']:.0f} MiB" if "memory" in row else ""), flush=True)
+    return rows
+
+
+def lever_markdown(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Namespace) -> str:
+    base = rows[0]
+    table = []
+    for r in rows:
+        entry = {
+            "lever": r["lever"],
+            "what": r["what"],
+            "canvases (rows x length)": " + ".join(f"{b} x {n}" for b, n in r["canvases"]),
+            "positions run": r["positions"],
+            "tokens/s": f"{r['tokens_per_s']:,.0f}",
+            "step (ms, median)": f"{1000 * r['step_s_median']:.0f}",
+            "fastest step (ms)": f"{1000 * min(r['step_s_all']):.0f}",
+            "speed vs baseline": f"{base['step_s_median'] / r['step_s_median']:.2f}x",
+        }
+        if "memory" in r:
+            entry["peak memory of a step (MiB)"] = f"{r['memory']['peak_mib']:.0f}"
+            entry["memory vs baseline"] = f"{r['memory']['peak_mib'] / max(base['memory']['peak_mib'], 1e-9):.2f}x"
+        table.append(entry)
+    head = (
+        f"# Training step: memory levers\n\n"
+        f"`{args.command}`\n\n"
+        f"d{base['d_model']} x {base['n_layers']} layers, vocabulary {base['vocab']} ({base['params_m']} M "
+        f"parameters); {args.batch} examples of {args.seq // 4}-{args.seq} tokens ({base['tokens']} tokens, every "
+        f"position a target), linear schedule, SFT normalisation (per example), AdamW; chunks of {args.chunk} "
+        f"masked positions; {args.warmup} warm-up + {args.iters} timed steps (median), the levers interleaved. "
+        f"Tokens/s counts real tokens (not padding). Device: {info['device']}"
+        f"{' (' + info['gpu'] + ', bf16 autocast)' if 'gpu' in info and not args.fp32 else ''}; "
+        f"CPU: {info['cpu']}, torch {info['torch']}, {info['torch_threads']} threads "
+        f"(OMP_WAIT_POLICY={info['omp_wait_policy']}). "
+        f"Peak memory: {base['memory']['method'] if 'memory' in base else 'not measured'}, "
+        f"in a fresh process per row. Every lever's loss with every target masked equals the baseline's "
+        f"({base['loss_all_masked']:.4f}).\n\n"
+    )
+    return head + fmt_table(table, list(table[0])) + "\n"
 
 
 def markdown(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Namespace, masked_frac: float) -> str:
@@ -245,10 +410,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--levers", action="store_true",
+                        help="measure the memory levers instead (one model: --size; writes train-levers.*)")
+    parser.add_argument("--size", default="256x4x16384",
+                        help="with --levers: d_model x layers [x vocab] (%(default)s)")
+    parser.add_argument("--chunk", type=int, default=256,
+                        help="with --levers: masked positions per loss chunk (%(default)s)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder (default benchmarks/results)")
     parser.add_argument("--memory-worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--size", help=argparse.SUPPRESS)
     parser.add_argument("--method", choices=list(METHODS), help=argparse.SUPPRESS)
+    parser.add_argument("--lever", choices=list(LEVERS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -257,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_worker:
         memory_worker(args)
         return 0
+    if args.levers:
+        return main_levers(args, argv)
     for size in args.sizes.split(","):
         parse_size(size, args.vocab)
     device = torch.device(args.device)
@@ -272,13 +445,42 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "benchmark": "train_step",
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                   if k not in ("memory_worker", "size", "method", "out")},
+                   if k not in ("memory_worker", "size", "method", "out", "levers", "chunk", "lever")},
         "machine": info,
         "masked_fraction": masked_frac,
         "wall_s": time.time() - start,
         "rows": rows,
     }
     json_path, md_path = write_results("train", payload, md, args.out)
+    print()
+    print(md)
+    print(f"wrote {json_path} and {md_path} ({time.time() - start:.0f} s)")
+    return 0
+
+
+def main_levers(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """`--levers`: every lever on one model, written to train-levers.json and train-levers.md."""
+    parse_size(args.size, args.vocab)
+    if args.chunk < 1 or args.batch < 2:
+        raise SystemExit("--levers needs --chunk >= 1 and --batch >= 2 (gradient accumulation halves the batch)")
+    args.command = command_line("train.py", sys.argv[1:] if argv is None else argv)
+    device = torch.device(args.device)
+    info = machine_info(device)
+    print(f"benchmark: memory levers of a training step on {info['device']} ({info['cpu']}), torch {info['torch']}, "
+          f"{info['torch_threads']} threads", flush=True)
+    start = time.time()
+    rows = bench_levers(args, device)
+    md = lever_markdown(rows, info, args)
+    payload = {
+        "benchmark": "train_levers",
+        "command": args.command,
+        "config": {k: v for k, v in vars(args).items() if k in (
+            "size", "vocab", "batch", "seq", "chunk", "warmup", "iters", "device", "threads", "fp32", "no_memory")},
+        "machine": info,
+        "wall_s": time.time() - start,
+        "rows": rows,
+    }
+    json_path, md_path = write_results("train-levers", payload, md, args.out)
     print()
     print(md)
     print(f"wrote {json_path} and {md_path} ({time.time() - start:.0f} s)")

@@ -40,6 +40,11 @@ class Canvas:
             `soft_positions` (`DiffusionModel.embed_signals` calls `adapter.embed`).
         head: the name of the head (`mmdiff.registry.HEADS`, `mmdiff.heads`) that scores the targets; the task
             resolves it to `vocab_range` when it builds the canvas. None = the LM head (the whole vocabulary).
+        sequence_ids: (B, L) long, for packed rows (several examples concatenated into one row, e.g.
+            `TextTask.pack`): which sequence of its row each position belongs to (0, 1, ...; -1 at padding). A
+            position then attends only to its own sequence (`mmdiff.core.masks.sequence_mask`), `position_ids`
+            restart at 0 for each sequence, and the loss treats each sequence as one example (its own diffusion
+            time; see `mmdiff.diffusion.diffusion_loss`). None = one sequence per row. Attention kind "full" only.
     """
 
     ids: Tensor
@@ -54,6 +59,7 @@ class Canvas:
     vocab_range: tuple[int, int] | None = None
     signals: dict[str, Any] | None = None
     head: str | None = None
+    sequence_ids: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.ids.dim() != 2:
@@ -64,6 +70,14 @@ class Canvas:
             raise ValueError(
                 f"attention_mask {tuple(self.attention_mask.shape)} must match ids {tuple(self.ids.shape)}"
             )
+        if self.sequence_ids is not None:
+            if self.sequence_ids.shape != self.ids.shape:
+                raise ValueError(
+                    f"sequence_ids {tuple(self.sequence_ids.shape)} must match ids {tuple(self.ids.shape)}"
+                )
+            if self.attention != "full":
+                raise ValueError(f"a packed canvas (sequence_ids) takes attention 'full', got {self.attention!r}; "
+                                 "pack only canvases without a prompt or block layout per row")
 
     @property
     def batch_size(self) -> int:
@@ -92,7 +106,8 @@ class Canvas:
     def attention_bias(self) -> Tensor | None:
         """The boolean attention mask for the core (None when every position sees every position)."""
         return canvas_attention_mask(self.attention, self.length, padding=self.attention_mask,
-                                     prefix_len=self.prefix_len, block_size=self.block_size, device=self.ids.device)
+                                     prefix_len=self.prefix_len, block_size=self.block_size,
+                                     sequence_ids=self.sequence_ids, device=self.ids.device)
 
     def core_inputs(self, ids: Tensor | None = None) -> dict[str, Any]:
         """Keyword arguments for `MaskedDiffusionTransformer.forward` (ids default to the canvas ids)."""
@@ -176,15 +191,17 @@ class CanvasCore(nn.Module):
 
 
 def canvas_attention_mask(kind: str, length: int, *, padding: Tensor | None, prefix_len: Tensor | None = None,
-                          block_size: int | None = None, device: torch.device | None = None) -> Tensor | None:
+                          block_size: int | None = None, sequence_ids: Tensor | None = None,
+                          device: torch.device | None = None) -> Tensor | None:
     """The one attention-mask builder of canvases (training, sampling, cached windows): "full" attention is the
     (B, L) padding mask itself (the core broadcasts it, and slices no query rows of it in a cached window); other
-    kinds are `mmdiff.core.masks.build_attention_mask` over the `length` positions of the canvas.
+    kinds, and packed rows (`sequence_ids`: block-diagonal), are `mmdiff.core.masks.build_attention_mask` over the
+    `length` positions of the canvas.
 
     >>> canvas_attention_mask("prefix", 3, padding=None, prefix_len=torch.tensor([2]))[0, 0].int().tolist()
     [[1, 1, 0], [1, 1, 0], [1, 1, 1]]
     """
-    if kind == "full":
+    if kind == "full" and sequence_ids is None:
         return padding
     return build_attention_mask(kind, length, attention_mask=padding, prefix_len=prefix_len, block_size=block_size,
-                                device=device)
+                                sequence_ids=sequence_ids, device=device)

@@ -7,6 +7,10 @@ Kinds:
     block_causal:  positions in block b see the prompt and blocks <= b (block diffusion, BD3-LM).
 All masks have shape (B, 1, L, L) or broadcast to it; padding is a key mask (B, 1, 1, L).
 
+Sequence packing (several short examples concatenated into one canvas row, as packed pre-training and SFT do, e.g.
+Krell et al. 2021, "Efficient Sequence Packing without Cross-contamination") needs `sequence_mask`: a block-diagonal
+mask over per-position sequence ids, so a packed example never sees its neighbours.
+
 Block diffusion (BD3-LM, Arriola et al. 2025, "Block Diffusion: Interpolating Between Autoregressive and Diffusion
 Language Models") also needs `block_causal_rows` (the rows of a cached window, for a core built block-causal) and
 `block_diffusion_mask` (training on the noised and the clean canvas in one pass).
@@ -18,7 +22,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["ATTENTION_KINDS", "key_padding_mask", "prefix_mask", "block_causal_mask", "build_attention_mask",
-           "block_index", "block_causal_rows", "block_diffusion_mask"]
+           "block_index", "block_causal_rows", "block_diffusion_mask", "sequence_mask"]
 
 ATTENTION_KINDS = ("full", "prefix", "block_causal")
 
@@ -35,6 +39,21 @@ def prefix_mask(prefix_len: Tensor, seq_len: int) -> Tensor:
     # query q in the prompt may attend key k only if k is in the prompt too
     allowed = ~in_prompt[:, :, None] | in_prompt[:, None, :]  # (B, Lq, Lk)
     return allowed[:, None]
+
+
+def sequence_mask(sequence_ids: Tensor, padding: Tensor | None = None) -> Tensor:
+    """(B, L) sequence id of each position of packed rows -> (B, 1, L, L) block-diagonal mask: a query sees the keys
+    of its own sequence only. `padding` (B, L) (True = real) also hides padding keys; every query may see itself, so
+    a padding query never attends to nothing (which would give NaN that flows on through the values).
+
+    >>> sequence_mask(torch.tensor([[0, 0, 1, -1]]), torch.tensor([[1, 1, 1, 0]]))[0, 0].int().tolist()
+    [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+    """
+    allowed = sequence_ids[:, :, None] == sequence_ids[:, None, :]  # (B, Lq, Lk)
+    if padding is not None:
+        allowed = allowed & padding.bool()[:, None, :]
+    eye = torch.eye(sequence_ids.shape[1], dtype=torch.bool, device=sequence_ids.device)
+    return (allowed | eye)[:, None]  # (B, 1, Lq, Lk)
 
 
 def block_index(seq_len: int, block_size: int, prefix_len: Tensor | int = 0,
@@ -118,11 +137,19 @@ def build_attention_mask(
     attention_mask: Tensor | None = None,
     prefix_len: Tensor | None = None,
     block_size: int | None = None,
+    sequence_ids: Tensor | None = None,
     device: torch.device | None = None,
 ) -> Tensor | None:
-    """Combines an attention kind with a padding mask; returns None when nothing is masked (fastest SDPA path)."""
+    """Combines an attention kind with a padding mask; returns None when nothing is masked (fastest SDPA path).
+    `sequence_ids` (B, L) marks packed rows (`sequence_mask`; attention kind "full" only)."""
     if kind not in ATTENTION_KINDS:
         raise ValueError(f"unknown attention kind {kind!r}; choose one of {ATTENTION_KINDS}")
+    if sequence_ids is not None:
+        if kind != "full":
+            raise ValueError(f"packed rows (sequence_ids) take attention kind 'full' only, got {kind!r}: a prompt "
+                             "length or block layout per row does not describe several packed sequences; pack "
+                             "canvases of attention 'full', or do not pack")
+        return sequence_mask(sequence_ids, attention_mask)
     mask = None
     if kind == "prefix":
         if prefix_len is None:

@@ -206,11 +206,14 @@ class KVCache:
 class CoreOutput:
     """logits: (B, L, V) for all positions, (N, V) for a boolean selection, (B, K, V) for an index selection, or
     None; hidden: final normed hidden states (B, L, d_model) when asked for; cache: the keys and values of the
-    canvas when `use_cache=True`."""
+    canvas when `use_cache=True`; head_hidden: with `apply_head=False`, what the output projection would score
+    instead of the logits (the final-normed, shifted hidden states at the `logits_at` positions: (N, d_model),
+    (B, K, d_model) or (B, L, d_model)), for a loss that applies `head_weight` in chunks."""
 
     logits: Tensor | None
     hidden: Tensor | None = None
     cache: KVCache | None = None
+    head_hidden: Tensor | None = None
 
 
 @ARCHITECTURES.register("masked_diffusion_transformer")
@@ -250,7 +253,10 @@ class MaskedDiffusionTransformer(nn.Module):
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
-        """Recompute block activations in the backward pass (less memory, about a third more compute)."""
+        """Activation checkpointing per block: in training mode with gradients enabled, each block keeps only its
+        input for the backward pass and recomputes its activations there (`torch.utils.checkpoint`, non-reentrant;
+        dropout replays the same random numbers), so the gradients are the same, the activation memory drops from
+        every block's to about one block's, and a step costs about a third more compute."""
         self.gradient_checkpointing = enabled
 
     def embed(self, input_ids: Tensor | None, soft_embeds: Tensor | None, soft_positions: Tensor | None) -> Tensor:
@@ -306,6 +312,7 @@ class MaskedDiffusionTransformer(nn.Module):
         use_cache: bool = False,
         cache: KVCache | None = None,
         cache_window: tuple[int, int] | None = None,
+        apply_head: bool = True,
     ) -> CoreOutput:
         """Runs the core.
 
@@ -329,6 +336,9 @@ class MaskedDiffusionTransformer(nn.Module):
                 `position_ids` default to lo..hi-1, `attention_mask` is the canvas's (B, L_c) key mask or a
                 (B, 1|H, L_c, L_c) mask (its rows lo..hi-1 are used), and `logits_at` indexes the window.
             cache_window: (lo, hi) with 0 <= lo < hi <= L_c; required with `cache`.
+            apply_head: False -> no output projection: `CoreOutput.head_hidden` holds its inputs at `logits_at`
+                (`logits` is None), so a loss can project them chunk by chunk (`head_weight`) and never hold the
+                logits of every selected position at once.
         """
         if check_inputs and input_ids is not None:
             self.check_ids(input_ids)
@@ -363,7 +373,7 @@ class MaskedDiffusionTransformer(nn.Module):
         for i, block in enumerate(self.blocks):
             past = (cache.keys[i], cache.values[i]) if cache is not None else None
             queries = last_queries if i == len(self.blocks) - 1 else None
-            if self.gradient_checkpointing and self.training and cache is None:
+            if self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled():
                 x, kv = checkpoint(block, x, cos, sin, mask, None, None, queries, use_reentrant=False)
             else:
                 x, kv = block(x, cos, sin, mask, past, cache_window, queries)
@@ -375,8 +385,11 @@ class MaskedDiffusionTransformer(nn.Module):
         hidden = self.norm(x) if output_hidden else None
         if self.config.logits_shift == "previous":
             x = torch.cat([x[:, :1], x[:, :-1]], dim=1)  # hidden i-1 predicts token i (Dream)
-        return CoreOutput(logits=self.head_logits(x, logits_at, vocab_range), hidden=hidden,
-                          cache=KVCache(keys, values) if use_cache else None)
+        cache_out = KVCache(keys, values) if use_cache else None
+        if not apply_head:
+            self.head_weight(vocab_range)  # the same checks as with the head
+            return CoreOutput(logits=None, hidden=hidden, cache=cache_out, head_hidden=self.head_inputs(x, logits_at))
+        return CoreOutput(logits=self.head_logits(x, logits_at, vocab_range), hidden=hidden, cache=cache_out)
 
     def _check_cache(self, cache: KVCache | None, window: tuple[int, int] | None, length: int) -> int:
         """Validates a cached call; returns the window start (0 without a cache)."""
@@ -395,10 +408,8 @@ class MaskedDiffusionTransformer(nn.Module):
                              "needs the hidden state left of the window); use cache=None with this model")
         return lo
 
-    def head_logits(
-        self, hidden: Tensor, at: Tensor | None | bool, vocab_range: tuple[int, int] | None
-    ) -> Tensor | None:
-        """Final norm + output projection, only at the selected positions and vocabulary rows."""
+    def head_inputs(self, hidden: Tensor, at: Tensor | None | bool) -> Tensor | None:
+        """The final norm of the hidden states at the selected positions: what the output projection scores."""
         if at is False:
             return None
         if at is None or at is True:
@@ -407,6 +418,10 @@ class MaskedDiffusionTransformer(nn.Module):
             selected = hidden[at]  # (N, d_model)
         else:
             selected = _gather_rows(hidden, at)  # (B, K, d_model)
+        return self.norm(selected)
+
+    def head_weight(self, vocab_range: tuple[int, int] | None = None) -> Tensor:
+        """The output projection's rows for the ids [start, stop) of `vocab_range` (all rows for None)."""
         weight = self.output_weight
         if vocab_range is not None:
             if not 0 <= vocab_range[0] < vocab_range[1] <= weight.shape[0]:
@@ -414,4 +429,12 @@ class MaskedDiffusionTransformer(nn.Module):
                     f"vocab_range {tuple(vocab_range)} is not a non-empty range inside [0, {weight.shape[0]})"
                 )
             weight = weight[vocab_range[0] : vocab_range[1]]
-        return F.linear(self.norm(selected), weight)
+        return weight
+
+    def head_logits(
+        self, hidden: Tensor, at: Tensor | None | bool, vocab_range: tuple[int, int] | None
+    ) -> Tensor | None:
+        """Final norm + output projection, only at the selected positions and vocabulary rows."""
+        if at is False:
+            return None
+        return F.linear(self.head_inputs(hidden, at), self.head_weight(vocab_range))

@@ -20,6 +20,14 @@ blocks before it, the clean copy is block-causal. Each noised block is then pred
 sampler predicts it (from clean, committed blocks), and the loss equals the sum over blocks of separate forward
 passes on [x_0 blocks < b ; x_t block b]. One t per row masks all its blocks (an unbiased estimate of each block's
 ELBO; BD3-LM also draws one t per block).
+Packed canvases (`Canvas.sequence_ids`: several examples in one row, each attending only to itself): every packed
+sequence is one example, with its own t, its own ELBO weight and, for "sft", its own answer-length normalisation, so
+a packed batch's loss is the loss of the same examples unpacked (equal when the masks are, e.g. at t = 1).
+Chunked cross-entropy (`chunk_size`): the output projection and the cross-entropy run over at most `chunk_size`
+masked positions at a time, each chunk under activation checkpointing, so neither the forward nor the backward pass
+ever holds the float32 logits of more than one chunk (the memory lever of Liger-Kernel's fused linear cross-entropy
+and of Wijmans et al. 2025, "Cut Your Losses in Large-Vocabulary Language Models", in plain PyTorch: the logits of
+a chunk are computed twice). The loss and gradients equal the unchunked ones.
 """
 
 from __future__ import annotations
@@ -30,12 +38,14 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from mmdiff.canvas import Canvas
 from mmdiff.core.masks import block_diffusion_mask
 from mmdiff.diffusion.schedules import Schedule, get_schedule
 
-__all__ = ["forward_process", "diffusion_loss", "block_diffusion_logits", "LossOutput"]
+__all__ = ["forward_process", "diffusion_loss", "block_diffusion_logits", "chunked_cross_entropy", "example_index",
+           "LossOutput"]
 
 
 def forward_process(
@@ -46,19 +56,20 @@ def forward_process(
     Args:
         ids: (B, L) clean ids.
         maskable: (B, L) bool target positions.
-        mask_prob: (B,) masking probability per row.
+        mask_prob: (B,) masking probability per row, or (B, L) per position (packed rows: each sequence its own).
     Returns:
         noisy ids (B, L) and the bool mask of masked positions (B, L).
     """
     u = torch.rand(ids.shape, generator=generator, device=ids.device)
-    masked = (u < mask_prob[:, None]) & maskable
+    masked = (u < (mask_prob if mask_prob.dim() == 2 else mask_prob[:, None])) & maskable
     return torch.where(masked, torch.full_like(ids, mask_id), ids), masked
 
 
 @dataclass
 class LossOutput:
     """loss: the scalar to minimise. elbo_per_row: (B,) weighted CE summed over each row's masked positions (a
-    one-sample Monte-Carlo estimate of the row's negative ELBO in nats). n_masked: masked positions in the batch."""
+    one-sample Monte-Carlo estimate of the row's negative ELBO in nats); one entry per packed sequence for a packed
+    canvas (`example_index` order). n_masked: masked positions in the batch."""
 
     loss: Tensor
     elbo_per_row: Tensor
@@ -76,20 +87,29 @@ def diffusion_loss(
     complementary: bool = False,
     t: Tensor | None = None,
     generator: torch.Generator | None = None,
+    chunk_size: int | None = None,
 ) -> LossOutput:
     """Masks the canvas targets, runs the core and returns the weighted cross-entropy.
 
     Args:
-        core: a `MaskedDiffusionTransformer` (anything taking its keyword arguments, `logits_at` included).
-        canvas: clean ids and the target positions (`maskable`).
+        core: a `MaskedDiffusionTransformer` (anything taking its keyword arguments, `logits_at` included; with
+            `chunk_size` also `apply_head` and `head_weight`).
+        canvas: clean ids and the target positions (`maskable`); packed rows (`sequence_ids`) count each packed
+            sequence as one example (see the module docstring).
         schedule: a registered schedule name or a `Schedule`.
         mask_id: the mask token id.
-        normalize: "elbo" (divide by the batch's target count) or "sft" (per row by its answer length, then mean).
+        normalize: "elbo" (divide by the batch's target count) or "sft" (per example by its answer length, then the
+            mean over examples; an example is a row, or a packed sequence).
         complementary: also run each row with the complementary mask (LaViDa); `elbo_per_row` then has 2B rows.
             A core built `attention="block_causal"` is trained with block diffusion's clean and noised copies in one
             pass (`block_diffusion_logits`); the canvas's `prefix_len` (its prompt) is block 0.
-        t: (B,) diffusion times; sampled from the schedule when None.
+        t: (E,) diffusion times, one per example (E = B, or the number of packed sequences in `example_index`
+            order); sampled from the schedule when None.
         generator: RNG for t and the masks.
+        chunk_size: None computes the logits of all masked positions at once; a positive integer computes the output
+            projection and cross-entropy over at most this many masked positions at a time
+            (`chunked_cross_entropy`): the same loss and gradients, with the float32 logits of one chunk alive at a
+            time instead of all (N, V).
 
     >>> from mmdiff import Canvas, CoreConfig, MaskedDiffusionTransformer, VocabLayout
     >>> layout = VocabLayout.build(text_size=16)
@@ -98,41 +118,64 @@ def diffusion_loss(
     >>> out = diffusion_loss(core, canvas, "linear", mask_id=layout.mask_id, t=torch.ones(2))
     >>> int(out.n_masked), int(out.n_targets)
     (16, 16)
+    >>> chunked = diffusion_loss(core, canvas, "linear", mask_id=layout.mask_id, t=torch.ones(2), chunk_size=5)
+    >>> torch.allclose(chunked.loss, out.loss)
+    True
     """
     if normalize not in ("elbo", "sft"):
         raise ValueError(f"normalize must be 'elbo' or 'sft', got {normalize!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive number of masked positions per chunk (e.g. 1024), or None "
+                         f"for the logits of all masked positions at once; got {chunk_size!r}")
+    config = getattr(core, "config", None)
+    block = getattr(config, "attention", "full") == "block_causal"
+    if canvas.sequence_ids is not None and (block or getattr(config, "logits_shift", "none") != "none"):
+        raise ValueError("packed canvases (sequence_ids) need a core with full attention and logits_shift='none': "
+                         "a block-causal core or shifted logits would read across the packed sequences; train this "
+                         "core on unpacked canvases (train.pack_length: 0)")
     schedule = get_schedule(schedule)
-    B = canvas.batch_size
     maskable = canvas.maskable.bool()
+    example, n_examples = example_index(canvas)  # (B, L), E
     if t is None:
-        t = schedule.sample_t(B, generator=generator, device=canvas.ids.device)
-    elif t.shape != (B,):
-        raise ValueError(f"t must have shape (batch,) = ({B},), got {tuple(t.shape)}")
-    mask_prob = schedule.mask_prob(t)  # (B,)
-    weight = schedule.weight(t)  # (B,)
-    noisy, masked = forward_process(canvas.ids, maskable, mask_prob, mask_id, generator=generator)
+        t = schedule.sample_t(n_examples, generator=generator, device=canvas.ids.device)
+    elif t.shape != (n_examples,):
+        what = "packed sequences" if canvas.sequence_ids is not None else "batch"
+        raise ValueError(f"t must have shape ({what},) = ({n_examples},), got {tuple(t.shape)}: one time per example")
+    mask_prob = schedule.mask_prob(t)  # (E,)
+    weight = schedule.weight(t)  # (E,)
+    position_prob = mask_prob if canvas.sequence_ids is None else mask_prob[example]  # (B,) or (B, L)
+    noisy, masked = forward_process(canvas.ids, maskable, position_prob, mask_id, generator=generator)
     clean = canvas.ids
     if complementary:
         # second copy: the targets the first copy left visible; its masking probability is 1 - m(t)
+        B = canvas.batch_size
         masked = torch.cat([masked, maskable & ~masked])
         noisy = torch.cat([noisy, torch.where(masked[B:], torch.full_like(clean, mask_id), clean)])
         weight = torch.cat([weight, weight * mask_prob / (1 - mask_prob).clamp(min=1e-6)])
+        example = torch.cat([example, example + n_examples])
+        n_examples *= 2
         clean = torch.cat([clean, clean])
         maskable = torch.cat([maskable, maskable])
         canvas = canvas.map_tensors(lambda x: torch.cat([x, x]))  # both copies share the layout
-    if getattr(getattr(core, "config", None), "attention", "full") == "block_causal":
-        logits = block_diffusion_logits(core, canvas, noisy, masked)  # (N, V_head)
+    project = chunk_size is None
+    if block:
+        out = block_diffusion_logits(core, canvas, noisy, masked, apply_head=project)  # (N, V_head) or (N, d)
     else:
         inputs = canvas.core_inputs(noisy)
-        logits = core(**inputs, logits_at=masked, check_inputs=False).logits  # (N, V_head)
+        result = core(**inputs, logits_at=masked, check_inputs=False, **({} if project else {"apply_head": False}))
+        out = result.logits if project else result.head_hidden  # (N, V_head) or (N, d_model)
     targets = clean[masked]
     if canvas.vocab_range is not None:
         targets = targets - canvas.vocab_range[0]
-    ce = F.cross_entropy(logits.float(), targets, reduction="none")  # (N,)
-    row = torch.nonzero(masked, as_tuple=True)[0]  # row index of each masked position
-    weighted = ce * weight[row]
-    elbo_per_row = torch.zeros(masked.shape[0], device=ce.device).index_add_(0, row, weighted)
-    n_targets = maskable.sum(1)  # (B',)
+    if project:
+        ce = F.cross_entropy(out.float(), targets, reduction="none")  # (N,)
+    else:
+        ce = chunked_cross_entropy(out, core.head_weight(canvas.vocab_range), targets, chunk_size)  # (N,)
+    owner = example[masked]  # the example of each masked position
+    weighted = ce * weight[owner]
+    elbo_per_row = torch.zeros(n_examples, device=ce.device).index_add_(0, owner, weighted)
+    n_targets = torch.zeros(n_examples, dtype=torch.long, device=ce.device).index_add_(
+        0, example[maskable], torch.ones_like(example[maskable]))  # (E,)
     if normalize == "elbo":
         loss = elbo_per_row.sum() / n_targets.sum().clamp(min=1)
     else:  # sft
@@ -140,11 +183,67 @@ def diffusion_loss(
     return LossOutput(loss=loss, elbo_per_row=elbo_per_row, n_masked=masked.sum(), n_targets=n_targets.sum())
 
 
-def block_diffusion_logits(core: nn.Module, canvas: Canvas, noisy: Tensor, masked: Tensor) -> Tensor:
+def example_index(canvas: Canvas) -> tuple[Tensor, int]:
+    """The example each position belongs to, (B, L) long, and the number of examples E: row b for an unpacked
+    canvas; for a packed one (`sequence_ids`), its sequences numbered row by row (row 0's sequences 0, 1, ..., then
+    row 1's, ...). Padding positions get an example of their row; they are never targets.
+
+    >>> c = Canvas(ids=torch.zeros(2, 4, dtype=torch.long), maskable=torch.ones(2, 4, dtype=torch.bool),
+    ...            sequence_ids=torch.tensor([[0, 0, 1, 2], [0, 1, 1, -1]]))
+    >>> index, n = example_index(c)
+    >>> index.tolist(), n
+    ([[0, 0, 1, 2], [3, 4, 4, 3]], 5)
+    """
+    B, L = canvas.ids.shape
+    if canvas.sequence_ids is None:
+        return torch.arange(B, device=canvas.ids.device)[:, None].expand(B, L), B
+    sequence = canvas.sequence_ids.long()
+    per_row = sequence.max(dim=1).values.clamp(min=-1) + 1  # (B,) sequences in each row
+    offset = per_row.cumsum(0) - per_row  # (B,) the first example of each row
+    return offset[:, None] + sequence.clamp(min=0), int(per_row.sum())
+
+
+def _cross_entropy_rows(hidden: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
+    return F.cross_entropy(F.linear(hidden, weight).float(), targets, reduction="none")
+
+
+def chunked_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int) -> Tensor:
+    """Per-position cross-entropy (N,) of the logits `hidden @ weight.T` (float32) against `targets` (N,), computed
+    `chunk_size` rows at a time. With gradients enabled each chunk runs under `torch.utils.checkpoint`
+    (non-reentrant), which keeps only the chunk's inputs and recomputes its logits in the backward pass: at most
+    one chunk's (chunk_size, V) logits (and their gradient) exist at any time, forward or backward.
+
+    Args:
+        hidden: (N, d) what the output projection scores (`CoreOutput.head_hidden`).
+        weight: (V, d) the output projection (`MaskedDiffusionTransformer.head_weight`).
+        targets: (N,) long target columns of `weight`.
+        chunk_size: rows per chunk.
+
+    >>> h, w, y = torch.randn(7, 4), torch.randn(10, 4), torch.randint(0, 10, (7,))
+    >>> torch.allclose(chunked_cross_entropy(h, w, y, 3), F.cross_entropy(h @ w.T, y, reduction="none"))
+    True
+    """
+    if hidden.dim() != 2 or targets.shape != hidden.shape[:1]:
+        raise ValueError(f"hidden must be (N, d) and targets (N,), got {tuple(hidden.shape)} and "
+                         f"{tuple(targets.shape)}")
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    pieces = []
+    for lo in range(0, hidden.shape[0], chunk_size):
+        rows, wanted = hidden[lo : lo + chunk_size], targets[lo : lo + chunk_size]  # (n, d), (n,)
+        if grad:
+            pieces.append(checkpoint(_cross_entropy_rows, rows, weight, wanted, use_reentrant=False))
+        else:
+            pieces.append(_cross_entropy_rows(rows, weight, wanted))
+    return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def block_diffusion_logits(core: nn.Module, canvas: Canvas, noisy: Tensor, masked: Tensor, *,
+                           apply_head: bool = True) -> Tensor:
     """Logits (N, V_head) at the `masked` (B, L) positions of the noised canvas `noisy` (B, L), from one pass of a
     block-causal core over [noisy ; clean] (BD3-LM's vectorised training, see the module docstring): block b of the
     noised copy sees itself and the clean blocks before it. The canvas's `prefix_len` is block 0 (its prompt; 0 when
-    None), its padding masks keys in both copies, its soft tokens are placed in both copies.
+    None), its padding masks keys in both copies, its soft tokens are placed in both copies. With `apply_head=False`
+    the output projection's inputs (N, d_model) instead (`CoreOutput.head_hidden`, for a chunked loss).
 
     >>> from mmdiff import CoreConfig, MaskedDiffusionTransformer, VocabLayout
     >>> cfg = CoreConfig(VocabLayout.build(16), d_model=32, n_layers=1, n_heads=2, attention="block_causal",
@@ -175,5 +274,5 @@ def block_diffusion_logits(core: nn.Module, canvas: Canvas, noisy: Tensor, maske
     out = core(torch.cat([noisy, canvas.ids], dim=1), soft_embeds=soft_embeds, soft_positions=soft_positions,
                attention_mask=mask, position_ids=torch.cat([positions, positions], dim=1),
                logits_at=torch.cat([masked, torch.zeros_like(masked)], dim=1), vocab_range=canvas.vocab_range,
-               check_inputs=False)
-    return out.logits
+               check_inputs=False, **({} if apply_head else {"apply_head": False}))
+    return out.logits if apply_head else out.head_hidden

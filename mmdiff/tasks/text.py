@@ -1,14 +1,17 @@
 """The text task: a canvas of text ids; pre-training makes every position a target, SFT only the answer
 (LLaDA, Nie et al. 2025, sections 2.2-2.3); generation fills answer positions after a left-padded prompt.
+Training canvases can be packed (`TextTask.pack`, the recipe's `train.pack_length`): short examples share a row,
+each attending only to itself, so a batch of uneven lengths wastes no compute on padding.
 
 >>> # mmdiff.pipeline("text-generation", model="shakespeare-tiny")("ROMEO.")
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +68,60 @@ class TextTask(Task):
         ragged = bool((lengths != ids.shape[1]).any())
         attention_mask = torch.arange(ids.shape[1])[None] < lengths[:, None] if ragged else None
         return Canvas(ids=ids, maskable=maskable, attention_mask=attention_mask)
+
+    @staticmethod
+    def pack(examples: Sequence[dict[str, Tensor]], vocab: VocabLayout, length: int) -> Canvas:
+        """Packs examples {"ids", "maskable"} into rows of at most `length` positions, in their order (a row is
+        closed when the next example does not fit), right-padded to the longest row.
+
+        Each position carries the index of its example within the row (`Canvas.sequence_ids`, -1 at padding), RoPE
+        positions restart at 0 for every example, and attention is block-diagonal (`mmdiff.core.masks.sequence_mask`):
+        a packed example sees only itself, so the core computes for it what it computes for the example alone, and
+        the loss counts each example as one (its own diffusion time and normalisation; see
+        `mmdiff.diffusion.diffusion_loss`).
+
+        Raises:
+            ValueError: `length` is not a positive integer, or an example is longer than `length`.
+
+        >>> vocab = VocabLayout.build(text_size=10)
+        >>> rows = [{"ids": torch.tensor(x), "maskable": torch.ones(len(x), dtype=torch.bool)}
+        ...         for x in ([1, 2, 3], [4, 5], [6, 7, 8, 9])]
+        >>> canvas = TextTask.pack(rows, vocab, length=5)
+        >>> canvas.ids.tolist(), canvas.sequence_ids.tolist(), canvas.position_ids.tolist()
+        ([[1, 2, 3, 4, 5], [6, 7, 8, 9, 12]], [[0, 0, 0, 1, 1], [0, 0, 0, 0, -1]], [[0, 1, 2, 0, 1], [0, 1, 2, 3, 0]])
+        """
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise ValueError(f"pack length must be a positive integer (positions per packed row), got {length!r}")
+        if not len(examples):
+            raise ValueError("no examples to pack")
+        rows: list[list[dict[str, Tensor]]] = [[]]
+        used = 0
+        for i, example in enumerate(examples):
+            n = example["ids"].shape[0]
+            if n > length:
+                raise ValueError(f"example {i} has {n} tokens, more than the pack length {length}; raise the pack "
+                                 f"length (train.pack_length) to at least {n}, or shorten the examples")
+            if used + n > length and rows[-1]:
+                rows.append([])
+                used = 0
+            rows[-1].append(example)
+            used += n
+        pad = vocab.pad_id if vocab.pad_id is not None else vocab.mask_id
+        ids = right_pad([torch.cat([e["ids"] for e in row]) for row in rows], pad)
+        maskable = right_pad([torch.cat([e["maskable"].bool() for e in row]) for row in rows], False)
+        sequence_ids = right_pad([torch.cat([torch.full((e["ids"].shape[0],), k, dtype=torch.long)
+                                             for k, e in enumerate(row)]) for row in rows], -1)
+        position_ids = right_pad([torch.cat([torch.arange(e["ids"].shape[0]) for e in row]) for row in rows], 0)
+        real = sequence_ids >= 0
+        return Canvas(ids=ids, maskable=maskable, attention_mask=None if bool(real.all()) else real,
+                      position_ids=position_ids, sequence_ids=sequence_ids)
+
+    @classmethod
+    def packed_collator(cls, model: Any, length: int) -> Callable[[Sequence[dict[str, Tensor]]], Canvas]:
+        """The trainer's collate with packing (`train.pack_length`): examples -> `pack`ed rows of `length`."""
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise ValueError(f"pack length must be a positive integer (positions per packed row), got {length!r}")
+        return functools.partial(cls.pack, vocab=model.vocab, length=length)
 
     def training_canvas(self, examples: Sequence[dict[str, Tensor]]) -> Canvas:
         """The trainer's collate: `collate` with the model's vocabulary."""

@@ -128,6 +128,11 @@ class ObjectiveSection:
             `model.core.attention: block_causal` and `model.core.block_size`) and each step runs it once on the
             noised and the clean canvas together, every noised block predicted from the clean blocks before it; the
             model then decodes with sampler "block-diffusion" (an exact block key/value cache).
+        loss_chunk_size: a memory lever: > 0 computes the output projection and cross-entropy over at most this many
+            masked positions at a time, each chunk recomputed in the backward pass, so the float32 logits of one
+            chunk exist at a time instead of those of every masked position (`mmdiff.diffusion.
+            chunked_cross_entropy`; the same loss and gradients, a second output projection per chunk). 0: all at
+            once. Worth it when masked positions x vocabulary is large (e.g. 4096 x 128k x 4 bytes = 2 GiB).
     """
 
     schedule: str = "linear"
@@ -135,6 +140,7 @@ class ObjectiveSection:
     normalize: Literal["elbo", "sft"] = "elbo"
     complementary: bool = False
     block_diffusion: bool = False
+    loss_chunk_size: int = 0
 
     def __post_init__(self) -> None:
         import mmdiff.diffusion  # noqa: F401  (registers the built-in schedules)
@@ -144,6 +150,14 @@ class ObjectiveSection:
             raise ConfigError(f"TrainConfig.objective.schedule: {SCHEDULES.unknown_message(self.schedule)}")
         if not 0 <= self.eps < 1:
             raise ConfigError(f"TrainConfig.objective.eps must be in [0, 1), got {self.eps}")
+        if isinstance(self.loss_chunk_size, bool) or self.loss_chunk_size < 0:
+            raise ConfigError(f"TrainConfig.objective.loss_chunk_size must be 0 (no chunks) or a positive number of "
+                              f"masked positions per chunk (e.g. 1024), got {self.loss_chunk_size!r}")
+
+    @property
+    def chunk_size(self) -> int | None:
+        """`loss_chunk_size` as `diffusion_loss` takes it (None: no chunks)."""
+        return self.loss_chunk_size or None
 
 
 @dataclass
@@ -191,7 +205,12 @@ class TrainSection:
             batch_size x grad_accum x processes) or "global" (the processes split `batch_size` between them, so an
             optimizer step sees batch_size x grad_accum examples whatever the number of processes, and a run on N
             processes computes what one process computes; N must divide batch_size).
-        grad_accum: micro-batches per optimizer step.
+        grad_accum: micro-batches per optimizer step (a memory lever: the same step in smaller micro-batches).
+        pack_length: a memory and speed lever for text data: > 0 packs each micro-batch's `batch_size` examples into
+            rows of at most this many positions (`mmdiff.tasks.text.TextTask.pack`), each example attending only to
+            itself with RoPE positions from 0, and each counted as one example by the loss (its own diffusion time
+            and normalisation), so fewer positions are padding; evaluation batches stay unpacked. The longest
+            example must fit. 0: one example per row, right-padded.
         mixed_precision: "no", "bf16", or "auto" (bf16 on CUDA, no on CPU).
         log_every: write a train record to metrics.jsonl (and the progress bar) every this many steps.
         eval_every: evaluate every this many steps (0: only at the end).
@@ -206,6 +225,7 @@ class TrainSection:
     batch_size: int = 32
     batch_scope: Literal["process", "global"] = "process"
     grad_accum: int = 1
+    pack_length: int = 0
     mixed_precision: Literal["no", "bf16", "auto"] = "auto"
     log_every: int = 10
     eval_every: int = 200
@@ -219,7 +239,7 @@ class TrainSection:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_batches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"TrainConfig.train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("eval_every", "eval_metrics_limit", "save_every", "keep_checkpoints"):
+        for name in ("eval_every", "eval_metrics_limit", "save_every", "keep_checkpoints", "pack_length"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"TrainConfig.train.{name} must be >= 0 (0 turns it off), got {getattr(self, name)}")
         if not self.out_dir:
@@ -281,6 +301,11 @@ class TrainConfig:
         if block_core and not self.objective.block_diffusion:
             raise ConfigError("TrainConfig.model.core.attention is 'block_causal': such a core is trained with clean "
                               "and noised copies in one pass; set objective.block_diffusion: true")
+        if self.train.pack_length and (self.objective.block_diffusion
+                                       or self.model.core.get("logits_shift", "none") != "none"):
+            raise ConfigError("TrainConfig.train.pack_length packs examples for a core with full attention and "
+                              "logits_shift 'none'; block diffusion and shifted logits would read across packed "
+                              "examples: set train.pack_length: 0")
 
     # ------------------------------------------------------------------------------------------ serialisation
     @classmethod

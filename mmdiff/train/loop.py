@@ -7,6 +7,12 @@ target positions weighted by the schedule's ELBO weight; LLaDA's SFT normalisati
 Li et al. 2025) with AdamW (Loshchilov & Hutter 2019), linear warmup and cosine decay, gradient clipping and
 accumulation, bf16 autocast on CUDA, periodic evaluation, atomic checkpoints and exact resume.
 
+Memory levers, each a recipe option that changes memory and speed but not the gradient: activation checkpointing per
+block (`model.gradient_checkpointing`), the loss at masked positions only and, with `objective.loss_chunk_size`, in
+chunks of masked positions (`mmdiff.diffusion.objective.chunked_cross_entropy`), LoRA on a frozen base
+(`model.lora`), sequence packing of text examples with per-sequence attention (`train.pack_length`) and gradient
+accumulation (`train.grad_accum`). benchmarks/train.py --levers measures them.
+
 Exact resume: the data order is a seeded permutation per epoch (the position is saved), masking noise comes from a
 dedicated generator (saved), dropout from the global RNGs (saved per process), evaluation never touches either, and
 optimizer / scheduler states round-trip bit for bit; so an interrupted-and-resumed run logs the same losses as an
@@ -429,14 +435,16 @@ class LossModule(nn.Module):
     """Wraps a `DiffusionModel` so that the loss runs inside `forward`: DDP / FSDP hooks and accelerate's autocast
     see it."""
 
-    def __init__(self, model: DiffusionModel, schedule: Schedule, normalize: str, complementary: bool) -> None:
+    def __init__(self, model: DiffusionModel, schedule: Schedule, normalize: str, complementary: bool,
+                 chunk_size: int | None = None) -> None:
         super().__init__()
         self.model = model
         self.schedule, self.normalize, self.complementary = schedule, normalize, complementary
+        self.chunk_size = chunk_size
 
     def forward(self, canvas: Canvas, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         out = self.model.loss(canvas, self.schedule, normalize=self.normalize, complementary=self.complementary,
-                              generator=generator)
+                              generator=generator, chunk_size=self.chunk_size)
         return {"loss": out.loss, "n_masked": out.n_masked}
 
 
@@ -494,7 +502,7 @@ class Trainer:
         vocab = self.model.vocab
         self.collate = TASKS.get(self.source.task).collator(self.model)
         self.val_set = self.source.dataset("val", vocab)
-        self.stream = BatchStream(self.source.dataset("train", vocab), self.collate,
+        self.stream = BatchStream(self.source.dataset("train", vocab), self._train_collate(),
                                   batch_size=cfg.train.micro_batch(acc.num_processes), seed=cfg.seed,
                                   rank=acc.process_index, world_size=acc.num_processes,
                                   pin_memory=acc.device.type == "cuda")
@@ -502,7 +510,8 @@ class Trainer:
         schedule = get_schedule(cfg.objective.schedule, eps=cfg.objective.eps)
         optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
-        loss_module = LossModule(self.model, schedule, cfg.objective.normalize, cfg.objective.complementary)
+        loss_module = LossModule(self.model, schedule, cfg.objective.normalize, cfg.objective.complementary,
+                                 cfg.objective.chunk_size)
         self.loss_module, self.optimizer = acc.prepare(loss_module, optimizer)
         self.sharded = acc.distributed_type == DistributedType.FSDP
 
@@ -517,6 +526,24 @@ class Trainer:
         if loaded is not None:
             self._restore(loaded)
         self._start_metrics()
+
+    def _train_collate(self) -> Callable[[list[Any]], Canvas]:
+        """The training batches' collate: the task's, or its packing one with `train.pack_length` (evaluation
+        batches stay unpacked, so validation losses compare between packed and unpacked runs)."""
+        length = self.config.train.pack_length
+        if not length:
+            return self.collate
+        task = TASKS.get(self.source.task)
+        packer = getattr(task, "packed_collator", None)
+        if packer is None:
+            raise ConfigError(f"TrainConfig.train.pack_length: data source {self.config.data.name!r} is a "
+                              f"{self.source.task!r} task, whose examples cannot be packed (the text task packs); "
+                              "set train.pack_length: 0")
+        if self.model.core.config.logits_shift != "none" or self.model.core.config.attention != "full":
+            raise ConfigError("TrainConfig.train.pack_length packs examples for a core with full attention and "
+                              "logits_shift 'none' (this checkpoint's core reads across packed examples); set "
+                              "train.pack_length: 0")
+        return packer(self.model, length)
 
     def _restore(self, loaded: ckpt.TrainingState) -> None:
         acc, state = self.accelerator, loaded.trainer_state
