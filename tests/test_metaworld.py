@@ -99,6 +99,20 @@ def test_plain_rendering_is_close_to_meta_worlds():
 
 
 @needs_metaworld
+def test_a_step_without_rendering_has_the_same_state_and_no_image():
+    from mmdiff.sim.metaworld import make_env
+
+    with make_env("push", image_size=16) as drawn, make_env("push", image_size=16) as blind:
+        drawn.reset(seed=4), blind.reset(seed=4)
+        for action in np.random.default_rng(0).uniform(-1, 1, (5, 4)).astype(np.float32):
+            a, ra, _, _, _ = drawn.step(action)
+            b, rb, _, _, _ = blind.step(action, render=False)
+            assert "observation.images.corner" not in b and ra == rb
+            np.testing.assert_array_equal(a["observation.state"], b["observation.state"])
+        np.testing.assert_array_equal(blind.render(), a["observation.images.corner"])  # the current frame on demand
+
+
+@needs_metaworld
 def test_bad_actions_and_cameras():
     from mmdiff.sim.metaworld import make_env
 

@@ -49,7 +49,7 @@ def _marks(command: str) -> list[pytest.MarkDecorator]:
 
 def test_the_readme_has_the_blocks_these_tests_run():
     """A changed README changes what is tested: the extraction finds every block and command."""
-    assert len(PYTHON_BLOCKS) == 8 and len(COMMANDS) == 17
+    assert len(PYTHON_BLOCKS) == 9 and len(COMMANDS) == 19
     assert len(fenced_blocks(README, "bash")) == 4
     assert COMMANDS[0].startswith("mmdiff list") and COMMANDS[-1].startswith(NEEDS_HUB_AND_GPU)
 
@@ -125,6 +125,14 @@ def test_python_asr_block(tmp_path):
     assert sum(o == r for o, r in zip(outputs, references, strict=True)) >= 4
 
 
+def test_python_vla_block(tmp_path):
+    """The shipped Meta-World policy acts in the simulator: chunks of 8 four-dimensional actions, 4 forward passes
+    each; the held-out drawer opens."""
+    pytest.importorskip("metaworld")
+    out = _run_python(_block("mmdiff.pipeline(\"vla\""), tmp_path).splitlines()
+    assert re.fullmatch(r"\d+ True \[4, 4, 4\]", out[0]) and out[1] == "torch.Size([8, 4])"
+
+
 def test_python_lm_eval_block(tmp_path):
     pytest.importorskip("lm_eval")
     write_lm_eval_task(tmp_path / "my_tasks")
@@ -172,3 +180,8 @@ def test_readme_command(command, tmp_path, monkeypatch, capsys):
         assert (tmp_path / "digits.png").is_file()
     if "--show-png trajectory.png" in command:
         assert list(tmp_path.glob("trajectory*.png"))
+    if command.startswith("mmdiff eval vla"):  # one line per task, then the average, then the GIF
+        lines = out.splitlines()
+        assert re.fullmatch(r"(reach|push): success [01]\.\d{3}  mean episode length [\d.]+  NFE per chunk "
+                            r"(4|32)\.0", lines[0]) and lines[1].startswith("average success ")
+        assert "--gif" not in command or (tmp_path / "reach.gif").is_file()

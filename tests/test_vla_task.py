@@ -176,6 +176,25 @@ def test_select_action_serves_the_chunk_in_order_and_reset_clears_it(model):
     assert len(short.nfe) == 2 and torch.equal(actions[1], chunk[1]) and torch.equal(actions[2], chunk[0])
 
 
+def test_queued_actions_need_no_images(model):
+    """While actions are queued the policy reads no frame (needs_images is False), so an environment may skip
+    rendering; the batch size is still checked."""
+    policy = VLAPolicy(model)
+    assert policy.needs_images
+    first = policy.select_action(frame(5))
+    assert not policy.needs_images and policy.queued == 3
+    blind = {k: v for k, v in frame(5).items() if not k.startswith("observation.images.")}
+    served = [policy.select_action(blind) for _ in range(3)]
+    assert torch.equal(torch.stack([first, *served]), policy.predict_action_chunk(frame(5)))
+    assert policy.needs_images
+    with pytest.raises(ValueError, match="has no 'observation.images.corner' image"):
+        policy.select_action(blind)  # the next chunk is decoded from this frame: it must hold the image
+    rows = VLAPolicy(model)
+    rows.select_action(batch([frame(1), frame(2)]))
+    with pytest.raises(ValueError, match="got 3 observation rows but the queued chunk has 2"):
+        rows.select_action({**blind, "task": ["to be"] * 3})
+
+
 def test_batches_equal_one_by_one(model):
     frames = [frame(i, text=t) for i, t in enumerate(["to be", "the quick", "or not to be"])]
     policy = mmdiff.pipeline("robotics", model=model)
@@ -434,6 +453,48 @@ def test_evaluate_policy_runs_seeded_metaworld_episodes(tokenizer, tmp_path):
         evaluate_policy(policy, ["reach", "reech"], episodes=1)
     with pytest.raises(ValueError, match="the Meta-World simulator takes 4-dimensional actions"):
         evaluate_policy(VLAPolicy(make_vla(tokenizer, state_dim=39)), "reach", episodes=1)
+
+
+@needs_metaworld
+def test_skipped_frames_change_no_episode(tokenizer):
+    """Meta-World renders only the frames the policy reads (one per decoded chunk, plus the first frame of an
+    episode and the last of a finished row); the episodes, actions and forward passes equal rendering every step."""
+    from mmdiff.evaluation import evaluate_policy
+    from mmdiff.sim.metaworld import MetaWorldEnv
+
+    renders = []
+
+    class Counting(MetaWorldEnv):
+        def render(self):
+            renders.append(self.steps)
+            return super().render()
+
+    class Eager:  # the same environment without `render=`: every step renders
+        def __init__(self, task):
+            self.env = Counting(task, image_size=16, max_steps=10)
+            self.image_key = self.env.image_key
+
+        def reset(self, seed):
+            return self.env.reset(seed)
+
+        def step(self, action):
+            return self.env.step(action)
+
+        def close(self):
+            self.env.close()
+
+    model = make_vla(tokenizer, action_dim=4, state_dim=39, instruction_length=12)
+    runs = {}
+    for name, make in (("lazy", lambda t: Counting(t, image_size=16, max_steps=10)), ("eager", Eager)):
+        renders.clear()
+        policy = VLAPolicy(model)
+        (result,) = evaluate_policy(policy, "reach", episodes=3, seed=5, num_envs=2, make_env=make, progress=False)
+        runs[name] = (result.episodes, policy.nfe, list(renders))
+    assert runs["lazy"][:2] == runs["eager"][:2]
+    assert [e.length for e in runs["lazy"][0]] == [10, 10, 10]
+    # lazy, per row: the reset frame, steps 4 and 8 (the queue of 4 ran out), and step 10 (the episode ended)
+    assert sorted(runs["lazy"][2]) == sorted([0, 4, 8, 10] * 3) and sorted(runs["eager"][2]) == sorted(
+        list(range(11)) * 3)
 
 
 @needs_metaworld

@@ -5,7 +5,10 @@ succeeds once the environment reports `info["success"]`).
 
 A policy is anything with lerobot's `reset()` and `select_action(observation)` (a `mmdiff.tasks.vla.VLAPolicy`, or
 the baselines here: `RandomPolicy`, the lower bound, and `ScriptedPolicy` around Meta-World's scripted experts, the
-upper bound); its optional `nfe` list (forward passes of each decoded chunk) is read for the NFE column. An
+upper bound); its optional `nfe` list (forward passes of each decoded chunk) is read for the NFE column, and its
+optional `needs_images` (whether the next `select_action` reads the camera frames: a VLA policy serving queued actions
+does not) lets an environment whose `step` takes `render=` skip the camera, most of a step's time on a software
+renderer; a row whose episode ended is rendered once more, so a later batched decode sees its frame. An
 environment is anything with `reset(seed) -> observation`, `step(action) -> (observation, reward, terminated,
 truncated, info)` and `close()`, observations under lerobot's names. By default a task name picks its simulator:
 LIBERO for LIBERO names (`mmdiff.sim.libero.LiberoEnv`: "libero_spatial/0" is task 0 of LIBERO-Spatial, a bare suite
@@ -26,6 +29,7 @@ from `seeds[k]` when given (e.g. held-out seeds whose initial positions were nev
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -125,6 +129,7 @@ class RandomPolicy:
         self.action_dim, self.low, self.high = action_dim, low, high
         self.generator = np.random.default_rng(seed)
         self.nfe: list[int] = []
+        self.needs_images = False  # the environments may skip rendering
 
     def reset(self) -> None:
         """Nothing to forget."""
@@ -144,11 +149,14 @@ class ScriptedPolicy:
 
     Args:
         expert: observation (one frame) -> action (D,), or instruction -> such a callable.
+        needs_images: the experts read the camera images (otherwise environments may skip rendering them).
     """
 
-    def __init__(self, expert: Callable[[Mapping[str, Any]], Any] | Mapping[str, Callable[..., Any]]) -> None:
+    def __init__(self, expert: Callable[[Mapping[str, Any]], Any] | Mapping[str, Callable[..., Any]], *,
+                 needs_images: bool = False) -> None:
         self.expert = expert
         self.nfe: list[int] = []
+        self.needs_images = needs_images  # Meta-World's experts act on the state
 
     def reset(self) -> None:
         """Nothing to forget."""
@@ -183,7 +191,7 @@ def _row(observation: Mapping[str, Any], i: int) -> dict[str, Any]:
 def _stack(observations: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Frames -> one batched observation (arrays stacked, texts listed)."""
     out: dict[str, Any] = {}
-    for key in observations[0]:
+    for key in [k for k in observations[0] if all(k in o for o in observations)]:  # frames skipped in some rows
         values = [o[key] for o in observations]
         out[key] = list(values) if isinstance(values[0], str) else np.stack([np.asarray(v) for v in values])
     return out
@@ -218,6 +226,7 @@ def run_task(policy: Any, make_env: Callable[[], Any], task: str, seeds: Sequenc
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
     envs = [make_env() for _ in range(min(num_envs, len(seeds)))]
     key = image_key or getattr(envs[0], "image_key", None)
+    lazy = _renders_on_demand(envs[0])
     bar = _bar(progress, len(seeds), task)
     episodes: list[Episode] = []
     frames: list[np.ndarray] = []
@@ -236,15 +245,20 @@ def run_task(policy: Any, make_env: Callable[[], Any], task: str, seeds: Sequenc
                 t = time.perf_counter()
                 action = _as_action(policy.select_action(_stack(obs) if batched else obs[0]))
                 seconds += time.perf_counter() - t
+                images = getattr(policy, "needs_images", True)  # does the next call read the frames?
                 actions += len(group)
                 action = action if batched else action[None]
                 for i, env in enumerate(envs[: len(group)]):
                     if done[i]:
                         continue
-                    obs[i], _, terminated, truncated, info = env.step(action[i])
+                    recording = record and lo == 0 and i == 0
+                    frame = {"render": bool(images or recording)} if lazy else {}
+                    obs[i], _, terminated, truncated, info = env.step(action[i], **frame)
                     length[i] += 1
                     success[i] = bool(info.get("success", terminated))
                     done[i] = bool(terminated or truncated or success[i])
+                    if done[i] and lazy and key is not None and key not in obs[i]:  # rows that ended are fed this
+                        obs[i] = {**obs[i], key: env.render()}
                     if record and lo == 0 and i == 0 and key is not None:
                         frames.append(np.asarray(obs[0][key]))
             episodes += [Episode(task, int(s), ok, n) for s, ok, n in zip(group, success, length, strict=True)]
@@ -258,6 +272,16 @@ def run_task(policy: Any, make_env: Callable[[], Any], task: str, seeds: Sequenc
             bar.close()
     nfe = list(getattr(policy, "nfe", [])[start_nfe:])
     return TaskResult(task, episodes, nfe=nfe, seconds=seconds, actions=actions), frames
+
+
+def _renders_on_demand(env: Any) -> bool:
+    """Whether `env.step` takes `render=` (skip the camera when the policy will not read the frame) and the
+    environment can `render()` the current frame on its own."""
+    try:
+        parameters = inspect.signature(env.step).parameters
+    except (TypeError, ValueError):
+        return False
+    return "render" in parameters and callable(getattr(env, "render", None))
 
 
 def _bar(show: bool, total: int, task: str) -> Any:

@@ -251,10 +251,12 @@ class MetaWorldEnv:
         self.steps = 0
         return self._observation(state)
 
-    def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+    def step(self, action: Any, *, render: bool = True) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         """Applies `action` (4,) and returns (observation, reward, terminated, truncated, info).
 
-        terminated is True once the task succeeds (`info["success"]`); truncated after `max_steps` steps.
+        terminated is True once the task succeeds (`info["success"]`); truncated after `max_steps` steps. With
+        `render=False` the observation holds no camera image (rendering is most of a step's time on a software
+        renderer: skip it for steps whose frame no policy reads, e.g. while a policy serves queued actions).
         """
         if self._obs is None:
             raise RuntimeError("call reset() before step()")
@@ -270,7 +272,7 @@ class MetaWorldEnv:
         self.steps += 1
         success = bool(info["success"])
         info = {**info, "success": success}
-        return self._observation(state), float(reward), success, self.steps >= self.max_steps, info
+        return self._observation(state, render), float(reward), success, self.steps >= self.max_steps, info
 
     @property
     def initial_state(self) -> np.ndarray:
@@ -282,9 +284,9 @@ class MetaWorldEnv:
         """The observation key of the camera image."""
         return f"observation.images.{self.camera}"
 
-    def _observation(self, state: np.ndarray) -> dict[str, Any]:
+    def _observation(self, state: np.ndarray, render: bool = True) -> dict[str, Any]:
         obs: dict[str, Any] = {"observation.state": np.asarray(state, dtype=np.float32), "task": self.instruction}
-        if self.image_shape is not None:
+        if self.image_shape is not None and render:
             obs[self.image_key] = self.render()
         self._obs = obs
         return obs

@@ -231,6 +231,20 @@ class VLATask(Task):
                             f"dicts, got {type(observation).__name__}")
         return rows, batched
 
+    def batch_shape(self, observation: Mapping[str, Any] | Sequence[Any]) -> tuple[int, bool]:
+        """(rows, batched) of an observation without reading its images: a batch's "task" is a list of
+        instructions, one frame's a string (anything else goes through the full check of `frames`)."""
+        if isinstance(observation, Mapping):
+            task = observation.get(TASK_KEY)
+            if isinstance(task, str):
+                return 1, False
+            if isinstance(task, (list, tuple)):
+                return len(task), True
+        elif isinstance(observation, (list, tuple)) and observation:
+            return len(observation), True
+        frames, batched = self.frames(observation)
+        return len(frames), batched
+
     def _keys_text(self) -> str:
         keys = [IMAGE_KEY + c for c in self.options.cameras]
         keys += [STATE_KEY] if self.state is not None else []
@@ -617,16 +631,24 @@ class VLAPolicy(Pipeline):
         Raises:
             ValueError: the batch size changed while actions are queued (call `reset()` first), or bad observations.
         """
-        frames, batched = self.task.frames(observation)
-        if self._queue and len(frames) != self._queue_rows:
-            raise ValueError(f"select_action got {len(frames)} observation rows but the queued chunk has "
-                             f"{self._queue_rows}; call reset() when the number of environments changes")
-        if not self._queue:
+        if self._queue:  # served from the queue: the observation's frames are not read (see needs_images)
+            rows, batched = self.task.batch_shape(observation)
+            if rows != self._queue_rows:
+                raise ValueError(f"select_action got {rows} observation rows but the queued chunk has "
+                                 f"{self._queue_rows}; call reset() when the number of environments changes")
+        else:
+            frames, batched = self.task.frames(observation)
             chunks = torch.stack(self.run(frames, **overrides))  # (B, H, D)
             self._queue.extend(chunks[:, : self.n_action_steps].unbind(1))  # n_action_steps x (B, D)
             self._queue_rows = len(frames)
         action = self._queue.popleft()  # (B, D)
         return action if batched else action[0]
+
+    @property
+    def needs_images(self) -> bool:
+        """Whether the next `select_action` decodes a chunk and so reads the observation's camera images (False
+        while it serves queued actions: an environment may skip rendering those steps)."""
+        return not self._queue
 
     @property
     def queued(self) -> int:
