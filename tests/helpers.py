@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from mmdiff import CoreConfig, MaskedDiffusionTransformer, VocabLayout
+from mmdiff import CoreConfig, MaskedDiffusionTransformer, Schedule, VocabLayout
+from mmdiff.registry import SCHEDULES
 
 
 def random_core(vocab: VocabLayout, seed: int = 0, **config) -> MaskedDiffusionTransformer:
@@ -58,3 +59,17 @@ def real_tiny_en(tmp: Path) -> tuple[Path, Path, float]:
     start = time.perf_counter()
     convert_ct2_whisper(src, tmp / "hf")
     return src, tmp / "hf", time.perf_counter() - start
+
+
+@SCHEDULES.register("test-all-masked", override=True)
+class AllMasked(Schedule):
+    """Every target masked, weight 1: the loss no longer depends on the random draws (recipes name it
+    "test-all-masked")."""
+
+    name = "test-all-masked"
+
+    def mask_prob(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(t)
+
+    def weight(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(t)

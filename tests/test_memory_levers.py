@@ -21,8 +21,7 @@ from torch import Tensor
 from mmdiff import Canvas, VocabLayout, diffusion_loss, get_schedule
 from mmdiff.core.masks import build_attention_mask, sequence_mask
 from mmdiff.diffusion.objective import chunked_cross_entropy, example_index
-from mmdiff.diffusion.schedules import Schedule
-from mmdiff.registry import DATASETS, SCHEDULES
+from mmdiff.registry import DATASETS
 from mmdiff.tasks.text import TextTask
 from mmdiff.train import ConfigError, TrainConfig, Trainer
 from mmdiff.train.config import ObjectiveSection, TrainSection, apply_cli_overrides
@@ -349,19 +348,6 @@ def test_packing_refuses_cores_that_read_across_sequences():
 
 
 # ------------------------------------------------------------------------------------------ in the trainer
-@SCHEDULES.register("test-levers-all-masked", override=True)
-class AllMasked(Schedule):
-    """Every target masked, weight 1: the loss no longer depends on the random draws."""
-
-    name = "test-levers-all-masked"
-
-    def mask_prob(self, t: Tensor) -> Tensor:
-        return torch.ones_like(t)
-
-    def weight(self, t: Tensor) -> Tensor:
-        return torch.ones_like(t)
-
-
 @DATASETS.register("test-uneven-copy", override=True)
 class UnevenCopySource:
     """Prompt = 2 to 5 random digits, answer = the same digits: rows of 4 to 10 tokens."""
@@ -392,7 +378,7 @@ def trainer_step(tmp_path, name: str, *overrides: str) -> tuple[Trainer, dict[st
         "name": "levers-test",
         "model": {"core": {"d_model": 32, "n_layers": 2, "n_heads": 2, "max_seq_len": 32}},
         "data": {"name": "test-uneven-copy"},
-        "objective": {"schedule": "test-levers-all-masked", "normalize": "sft"},
+        "objective": {"schedule": "test-all-masked", "normalize": "sft"},
         "optim": {"lr": 1e-2, "warmup_steps": 0, "min_lr_ratio": 1.0, "grad_clip": 0.0},
         "train": {"steps": 2, "batch_size": 8, "mixed_precision": "no", "log_every": 1, "eval_every": 0,
                   "eval_batches": 1, "save_every": 0, "out_dir": str(tmp_path / name)},

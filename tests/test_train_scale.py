@@ -24,12 +24,12 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import AllMasked
 from torch import Tensor
 
-from mmdiff.diffusion.schedules import Schedule
 from mmdiff.io import load_safetensors
 from mmdiff.modeling import DiffusionModel
-from mmdiff.registry import DATASETS, SCHEDULES
+from mmdiff.registry import DATASETS
 from mmdiff.train import ConfigError, TrainConfig, Trainer, build_model, build_source, load_train_config
 from mmdiff.train.config import TrainSection, apply_cli_overrides
 from mmdiff.train.launch import accelerate_configs, launch_command, resolve_accelerate_config
@@ -41,19 +41,6 @@ TOY = str(REPO / "configs" / "toy" / "copy-tiny.yaml")
 
 
 # ------------------------------------------------------------------------------------- third-party plug-ins
-@SCHEDULES.register("test-all-masked", override=True)
-class AllMasked(Schedule):
-    """Every target masked, weight 1: the loss no longer depends on the random draws."""
-
-    name = "test-all-masked"
-
-    def mask_prob(self, t: Tensor) -> Tensor:
-        return torch.ones_like(t)
-
-    def weight(self, t: Tensor) -> Tensor:
-        return torch.ones_like(t)
-
-
 @DATASETS.register("test-copy-scale", override=True)
 class CopySource:
     """Prompt = 6 random digits, answer = the same digits (every row has 6 targets)."""

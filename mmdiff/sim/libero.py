@@ -65,6 +65,7 @@ from typing import Any
 
 import numpy as np
 
+from mmdiff.sim.base import SimEnv
 from mmdiff.sim.metaworld import parse_image_size
 from mmdiff.sim.rendering import prepare_headless_rendering
 
@@ -343,7 +344,7 @@ def quat_to_axis_angle(quat: Any) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ environment
-class LiberoEnv:
+class LiberoEnv(SimEnv):
     """One LIBERO task with seeded resets from its fixed initial states, camera images, the 8-D state and the
     instruction (see the module docstring).
 
@@ -364,6 +365,8 @@ class LiberoEnv:
     >>> env.reset(seed=0)["observation.images.agentview"].shape  # doctest: +SKIP
     (128, 128, 3)
     """
+
+    ACTION_DIM, ACTION_TEXT, SIMULATOR = ACTION_DIM, "end-effector xyz, rotation, gripper", "a LIBERO"
 
     def __init__(self, task: str, seed: int = 0, image_size: int | tuple[int, int] | None = 128,
                  cameras: Sequence[str] = ("agentview", "wrist"), max_steps: int | None = None,
@@ -427,16 +430,7 @@ class LiberoEnv:
         terminated is True once the task succeeds (`info["success"]`, LIBERO's `check_success()`); truncated after
         `max_steps` steps.
         """
-        if self._obs is None:
-            raise RuntimeError("call reset() before step()")
-        action = np.asarray(action, dtype=np.float64)
-        if action.shape != (ACTION_DIM,):
-            raise ValueError(f"a LIBERO action has shape ({ACTION_DIM},) (end-effector xyz, rotation, gripper), got "
-                             f"{action.shape}; decode one step of the chunk per call")
-        if not np.isfinite(action).all():
-            raise ValueError(f"action has non-finite values: {action.tolist()}")
-        if self.steps >= self.max_steps:
-            raise RuntimeError(f"the episode ended after {self.max_steps} steps; call reset()")
+        action = self.checked_action(action, np.float64)
         raw, reward, _, info = self._env.step(action)
         self.steps += 1
         success = bool(self._env.check_success())
@@ -492,19 +486,6 @@ class LiberoEnv:
             raise ValueError(f"camera {camera!r} is not rendered by this environment; it renders {self.cameras}")
         height, width = self.image_shape
         return self._upright(self._env.sim.render(width=width, height=height, camera_name=CAMERAS[camera]))
-
-    def close(self) -> None:
-        """Frees the simulation and its renderer."""
-        env = getattr(self, "_env", None)
-        if env is not None:
-            env.close()
-            self._env = None
-
-    def __enter__(self) -> LiberoEnv:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def make_env(task: str, seed: int = 0, image_size: int | tuple[int, int] | None = 128,

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from mmdiff.sim.base import SimEnv
 from mmdiff.sim.rendering import prepare_headless_rendering
 
 __all__ = [
@@ -177,7 +178,7 @@ def parse_image_size(image_size: int | tuple[int, int] | None) -> tuple[int, int
     return size  # type: ignore[return-value]
 
 
-class MetaWorldEnv:
+class MetaWorldEnv(SimEnv):
     """One Meta-World task with seeded resets, a camera image, the state and the instruction.
 
     Args:
@@ -194,6 +195,8 @@ class MetaWorldEnv:
     >>> env.reset()["observation.images.corner"].shape      # doctest: +SKIP
     (32, 32, 3)
     """
+
+    ACTION_DIM, ACTION_TEXT, SIMULATOR = ACTION_DIM, "hand xyz, gripper", "a Meta-World"
 
     def __init__(self, task: str, seed: int = 0, image_size: int | tuple[int, int] | None = 64,
                  camera: str = "corner", max_steps: int = MAX_STEPS, shadows: bool = False) -> None:
@@ -258,16 +261,7 @@ class MetaWorldEnv:
         `render=False` the observation holds no camera image (rendering is most of a step's time on a software
         renderer: skip it for steps whose frame no policy reads, e.g. while a policy serves queued actions).
         """
-        if self._obs is None:
-            raise RuntimeError("call reset() before step()")
-        action = np.asarray(action, dtype=np.float32)
-        if action.shape != (ACTION_DIM,):
-            raise ValueError(f"a Meta-World action has shape ({ACTION_DIM},) (hand xyz, gripper), got "
-                             f"{action.shape}; decode one step of the chunk per call")
-        if not np.isfinite(action).all():
-            raise ValueError(f"action has non-finite values: {action.tolist()}")
-        if self.steps >= self.max_steps:
-            raise RuntimeError(f"the episode ended after {self.max_steps} steps; call reset()")
+        action = self.checked_action(action)
         state, reward, _, _, info = self._env.step(action)
         self.steps += 1
         success = bool(info["success"])
@@ -309,19 +303,6 @@ class MetaWorldEnv:
         if self.upside_down():
             frame = frame[::-1, ::-1]
         return np.ascontiguousarray(frame)
-
-    def close(self) -> None:
-        """Frees the renderer."""
-        env = getattr(self, "_env", None)
-        if env is not None:
-            env.close()
-            self._env = None
-
-    def __enter__(self) -> MetaWorldEnv:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def make_env(task: str, seed: int = 0, image_size: int | tuple[int, int] | None = 64, camera: str = "corner",
