@@ -167,6 +167,21 @@ def peak_memory_of(fn: Callable[[], Any], device: torch.device) -> dict[str, Any
     return {"peak_mib": max(peak - base, 0) / 1024, "method": method, "exact": reset}
 
 
+def flops_of(fn: Callable[[], Any]) -> int:
+    """Floating-point operations of one call of `fn`, counted by `torch.utils.flop_counter.FlopCounterMode` (matrix
+    products and attention; elementwise work is not counted). The CPU's fused attention kernel
+    (`_scaled_dot_product_flash_attention_for_cpu`) is counted like the CUDA ones: 4 * B * H * Lq * Lk * D."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def attention(q: Any, k: Any, v: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+        return sdpa_flop_count(q, k, v)
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: attention}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
 def run_json_subprocess(args: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> Any:
     """Runs `python args...` in a fresh interpreter and parses the JSON its last stdout line holds."""
     full_env = {**os.environ, **(env or {})}

@@ -21,10 +21,16 @@ said otherwise):
   (s_{k+1} = s_{k-1} + d_k + d_{k+1}), but not many, so large k must guess and loses accuracy;
 - AR baseline: the same core trained with causal attention and next-token loss on the same task and budget
   (benchmarks/ar_baseline.py), decoded greedily with a KV cache (only when its folder exists: `--ar`);
-- block diffusion, threshold t (and + pipeline): the same core built block-causal and trained with block diffusion
-  on the same data (configs/reasoning/running-sums-block.yaml), decoded by the `block-diffusion` sampler with its
-  exact cache of finished blocks, threshold commits inside a block, and D2F pipelining (the next block starts once
-  half of the current one is decoded, at the same threshold) (only when its folder exists: `--block-model`).
+- block diffusion, threshold t (and + pipeline): the zoo entry `running-sums-block`, the same core built
+  block-causal and trained with block diffusion on the same data (configs/reasoning/running-sums-block*.yaml),
+  decoded by the `block-diffusion` sampler with its exact cache of finished blocks, threshold commits inside a block,
+  and D2F pipelining (the next block starts once half of the current one is decoded, at the same threshold)
+  (`--block-model`).
+
+A model runs only the canvas lengths its core takes (max_seq_len); the others are skipped with a message.
+Columns: speed-up = tokens/s over the reference-equivalent loop's, vs AR = over the AR baseline's, both of the same
+length and batch size; MFLOP / token = the floating-point operations of the matrix products and attention (counted by
+torch's FlopCounterMode on the first batch, benchmarks/common.flops_of) per generated sum.
 
 Run it on an otherwise idle machine, with OpenMP's default wait policy (what users get; `make bench` unsets the
 Makefile's OMP_WAIT_POLICY=PASSIVE for this script): passive waiting puts the threads to sleep between operations,
@@ -40,6 +46,8 @@ benchmarks/common.py).
 
     python benchmarks/sampling.py                                  # 200 problems, lengths 64 and 256, batch 1 and 16
     python benchmarks/sampling.py --problems 16 --lengths 64 --batch-sizes 4     # a smoke run
+    python benchmarks/sampling.py --lengths 256 --only "block diffusion" AR "delayed cache + threshold 0.995"
+                                                   # block diffusion against AR (and the reference loop) only
 
 Writes benchmarks/results/sampling.json and sampling.md and prints the markdown table.
 """
@@ -56,13 +64,14 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import add_run_arguments, fmt_table, peak_memory_of, run_benchmark, sync  # noqa: E402
+from common import add_run_arguments, flops_of, fmt_table, peak_memory_of, run_benchmark, sync  # noqa: E402
 
 from mmdiff import create_model  # noqa: E402
 from mmdiff.data.running_sums import RunningSumsSource, grade_answer  # noqa: E402
 from mmdiff.tasks.text import left_pad  # noqa: E402
 
 REFERENCE = "reference-equivalent"
+AR = "AR baseline (KV cache)"
 
 
 def methods(block: int, parallel: list[int], thresholds: list[float], small_block: int) -> dict[str, dict[str, Any]]:
@@ -135,11 +144,12 @@ def run_methods(decoders: dict[str, Any], source: RunningSumsSource, problems: l
     names = list(decoders)
     seconds = dict.fromkeys(names, 0.0)
     results: dict[str, list[Any]] = {name: [] for name in names}
-    memory = {}
+    memory, flops = {}, {}
     with torch.inference_mode():
         for name, decode in decoders.items():
             decode(chunks[0])  # warm-up
             memory[name] = peak_memory_of(lambda decode=decode: decode(chunks[0]), device)
+            flops[name] = flops_of(lambda decode=decode: decode(chunks[0]))
         for i, chunk in enumerate(chunks):
             for name in names[i % len(names):] + names[: i % len(names)]:
                 sync(device)
@@ -164,6 +174,7 @@ def run_methods(decoders: dict[str, Any], source: RunningSumsSource, problems: l
             "tokens_per_s": n * len(problems) / seconds[name],
             "seconds": seconds[name],
             "peak_mib": memory[name]["peak_mib"],
+            "mflop_per_token": flops[name] / (n * len(chunks[0])) / 1e6,
             "memory_method": memory[name]["method"],
             "outputs": outputs,
         }
@@ -182,38 +193,56 @@ def load_ar(path: Path | None, device: torch.device) -> tuple[Any, Any]:
     return model, partial(ar_fill, bos_id=model_bos_id(model))
 
 
+def fits(model: Any, length: int) -> bool:
+    """Whether a model takes canvases of `length` (its core's max_seq_len; the AR baseline reads one more: its BOS)."""
+    bos = model is not None and model.config.task_options.get("bos_id") is not None
+    return model is not None and length + bos <= model.core.config.max_seq_len
+
+
 def bench(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
     model = create_model(args.model, device=str(device))
     ar_model, ar_fill = load_ar(args.ar, device)
-    block_model = create_model(args.block_model, device=str(device)) if (
-        args.block_model is not None and args.block_model.is_dir()) else None
+    block_model = None if args.block_model == "none" else create_model(args.block_model, device=str(device))
     rows = []
     for length in args.lengths:
         n = length // 2
         source = RunningSumsSource(n_min=n, n_max=n, val_size=args.problems)  # held out: the val stream
         problems = source.val_problems
         for batch in args.batch_sizes:
-            decoders = {name: make_decoder(model, source, options, device)
-                        for name, options in methods(args.block, args.parallel, args.thresholds,
-                                                     args.small_block).items()}
-            if ar_model is not None:
-                decoders["AR baseline (KV cache)"] = make_decoder(ar_model, source, {}, device, ar_fill)
-            if block_model is not None:
+            decoders = {}
+            if fits(model, length):
+                decoders.update({name: make_decoder(model, source, options, device)
+                                 for name, options in methods(args.block, args.parallel, args.thresholds,
+                                                              args.small_block).items()})
+            if fits(ar_model, length):
+                decoders[AR] = make_decoder(ar_model, source, {}, device, ar_fill)
+            if fits(block_model, length):
                 decoders.update({name: make_decoder(block_model, source, options, device)
                                  for name, options in block_methods(args.thresholds).items()})
+            skipped = [name for name, m in (("diffusion", model), ("AR", ar_model), ("block", block_model))
+                       if m is not None and not fits(m, length)]
+            if skipped:
+                print(f"length {length}: {', '.join(skipped)} model(s) skipped (canvas longer than max_seq_len)",
+                      file=sys.stderr, flush=True)
+            if args.only:  # the reference row stays: it defines the speed-up column
+                decoders = {name: d for name, d in decoders.items()
+                            if name == REFERENCE or any(part in name for part in args.only)}
+            if not decoders:
+                continue
             results = run_methods(decoders, source, problems, batch, device)
-            reference_out = results[REFERENCE]["outputs"]
+            reference_out = results[REFERENCE]["outputs"] if REFERENCE in results else None
             for name, result in results.items():
                 outputs = result.pop("outputs")
-                same = None if name.startswith(("AR", "block diffusion")) else sum(
+                same = None if reference_out is None or name.startswith(("AR", "block diffusion")) else sum(
                     a == b for a, b in zip(outputs, reference_out, strict=True)) / len(problems)
                 rows.append({"length": length, "batch": batch, "method": name, "same_as_reference": same, **result})
                 print(f"length {length} batch {batch} {name}: exact {result['exact_match']:.3f} "
                       f"{result['tokens_per_s']:.0f} tok/s", file=sys.stderr, flush=True)
-    for row in rows:  # speed-up over the reference-equivalent loop of the same length and batch
-        ref = next(r for r in rows if r["length"] == row["length"] and r["batch"] == row["batch"]
-                   and r["method"] == REFERENCE)
-        row["speedup"] = row["tokens_per_s"] / ref["tokens_per_s"]
+    for row in rows:  # speed-ups over the reference-equivalent loop and over AR, of the same length and batch
+        for key, method in (("speedup", REFERENCE), ("vs_ar", AR)):
+            base = next((r for r in rows if r["length"] == row["length"] and r["batch"] == row["batch"]
+                         and r["method"] == method), None)
+            row[key] = None if base is None else row["tokens_per_s"] / base["tokens_per_s"]
     return rows
 
 
@@ -223,9 +252,12 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Na
         "exact match": f"{100 * r['exact_match']:.1f} %",
         "= ref": "" if r["same_as_reference"] is None else f"{100 * r['same_as_reference']:.0f} %",
         "NFE / batch": f"{r['nfe_per_batch']:.1f}", "tokens/s": f"{r['tokens_per_s']:.0f}",
-        "speed-up": f"{r['speedup']:.2f}x", "peak MiB": f"{r['peak_mib']:.1f}",
+        "speed-up": "" if r["speedup"] is None else f"{r['speedup']:.2f}x",
+        "vs AR": "" if r["vs_ar"] is None else f"{r['vs_ar']:.2f}x",
+        "MFLOP / token": f"{r['mflop_per_token']:.2f}", "peak MiB": f"{r['peak_mib']:.1f}",
     } for r in rows]
-    columns = ["length", "batch", "method", "exact match", "= ref", "NFE / batch", "tokens/s", "speed-up", "peak MiB"]
+    columns = ["length", "batch", "method", "exact match", "= ref", "NFE / batch", "tokens/s", "speed-up", "vs AR",
+               "MFLOP / token", "peak MiB"]
     head = (f"Sampler benchmark: `{args.model}`, {args.problems} held-out problems per canvas length, blocks of "
             f"{args.block}; device {info['device']} ({info.get('gpu', info['cpu'])}), torch {info['torch']}, "
             f"{info['torch_threads']} threads, OMP_WAIT_POLICY {info['omp_wait_policy']}"
@@ -249,10 +281,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="rows with this many sums committed per step (fixed parallel decoding)")
     parser.add_argument("--ar", type=Path, default=Path(__file__).resolve().parent / "baselines" / "ar-running-sums",
                         help="folder of the AR baseline (skipped when missing)")
-    parser.add_argument("--block-model", type=Path,
-                        default=Path(__file__).resolve().parent / "baselines" / "block-running-sums",
-                        help="folder of the block-diffusion model (configs/reasoning/running-sums-block.yaml; "
-                             "skipped when missing)")
+    parser.add_argument("--block-model", default="running-sums-block",
+                        help="zoo name or folder of the block-diffusion model (configs/reasoning/running-sums-block*."
+                             "yaml); 'none' skips its rows")
+    parser.add_argument("--only", nargs="+", default=None, metavar="TEXT",
+                        help="run only the methods whose name contains one of these texts (and the reference row)")
     add_run_arguments(parser)
 
     def check(args: argparse.Namespace) -> None:

@@ -33,9 +33,10 @@ def test_methods_are_timed_batch_by_batch_in_rotating_order():
 
     out = bench.run_methods({"a": decoder("a", 2), "b": decoder("b", 1), "c": decoder("c", 5)}, source,
                             source.val_problems, 4, torch.device("cpu"))
-    # per method: a warm-up and a memory call on the first batch, then batch 0 in the order a b c, batch 1 in b c a
-    assert calls[:6] == [("a", 4)] * 2 + [("b", 4)] * 2 + [("c", 4)] * 2
-    assert calls[6:] == [("a", 4), ("b", 4), ("c", 4), ("b", 2), ("c", 2), ("a", 2)]
+    # per method: a warm-up, a memory and a FLOP-count call on the first batch, then batch 0 in the order a b c,
+    # batch 1 in b c a
+    assert calls[:9] == [("a", 4)] * 3 + [("b", 4)] * 3 + [("c", 4)] * 3
+    assert calls[9:] == [("a", 4), ("b", 4), ("c", 4), ("b", 2), ("c", 2), ("a", 2)]
     assert [out[m]["nfe_per_batch"] for m in "abc"] == [2.0, 1.0, 5.0]
     assert all(out[m]["exact_match"] == 1.0 for m in "abc")
     for m in "abc":
@@ -45,7 +46,7 @@ def test_methods_are_timed_batch_by_batch_in_rotating_order():
 
 def test_smoke_run_of_the_shipped_entry(tmp_path):
     argv = ["--problems", "6", "--lengths", "64", "--batch-sizes", "3", "--thresholds", "0.995", "--parallel", "2",
-            "--small-block", "8", "--device", "cpu", "--out", str(tmp_path)]
+            "--small-block", "8", "--block-model", "none", "--device", "cpu", "--out", str(tmp_path)]
     assert bench.main(argv) == 0
     result = json.loads((tmp_path / "sampling.json").read_text())
     rows = {r["method"]: r for r in result["rows"]}
@@ -70,5 +71,13 @@ def test_smoke_run_of_the_shipped_entry(tmp_path):
     for method, r in rows.items():
         assert r["exact_match"] == 1.0, method  # the shipped model is exact on every method at this size
         assert r["same_as_reference"] in (1.0, None), method
+    # MFLOP per generated sum, counted: the reference loop runs the whole canvas (L = 64) once per sum
+    cfg = bench.create_model("running-sums-small").core.config
+    d, h, L = cfg.d_model, cfg.mlp_hidden_size, 64
+    per_layer = 2 * L * d * 4 * d + 3 * 2 * L * d * h + 4 * L * L * d  # q k v o, SwiGLU, attention
+    assert ref["mflop_per_token"] == pytest.approx((cfg.n_layers * per_layer + 2 * L * d * cfg.vocab_size) / 1e6)
+    assert rows["AR baseline (KV cache)"]["mflop_per_token"] < rows["dual cache + threshold 0.995"]["mflop_per_token"]
+    assert rows["AR baseline (KV cache)"]["vs_ar"] == 1.0 and ref["vs_ar"] == pytest.approx(
+        ref["tokens_per_s"] / rows["AR baseline (KV cache)"]["tokens_per_s"])
     table = (tmp_path / "sampling.md").read_text()
     assert "| 64 | 3 | dual cache + threshold 0.995 | 100.0 % | 100 % |" in table

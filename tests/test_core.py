@@ -417,3 +417,86 @@ def test_cache_errors():
     shifted = make_core(logits_shift="previous")
     with pytest.raises(ValueError, match="logits_shift='previous' needs the hidden state left of the window"):
         shifted(ids[:, 2:], cache=shifted(ids, use_cache=True).cache, cache_window=(2, 8))
+
+
+# ------------------------------------------------------------------------------- torch.compile option
+def test_compile_unavailable_falls_back_to_eager_with_a_named_warning(monkeypatch):
+    core, ids = make_core(), rand_ids(2, 7)
+    expected = core(ids).logits
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    with pytest.warns(RuntimeWarning, match="torch.compile is unavailable here .RuntimeError: no C.. compiler found"):
+        assert core.compile_blocks() is False
+    assert torch.equal(core(ids).logits, expected)
+
+
+def test_a_compiled_block_failing_at_its_first_call_falls_back_for_good(monkeypatch):
+    core, ids = make_core(), rand_ids(2, 7)
+    expected = core(ids).logits
+    calls = []
+
+    def failing_compile(block, **options):
+        calls.append(options)
+
+        def run(*args):
+            raise RuntimeError("backend compiler failed")
+        return run
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    assert core.compile_blocks(mode="max-autotune") is True
+    assert calls == [{"mode": "max-autotune", "dynamic": True}] * core.config.n_layers
+    with pytest.warns(RuntimeWarning, match="backend compiler failed"):
+        assert torch.equal(core(ids).logits, expected)
+    assert core._compiled is None  # eager from then on: no second warning
+    assert torch.equal(core(ids).logits, expected)
+
+
+def test_compiled_blocks_run_instead_of_the_eager_ones(monkeypatch):
+    core, ids = make_core(), rand_ids(2, 7)
+    expected = core(ids).logits
+    ran = []
+
+    def tracing_compile(block, **options):
+        def run(*args):
+            ran.append(block)
+            return block(*args)
+        return run
+
+    monkeypatch.setattr(torch, "compile", tracing_compile)
+    core.compile_blocks()
+    assert torch.equal(core(ids).logits, expected)
+    assert ran == list(core.blocks)
+    core.compile_blocks(enabled=False)
+    core(ids)
+    assert len(ran) == core.config.n_layers
+
+
+@pytest.mark.slow
+def test_torch_compile_of_the_blocks_gives_the_eager_logits():
+    core, ids = make_core(), rand_ids(2, 7)
+    with torch.inference_mode():
+        expected = core(ids).logits
+        assert core.compile_blocks()
+        torch.testing.assert_close(core(ids).logits, expected, rtol=1e-5, atol=1e-5)
+        assert core._compiled is not None  # compiled for real: no fallback happened
+
+
+def test_precomputed_rope_rows_equal_the_per_call_computation():
+    from mmdiff.core.model import rotary_embedding
+
+    core = make_core()
+    cos, sin = core.rope_table(torch.device("cpu"))
+    positions = torch.arange(core.config.max_seq_len)[None]
+    ref_cos, ref_sin = rotary_embedding(positions, core.config.head_dim, core.config.rope_theta)
+    assert torch.equal(cos, ref_cos) and torch.equal(sin, ref_sin)
+    assert core.rope_table(torch.device("cpu"))[0] is cos  # computed once
+    ids = rand_ids(2, 9)
+    explicit = torch.arange(9)[None].expand(2, 9)
+    assert torch.equal(core(ids).logits, core(ids, position_ids=explicit).logits)  # the table path, bit for bit
+    out = core(ids, use_cache=True)
+    window = core(ids[:, 4:7], cache=out.cache, cache_window=(4, 7)).logits
+    assert torch.equal(window, core(ids[:, 4:7], cache=out.cache, cache_window=(4, 7),
+                                    position_ids=explicit[:, 4:7]).logits)

@@ -137,14 +137,11 @@ class CacheStrategy:
             self.rows = (keep, None if self.kv is None else self.kv.select_rows(keep))
         return self.rows
 
-    def _window(self, lo: int, hi: int) -> tuple[int, int]:
-        return lo, hi
-
     def logits(self, x: Tensor, lo: int, hi: int, columns: Tensor | None = None, open_counts: Tensor | None = None,
                n_rows: int = 0) -> Tensor:
         """(B, K, V) logits of the block [lo, hi) (or (B, n, V) at `columns`); rows sit out when they may."""
         rows = self._step_rows(open_counts, n_rows)
-        logits, self.kv = self.forward(x, lo, hi, self.mode, self.kv, self._window(lo, hi), columns, rows)
+        logits, self.kv = self.forward(x, lo, hi, self.mode, self.kv, (lo, hi), columns, rows)
         return logits
 
     def changed(self, positions: Tensor, lo: int = 0, hi: int | None = None) -> None:
@@ -173,24 +170,35 @@ class DualCache(CacheStrategy):
 
 class DelayedCache(CacheStrategy):
     """dKV-Cache's delayed caching: one full forward at the start, no per-block refresh; each step runs the block
-    widened to every column whose token changed since its keys and values were computed."""
+    widened to every column whose token changed since its keys and values were computed.
+
+    Rows that finished the block sit out its remaining steps (with `skip_rows`): a step runs only the rows still
+    decoding, writes their fresh keys and values back into the batch's cache, and a row that sat out keeps its stale
+    columns marked, so its first step of the next block recomputes them."""
 
     mode = "delayed"
     refreshes_per_block = False
     tracks_changes = True
 
     def __init__(self, forward: _Forward, *, skip_rows: bool, shape: tuple[int, int], device: torch.device) -> None:
-        super().__init__(forward, skip_rows=False, shape=shape, device=device)
+        super().__init__(forward, skip_rows=skip_rows, shape=shape, device=device)
         self.stale = torch.zeros(shape, dtype=torch.bool, device=device)  # keys/values computed before a change
-
-    def _window(self, lo: int, hi: int) -> tuple[int, int]:
-        return _recompute_window(self.stale, lo, hi)
 
     def logits(self, x: Tensor, lo: int, hi: int, columns: Tensor | None = None, open_counts: Tensor | None = None,
                n_rows: int = 0) -> Tensor:
-        window = self._window(lo, hi)
-        logits, self.kv = self.forward(x, lo, hi, self.mode, self.kv, window, columns, None)
-        self.stale[:, : window[1]] = False  # the window is fresh; a first (full) forward refreshed all before it
+        rows = self._step_rows(open_counts, n_rows)
+        if rows is None:
+            window = _recompute_window(self.stale, lo, hi)
+            logits, self.kv = self.forward(x, lo, hi, self.mode, self.kv, window, columns, None)
+            self.stale[:, : window[1]] = False  # the window is fresh; a first (full) forward refreshed all before it
+            return logits
+        keep, kv = rows
+        window = _recompute_window(self.stale[keep], lo, hi)
+        logits = self.forward(x, lo, hi, self.mode, self.kv, window, columns, rows)[0]
+        a, b = window  # the running rows' fresh keys and values (written into their gathered cache) go back
+        for full, part in zip(self.kv.keys + self.kv.values, kv.keys + kv.values, strict=True):
+            full[keep, :, a:b] = part[:, :, a:b]
+        self.stale[keep, :b] = False
         return logits
 
     def changed(self, positions: Tensor, lo: int = 0, hi: int | None = None) -> None:
