@@ -43,6 +43,7 @@ class WindowCore(nn.Module):
 
     def forward(self, x: torch.Tensor, cache=None, cache_window=None, **kw):
         self.windows.append(tuple(cache_window) if cache_window is not None else (0, x.shape[1]))
+        self.asked = getattr(self, "asked", []) + [kw["logits_at"].shape[1]]
         return self.core(x, cache=cache, cache_window=cache_window, **kw)
 
 
@@ -244,6 +245,21 @@ def test_batch_equals_one_by_one(layout, setting):
         assert torch.equal(batch.sequences[r, cut:], alone.sequences[0, : ids.shape[1] - cut + options["gen_length"]]
                            if layout == "infill" else alone.sequences[0]), r
         assert torch.equal(batch.commit_step[r, cut:] >= 0, alone.commit_step[0] >= 0)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("setting", range(len(SETTINGS)))
+def test_logits_at_masked_columns_only_decode_like_the_whole_window(layout, setting):
+    """Greedy steps ask logits only where a token can be committed (the core's last layer runs only there): the same
+    tokens, commit steps and passes as a run forced onto every column of the window (an identity processor)."""
+    ids, attention, options = LAYOUTS[layout]
+    narrow, whole = WindowCore(block_core(seed=3)), WindowCore(block_core(seed=3))
+    fast = decode(narrow, ids, attention, **options, **SETTINGS[setting])
+    full = decode(whole, ids, attention, **options, **SETTINGS[setting], logits_processor=lambda logits, *a: logits)
+    assert torch.equal(fast.sequences, full.sequences) and torch.equal(fast.commit_step, full.commit_step)
+    assert fast.nfe == full.nfe and narrow.windows == whole.windows
+    assert sum(narrow.asked) < sum(whole.asked)  # given tokens and committed ones are never asked
+    assert all(a <= w for a, w in zip(narrow.asked, whole.asked, strict=True))
 
 
 def test_forward_passes_and_windows_by_hand():

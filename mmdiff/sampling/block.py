@@ -16,6 +16,8 @@ changed: the blocks finished at the step before (their clean pass, fused with th
   fraction is below `activate_at` (D2F's decoded-token threshold) it commits only positions more probable than
   `pipeline_threshold` (none forced), afterwards it decodes as the oldest block does. With `pipeline_threshold=1`
   nothing is committed early, and the tokens equal sequential block decoding.
+- Greedy steps ask logits only at the masked columns of the started blocks (the core's last layer and the output
+  projection run only there; exact: nothing else is read); a `logits_processor` or sampling gets every column.
 - EOS early stop (`eos_early_stop`): a row whose answer holds an EOS with nothing undecided before it is finished:
   its remaining masks become EOS, and finished rows leave the batch's forward passes.
 
@@ -163,9 +165,10 @@ class BlockDiffusionSampler(Sampler):
             before = torch.cat([torch.ones_like(frac[:, :1]), frac[:, :-1]], 1)
             full = started & (before >= o.activate_at)  # decoded at `threshold`, one commit forced
             active = started & (open_blocks > 0)
-            summary = torch.cat([active.any(0), (open_blocks == 0).all(0), open_.any(1)]).tolist()
+            asked = (started * open_blocks).sum(1).max()[None]  # the most masked columns a row decodes this step
+            summary = torch.cat([active.any(0), (open_blocks == 0).all(0), open_.any(1), asked]).tolist()
             active_any, done_all = summary[:n_blocks], summary[n_blocks : 2 * n_blocks]
-            live_rows = summary[2 * n_blocks :]
+            live_rows, n_asked = summary[2 * n_blocks : -1], int(summary[-1])
             blocks = [b for b, a in enumerate(active_any) if a]
             if not blocks:
                 break
@@ -178,20 +181,27 @@ class BlockDiffusionSampler(Sampler):
                 kv = kv.select_rows(torch.tensor([kv_rows.index(r) for r in live], device=x.device))
                 kv_rows = live
             lo = starts[cached] if o.cache else 0
-            logits, kv = _forward(core, _take(x, rows), _take(lay.attention, rows), lo, lo_a, hi, kv, o.cache)
+            x_live = _take(x, rows)
+            block_of = col_block[lo_a:hi] - first_a  # (K,) block of each column in the window's active part
+            eligible = _take(open_, rows)[:, lo_a:hi] & _take(started, rows)[:, first_a:last_a + 1][:, block_of]
+            is_full = _take(full, rows)[:, first_a:last_a + 1][:, block_of]
+            # logits only where a token can be committed (the core's last layer runs only there): exact, as the
+            # rest are never read; not with a processor (it gets every column) or sampling (its noise per column)
+            narrow = logits_processor is None and o.temperature == 0 and n_asked < hi - lo_a
+            asked_at = torch.sort((~eligible).to(torch.int8), dim=1, stable=True).indices[:, :n_asked] if narrow else None
+            logits, kv = _forward(core, x_live, _take(lay.attention, rows), lo, lo_a, hi, kv, o.cache, asked_at)
             nfe += 1
             if o.cache:
                 kv_rows = live
                 while cached <= last_a and done_all[cached]:  # finished before this pass: their clean pass was it
                     cached += 1
             # ---- selection in the decoded columns [lo_a, hi) of the live rows
-            x_live = _take(x, rows)
             logits = filters(logits, x_live, lo_a, hi)
-            x0 = gumbel_argmax(logits, o.temperature, generator)  # (R, K)
-            conf = confidence_scores(logits, x0, "low_confidence")  # (R, K) float64
-            block_of = col_block[lo_a:hi] - first_a  # (K,) block of each column in the window's active part
-            eligible = _take(open_, rows)[:, lo_a:hi] & _take(started, rows)[:, first_a:last_a + 1][:, block_of]
-            is_full = _take(full, rows)[:, first_a:last_a + 1][:, block_of]
+            x0 = gumbel_argmax(logits, o.temperature, generator)  # (R, K), or (R, n_asked) at `asked_at`
+            conf = confidence_scores(logits, x0, "low_confidence")  # float64
+            if asked_at is not None:  # back to the window's columns; the others are never eligible
+                x0 = x_live[:, lo_a:hi].scatter(1, asked_at, x0)
+                conf = torch.full(x0.shape, -math.inf, dtype=conf.dtype, device=conf.device).scatter(1, asked_at, conf)
             thresholds = torch.full_like(conf, o.pipeline_threshold).masked_fill(is_full, o.threshold)
             commit = eligible & (conf > thresholds)
             commit |= _most_confident(conf.masked_fill(~(eligible & is_full), -math.inf), size, last_a - first_a + 1)
@@ -237,11 +247,15 @@ def _most_confident(scores: Tensor, size: int, n_blocks: int) -> Tensor:
 
 
 def _forward(core: nn.Module, x: Tensor, attention: Tensor | None, lo: int, lo_a: int, hi: int, kv: KVCache | None,
-             use_cache: bool) -> tuple[Tensor, KVCache | None]:
-    """Logits (R, hi - lo_a, V) of the columns [lo_a, hi) from a pass over [lo, hi); with the cache the keys and
-    values of [lo, hi) are written into it (the first pass, lo = 0, makes it)."""
+             use_cache: bool, asked_at: Tensor | None = None) -> tuple[Tensor, KVCache | None]:
+    """Logits (R, hi - lo_a, V) of the columns [lo_a, hi), or (R, n, V) at the columns lo_a + `asked_at` (R, n), from
+    a pass over [lo, hi); with the cache the keys and values of [lo, hi) are written into it (the first pass, lo = 0,
+    makes it)."""
     R, L = x.shape
-    at = torch.arange(lo_a - lo, hi - lo, device=x.device)[None].expand(R, -1)  # (R, K) window indices
+    if asked_at is None:
+        at = torch.arange(lo_a - lo, hi - lo, device=x.device)[None].expand(R, -1)  # (R, K) window indices
+    else:
+        at = asked_at + (lo_a - lo)
     if kv is not None:
         out = core(x[:, lo:hi], attention_mask=attention, cache=kv, cache_window=(lo, hi), logits_at=at,
                    check_inputs=False)
