@@ -3,7 +3,8 @@ batch of 8; clipping caps the applied gradient, checked against a hand-computed 
 a real `mmdiff train` process killed with SIGKILL, the accelerate configs of configs/accelerate/ (parsed by
 accelerate's own launcher code; `mmdiff train --accelerate-config`; the 2-process DDP run is in test_train_ddp.py),
 and the errors for bad input (an unknown recipe key names the closest one; a world size that does
-not divide a global batch).
+not divide a global batch; a full disk during a checkpoint write, which keeps the previous checkpoint; resuming a
+checkpoint of another core shape).
 
 The gradient tests mask every target (a schedule registered here, by a third party): the masks then do not depend
 on how the rows are split into micro-batches, so the accumulated and the big-batch gradients must be equal, not just
@@ -380,3 +381,44 @@ def test_doctests_pass():
 
     for module in (mmdiff.train.config, mmdiff.train.launch):
         assert doctest.testmod(module).failed == 0, module.__name__
+
+
+def test_a_full_disk_during_a_checkpoint_write_is_named_and_the_previous_checkpoint_stays(tmp_path, monkeypatch):
+    import errno
+
+    import mmdiff.io as mio
+    from mmdiff.train import checkpoint as ckpt
+
+    config = recipe(tmp_path / "run", "--train.steps=2", "--train.save_every=1")
+    Trainer(config).run(resume=False, max_steps=1)  # checkpoint step 1 written
+    real_save = mio.save_file
+
+    def full_disk(tensors, path, metadata=None):
+        real_save(tensors, path, metadata=metadata)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(mio, "save_file", full_disk)
+    with pytest.raises(ckpt.CheckpointWriteError) as err:
+        Trainer(config).run(resume=True)
+    message = str(err.value)
+    assert "checkpoint step-000002" in message and "No space left on device" in message
+    assert "step-000001 is untouched" in message and "Free space" in message
+    monkeypatch.undo()
+    root = tmp_path / "run" / "checkpoints"
+    assert (root / "latest").read_text().strip() == "step-000001"
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-000001"]  # no half-written folder left
+    assert ckpt.load_checkpoint(root / "step-000001").step == 1
+    Trainer(config).run(resume=True)  # space again: the run goes on from step 1
+    assert (root / "latest").read_text().strip() == "step-000002"
+
+
+def test_resuming_a_checkpoint_of_another_core_shape_names_the_shapes_and_the_fix(tmp_path):
+    from mmdiff.train import checkpoint as ckpt
+
+    Trainer(recipe(tmp_path / "run", "--train.steps=1", "--train.save_every=1")).run(resume=False)
+    wider = recipe(tmp_path / "run", "--train.steps=2", "--model.core.d_model=48")
+    with pytest.raises(ckpt.CheckpointError) as err:
+        Trainer(wider).run(resume=True)
+    message = str(err.value)
+    assert "d_model" in message and "32" in message and "48" in message
+    assert "--no-resume" in message or "train.out_dir" in message

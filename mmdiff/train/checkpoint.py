@@ -52,6 +52,7 @@ from mmdiff.io import (
 
 __all__ = [
     "CheckpointError",
+    "CheckpointWriteError",
     "TrainingState",
     "CHECKPOINTS_DIR",
     "step_dir_name",
@@ -82,6 +83,22 @@ _TMP_PREFIX = ".tmp-"
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed from; the message names the folder and the fix."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """Writing a checkpoint failed (a full disk, a quota, a lost mount): nothing of it was kept, the previous checkpoint
+    and `latest` are untouched; the message names the error, the previous checkpoint and the fix."""
+
+
+def _write_failed(root: Path, name: str, err: OSError) -> CheckpointWriteError:
+    pointer = root / LATEST
+    previous = pointer.read_text().strip() if pointer.is_file() else None
+    kept = (f"the previous checkpoint {root / previous} is untouched and `latest` still names it"
+            if previous else "no earlier checkpoint exists")
+    return CheckpointWriteError(
+        f"writing checkpoint {name} into {root} failed: {err}. Nothing of it was kept; {kept}. Free space on that "
+        "disk (or lower train.keep_checkpoints, or point train.out_dir at a larger disk) and run the same command "
+        "again: training resumes from the latest checkpoint.")
 
 
 def step_dir_name(step: int) -> str:
@@ -371,9 +388,11 @@ def save_checkpoint(
         if is_main:
             write_main(tmp)
         write_rank(tmp)
-    except BaseException:
+    except BaseException as err:
         if is_main:
             shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise _write_failed(root, final.name, err) from err
         raise
     barrier()
     if is_main:
@@ -382,8 +401,10 @@ def save_checkpoint(
             save_json(tmp / MANIFEST, {"format": FORMAT_VERSION, "step": step, "files": files})
             fsync_dir(tmp)
             swap_folder(tmp, final)
-        except BaseException:
+        except BaseException as err:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(err, OSError):
+                raise _write_failed(root, final.name, err) from err
             raise
         atomic_write(root / LATEST, lambda t: Path(t).write_text(final.name + "\n"))
         fsync_dir(root)

@@ -498,6 +498,7 @@ class Trainer:
         fit_adapters(self.source, self.model)
         self.model.core.set_gradient_checkpointing(cfg.model.gradient_checkpointing)
         if loaded is not None:
+            _check_same_core(loaded, cfg)
             self.model.load_weights(loaded.weights, source=str(loaded.folder / ckpt.WEIGHTS))
         vocab = self.model.vocab
         self.collate = TASKS.get(self.source.task).collator(self.model)
@@ -843,6 +844,23 @@ def _move_previous_run_aside(out_dir: Path) -> None:
     for name in present:
         os.rename(out_dir / name, target / name)
     warnings.warn(f"starting over in {out_dir}: the previous run's {present} moved to {target}", stacklevel=3)
+
+
+def _check_same_core(loaded: ckpt.TrainingState, config: TrainConfig) -> None:
+    """Raises `CheckpointError` when the checkpoint was trained with another core (its recipe's `model.core`
+    differs): its weights cannot be resumed into this model, the message names the fields and the fixes."""
+    try:
+        saved = TrainConfig.from_yaml(loaded.config_yaml).to_dict()["model"]["core"]
+    except ConfigError:
+        return  # an older recipe format: the strict weight loading still names every mis-shaped tensor
+    now = config.to_dict()["model"]["core"]
+    changed = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)}
+    if changed:
+        fields = ", ".join(f"{k}: checkpoint {a!r}, recipe {b!r}" for k, (a, b) in changed.items())
+        raise ckpt.CheckpointError(
+            f"checkpoint {loaded.folder} was trained with another core ({fields}): its weights do not fit this "
+            "model. Resume with the checkpoint's model.core settings, start over with --no-resume (the old run "
+            "moves to replaced-N/), or set train.out_dir to a new folder.")
 
 
 def _warn_config_changes(saved_yaml: str, config: TrainConfig) -> None:
