@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -224,7 +225,7 @@ def command_line(script: str, argv: Sequence[str]) -> str:
             skip = True
         elif not arg.startswith("--out="):
             kept.append(arg)
-    return " ".join(["python", f"benchmarks/{script}", *kept])
+    return " ".join(["python", f"benchmarks/{script}", *(shlex.quote(a) for a in kept)])
 
 
 def _recorded(value: Any) -> str:

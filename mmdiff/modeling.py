@@ -211,13 +211,15 @@ class DiffusionModel(nn.Module):
         t: Tensor | None = None,
         generator: torch.Generator | None = None,
         chunk_size: int | None = None,
+        attention_anneal: float | None = None,
     ) -> LossOutput:
-        """The masked-diffusion loss on a canvas (see `mmdiff.diffusion.diffusion_loss`, `chunk_size` included); the
-        canvas's raw modality signals run through the adapters first."""
+        """The masked-diffusion loss on a canvas (see `mmdiff.diffusion.diffusion_loss`, `chunk_size` and
+        `attention_anneal` included); the canvas's raw modality signals run through the adapters first."""
         self.core.check_ids(canvas.ids)
         canvas = self.embed_signals(canvas)
         return diffusion_loss(self.core, canvas, schedule, mask_id=self.vocab.mask_id, normalize=normalize,
-                              complementary=complementary, t=t, generator=generator, chunk_size=chunk_size)
+                              complementary=complementary, t=t, generator=generator, chunk_size=chunk_size,
+                              attention_anneal=attention_anneal)
 
     def log_likelihood(
         self,

@@ -239,3 +239,53 @@ def test_loss_errors():
         diffusion_loss(core, canvas, mask_id=MASK, normalize="mean")
     with pytest.raises(ValueError, match=r"t must have shape \(batch,\) = \(3,\), got \(2,\)"):
         diffusion_loss(core, canvas, mask_id=MASK, t=torch.ones(2))
+
+
+# ------------------------------------------------------------------------------------ AR-to-diffusion annealing
+@pytest.mark.parametrize("ratio", [0.0, 0.4, 1.0])
+def test_annealed_attention_loss_equals_a_run_under_the_drawn_mask(ratio):
+    """DiffuLLaMA's annealing: the loss is the plain loss of the core run under causal attention plus each later key
+    with probability `ratio`, the pattern drawn from the loss's generator after the masks."""
+    core, canvas = make_core(), make_canvas()
+    t = torch.tensor([0.3, 0.7, 0.95])
+    schedule = get_schedule("linear")
+    with torch.no_grad():
+        out = diffusion_loss(core, canvas, "linear", mask_id=MASK, t=t, generator=torch.Generator().manual_seed(7),
+                             attention_anneal=ratio)
+        g = torch.Generator().manual_seed(7)
+        u = torch.rand(canvas.ids.shape, generator=g)
+        allowed = torch.ones(10, 10, dtype=torch.bool).tril()
+        if ratio:
+            allowed |= torch.rand(10, 10, generator=g) < ratio
+        masked = (u < schedule.mask_prob(t)[:, None]) & canvas.maskable
+        logits = core(torch.where(masked, MASK, canvas.ids), attention_mask=allowed[None, None].expand(3, 1, 10, 10)
+                      ).logits
+    ce = F.cross_entropy(logits.transpose(1, 2), canvas.ids, reduction="none")
+    want = ((ce * masked).sum(1) * schedule.weight(t)).sum() / 23
+    torch.testing.assert_close(out.loss, want, atol=1e-5, rtol=1e-5)
+    if ratio == 1.0:  # the end of the annealing is plain full attention
+        plain = diffusion_loss(core, canvas, "linear", mask_id=MASK, t=t, generator=torch.Generator().manual_seed(7))
+        torch.testing.assert_close(out.loss, plain.loss, atol=1e-5, rtol=1e-5)
+
+
+def test_annealed_attention_pattern_and_schedule():
+    from mmdiff.diffusion.objective import annealed_attention
+    from mmdiff.train import ConfigError
+    from mmdiff.train.config import ObjectiveSection
+
+    g = torch.Generator().manual_seed(0)
+    pattern = annealed_attention(200, 0.3, generator=g)
+    lower = torch.ones(200, 200, dtype=torch.bool).tril()
+    assert bool(pattern[lower].all())  # the causal part always
+    upper = pattern[~lower]
+    assert abs(upper.float().mean().item() - 0.3) < 0.01  # each later key with probability 0.3
+    section = ObjectiveSection(attention_anneal_steps=4)
+    assert [section.attention_anneal(s) for s in range(6)] == [0.0, 0.25, 0.5, 0.75, None, None]
+    assert ObjectiveSection().attention_anneal(0) is None
+    with pytest.raises(ConfigError, match="attention_anneal_steps must be 0"):
+        ObjectiveSection(attention_anneal_steps=-1)
+    with pytest.raises(ConfigError, match="block diffusion keeps its block-causal attention"):
+        ObjectiveSection(attention_anneal_steps=5, block_diffusion=True)
+    block = make_core(attention="block_causal", block_size=2)
+    with pytest.raises(ValueError, match="adapts a core with full attention"):
+        diffusion_loss(block, make_canvas(), "linear", mask_id=MASK, attention_anneal=0.5)

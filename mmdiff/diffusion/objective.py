@@ -88,6 +88,7 @@ def diffusion_loss(
     t: Tensor | None = None,
     generator: torch.Generator | None = None,
     chunk_size: int | None = None,
+    attention_anneal: float | None = None,
 ) -> LossOutput:
     """Masks the canvas targets, runs the core and returns the weighted cross-entropy.
 
@@ -110,6 +111,9 @@ def diffusion_loss(
             projection and cross-entropy over at most this many masked positions at a time
             (`chunked_cross_entropy`): the same loss and gradients, with the float32 logits of one chunk alive at a
             time instead of all (N, V).
+        attention_anneal: None = the canvas's attention; a ratio r in [0, 1] = DiffuLLaMA's annealed attention
+            while adapting a causal model: causal, plus each later key with probability r (`annealed_attention`, one
+            random pattern per call drawn from `generator`), within the canvas's own mask.
 
     >>> from mmdiff import Canvas, CoreConfig, MaskedDiffusionTransformer, VocabLayout
     >>> layout = VocabLayout.build(text_size=16)
@@ -124,6 +128,9 @@ def diffusion_loss(
     """
     if normalize not in ("elbo", "sft"):
         raise ValueError(f"normalize must be 'elbo' or 'sft', got {normalize!r}")
+    if attention_anneal is not None and getattr(getattr(core, "config", None), "attention", "full") != "full":
+        raise ValueError("attention_anneal adapts a core with full attention (trained causal); this core is built "
+                         f"{core.config.attention!r}")
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive number of masked positions per chunk (e.g. 1024), or None "
                          f"for the logits of all masked positions at once; got {chunk_size!r}")
@@ -162,6 +169,9 @@ def diffusion_loss(
         out = block_diffusion_logits(core, canvas, noisy, masked, apply_head=project)  # (N, V_head) or (N, d)
     else:
         inputs = canvas.core_inputs(noisy)
+        if attention_anneal is not None:
+            inputs["attention_mask"] = _within(inputs["attention_mask"], annealed_attention(
+                canvas.ids.shape[1], attention_anneal, generator=generator, device=canvas.ids.device))
         result = core(**inputs, logits_at=masked, check_inputs=False, **({} if project else {"apply_head": False}))
         out = result.logits if project else result.head_hidden  # (N, V_head) or (N, d_model)
     targets = clean[masked]
@@ -181,6 +191,36 @@ def diffusion_loss(
     else:  # sft
         loss = (elbo_per_row / n_targets.clamp(min=1)).mean()
     return LossOutput(loss=loss, elbo_per_row=elbo_per_row, n_masked=masked.sum(), n_targets=n_targets.sum())
+
+
+def annealed_attention(length: int, ratio: float, *, generator: torch.Generator | None = None,
+                       device: torch.device | None = None) -> Tensor:
+    """DiffuLLaMA's annealed attention mask (L, L) bool (True = may attend): every query sees itself and the keys
+    before it, and each later key with probability `ratio` (0: causal, 1: full).
+
+    >>> annealed_attention(3, 0.0).int().tolist()
+    [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+    >>> bool(annealed_attention(3, 1.0).all())
+    True
+    """
+    if not 0 <= ratio <= 1:
+        raise ValueError(f"the annealing ratio must be in [0, 1], got {ratio}")
+    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    if ratio == 0:
+        return causal
+    later = torch.rand(length, length, generator=generator, device=device) < ratio
+    return causal | later
+
+
+def _within(mask: Tensor | None, pattern: Tensor) -> Tensor:
+    """`pattern` (L, L) inside a canvas's mask (None, a (B, L) key padding mask or a (B, 1|H, L, L) mask):
+    (B|1, 1|H, L, L); every query keeps itself (a padding query never attends to nothing)."""
+    if mask is None:
+        return pattern[None, None]
+    if mask.dim() == 2:
+        eye = torch.eye(pattern.shape[0], dtype=torch.bool, device=pattern.device)
+        return (pattern[None, None] & mask.bool()[:, None, None, :]) | eye
+    return mask.bool() & pattern
 
 
 def example_index(canvas: Canvas) -> tuple[Tensor, int]:

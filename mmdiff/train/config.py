@@ -133,6 +133,10 @@ class ObjectiveSection:
             chunk exist at a time instead of those of every masked position (`mmdiff.diffusion.
             chunked_cross_entropy`; the same loss and gradients, a second output projection per chunk). 0: all at
             once. Worth it when masked positions x vocabulary is large (e.g. 4096 x 128k x 4 bytes = 2 GiB).
+        attention_anneal_steps: adapting a causal (autoregressive) checkpoint (`model.init_from`) to a
+            masked-diffusion model with DiffuLLaMA's attention annealing (Gong et al. 2025, "Scaling Diffusion
+            Language Models via Adaptation from Autoregressive Models"): for the first N steps the attention is
+            causal plus each later key with probability step / N, then full. 0: full attention from the start.
     """
 
     schedule: str = "linear"
@@ -141,6 +145,7 @@ class ObjectiveSection:
     complementary: bool = False
     block_diffusion: bool = False
     loss_chunk_size: int = 0
+    attention_anneal_steps: int = 0
 
     def __post_init__(self) -> None:
         import mmdiff.diffusion  # noqa: F401  (registers the built-in schedules)
@@ -153,6 +158,19 @@ class ObjectiveSection:
         if isinstance(self.loss_chunk_size, bool) or self.loss_chunk_size < 0:
             raise ConfigError(f"TrainConfig.objective.loss_chunk_size must be 0 (no chunks) or a positive number of "
                               f"masked positions per chunk (e.g. 1024), got {self.loss_chunk_size!r}")
+        steps = self.attention_anneal_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ConfigError(f"TrainConfig.objective.attention_anneal_steps must be 0 (full attention) or a number of "
+                              f"steps (e.g. 500), got {steps!r}")
+        if steps and self.block_diffusion:
+            raise ConfigError("TrainConfig.objective.attention_anneal_steps anneals a causal core to full attention; "
+                              "block diffusion keeps its block-causal attention: drop one of them")
+
+    def attention_anneal(self, step: int) -> float | None:
+        """The annealing ratio of optimizer step `step` (0-based): step / attention_anneal_steps while annealing,
+        None (the core's own attention) afterwards and without annealing."""
+        n = self.attention_anneal_steps
+        return step / n if step < n else None
 
     @property
     def chunk_size(self) -> int | None:

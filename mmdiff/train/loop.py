@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import difflib
 import hashlib
 import importlib
@@ -124,6 +125,10 @@ def build_source(data: DataSection) -> Any:
         raise ConfigError(f"TrainConfig.data.options for {data.name!r}: {err}") from err
 
 
+INIT_OVERRIDABLE = ("logits_shift", "max_seq_len")  # core fields a recipe may change on an init_from checkpoint
+AR_TASK_OPTIONS = ("objective", "attention", "bos_id")  # what marks an autoregressive baseline (ar_baseline.py)
+
+
 def build_model(config: TrainConfig, source: Any = None) -> DiffusionModel:
     """The model a recipe trains: a fresh core sized by `model.core` and the source's tokenizer, or `model.init_from`.
 
@@ -152,7 +157,11 @@ def build_model(config: TrainConfig, source: Any = None) -> DiffusionModel:
         return _fine_tuning(config.model, DiffusionModel(model_config, tokenizer=tokenizer, sampler_config=sampler))
     model = _load_init(config.model.init_from)
     _check_init_matches(config, model, vocab, source.task)
+    _override_core(model, config.model.core)
     model.config.name = config.name
+    if model.config.task_options.get("objective") == "next_token":  # a causal baseline adapted to masked diffusion
+        for key in AR_TASK_OPTIONS:
+            model.config.task_options.pop(key, None)
     model.config.task_options = {**model.config.task_options, **task_options}
     model.sampler_config = sampler
     model.tokenizer = model.tokenizer if model.tokenizer is not None else tokenizer
@@ -231,11 +240,20 @@ def _check_init_matches(config: TrainConfig, model: DiffusionModel, vocab: Vocab
         raise ConfigError(f"TrainConfig.model.init_from={ref!r} has {attention!r} attention but "
                           f"objective.block_diffusion is {config.objective.block_diffusion}: {fix}")
     clash = {k: (v, getattr(model.config.core, k)) for k, v in config.model.core.items()
-             if getattr(model.config.core, k) != v}
+             if getattr(model.config.core, k) != v and k not in INIT_OVERRIDABLE}
     if clash:
         detail = ", ".join(f"{k}: recipe {a!r} vs checkpoint {b!r}" for k, (a, b) in clash.items())
         raise ConfigError(f"TrainConfig.model.core disagrees with init_from={ref!r} ({detail}); remove model.core "
-                          "(the checkpoint's shape is used) or make it match")
+                          f"(the checkpoint's shape is used) or make it match (only {', '.join(INIT_OVERRIDABLE)} may "
+                          "differ: they change no weight)")
+
+
+def _override_core(model: DiffusionModel, core: Mapping[str, Any]) -> None:
+    """The recipe's `INIT_OVERRIDABLE` core fields replace the init checkpoint's (its weights stay as they are)."""
+    changes = {k: v for k, v in core.items() if k in INIT_OVERRIDABLE}
+    if changes:
+        model.config.core = dataclasses.replace(model.config.core, **changes)
+        model.core.config = model.config.core
 
 
 class BatchStream:
@@ -442,9 +460,10 @@ class LossModule(nn.Module):
         self.schedule, self.normalize, self.complementary = schedule, normalize, complementary
         self.chunk_size = chunk_size
 
-    def forward(self, canvas: Canvas, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def forward(self, canvas: Canvas, generator: torch.Generator | None = None,
+                attention_anneal: float | None = None) -> dict[str, Tensor]:
         out = self.model.loss(canvas, self.schedule, normalize=self.normalize, complementary=self.complementary,
-                              generator=generator, chunk_size=self.chunk_size)
+                              generator=generator, chunk_size=self.chunk_size, attention_anneal=attention_anneal)
         return {"loss": out.loss, "n_masked": out.n_masked}
 
 
@@ -603,7 +622,8 @@ class Trainer:
             tokens += _tokens(canvas)
             canvas = canvas.to(acc.device)
             with acc.accumulate(self.loss_module):
-                loss = self.loss_module(canvas, self.mask_generator)["loss"]
+                loss = self.loss_module(canvas, self.mask_generator,
+                                        cfg.objective.attention_anneal(self.step))["loss"]
                 acc.backward(loss)
             total += loss.detach().float()
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")

@@ -1,0 +1,108 @@
+"""AR-to-diffusion adaptation benchmark: does a masked-diffusion model adapted from a causal (autoregressive)
+checkpoint beat one trained from scratch for the same number of steps?
+
+Arms, each trained by `mmdiff.train` on the same data, batches and optimizer for `--steps` steps
+(configs/reasoning/running-sums-adapt-ar.yaml; only the start and the adaptation settings differ):
+- scratch: fresh weights, full attention (the recipe without init_from, as running-sums-small's stage 1 starts);
+- adapted: from the AR baseline of the sampler benchmark (benchmarks/baselines/ar-running-sums), Dream's shifted
+  prediction (`logits_shift: previous`) and DiffuLLaMA's attention annealing (causal to full over the first third);
+- adapted, no annealing: the same with full attention from the first step;
+- adapted, no shift: annealing, but position i predicts token i (the next-token head must learn a new position).
+
+Held-out metric: exact match and token accuracy of the running sums on `--problems` validation problems (n = 8..32,
+one sum per forward pass, as `mmdiff eval` decodes), and the final training loss (mean of the last 40 steps).
+
+    python benchmarks/adaptation.py                      # 300 steps per arm, 256 held-out problems
+    python benchmarks/adaptation.py --steps 20 --problems 16 --arms scratch adapted     # a smoke run
+
+Writes benchmarks/results/adaptation.json and adaptation.md and prints the markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # a training loop, like benchmarks/train.py
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import REPO_ROOT, add_run_arguments, fmt_table, run_benchmark  # noqa: E402
+
+from mmdiff.modeling import DiffusionModel  # noqa: E402
+from mmdiff.train import build_source, load_train_config, train  # noqa: E402
+
+RECIPE = REPO_ROOT / "configs" / "reasoning" / "running-sums-adapt-ar.yaml"
+SCRATCH_CORE = "{d_model: 128, n_layers: 4, n_heads: 4, max_seq_len: 256}"  # the AR baseline's shape
+ARMS: dict[str, list[str]] = {
+    "scratch": ["--model.init_from=null", f"--model.core={SCRATCH_CORE}", "--objective.attention_anneal_steps=0"],
+    "adapted": [],
+    "adapted, no annealing": ["--objective.attention_anneal_steps=0"],
+    "adapted, no shift": ["--model.core={logits_shift: none}"],
+}
+
+
+def run_arm(name: str, overrides: list[str], args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Trains one arm into `args.runs/<name>` and grades it on the held-out problems."""
+    out_dir = args.runs / name.replace(", ", "-").replace(" ", "-")
+    steps = [f"--train.steps={args.steps}", f"--objective.attention_anneal_steps={args.steps // 3}"]
+    if "--objective.attention_anneal_steps=0" in overrides:
+        steps = steps[:1]
+    config = load_train_config(args.recipe, [*steps, *overrides, f"--train.out_dir={out_dir}",
+                                             f"--train.mixed_precision={'no' if device.type == 'cpu' else 'auto'}"])
+    start = time.perf_counter()
+    final = train(config, resume=False)
+    seconds = time.perf_counter() - start
+    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    losses = [r["loss"] for r in records if r.get("split") == "train" and "loss" in r]
+    model = DiffusionModel.from_pretrained(final, device=str(device))
+    with torch.inference_mode():
+        metrics = build_source(config.data).evaluate(model, limit=args.problems)
+    print(f"{name}: exact {metrics['exact_match']:.3f} token acc {metrics['token_accuracy']:.3f} "
+          f"({seconds:.0f} s)", file=sys.stderr, flush=True)
+    return {"arm": name, "steps": args.steps, "exact_match": metrics["exact_match"],
+            "token_accuracy": metrics["token_accuracy"], "final_loss": sum(losses[-2:]) / len(losses[-2:]),
+            "first_loss": losses[0], "train_s": seconds, "overrides": overrides}
+
+
+def bench(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+    unknown = [a for a in args.arms if a not in ARMS]
+    if unknown:
+        raise SystemExit(f"unknown arm(s) {unknown}; choose from {list(ARMS)}")
+    return [run_arm(name, ARMS[name], args, device) for name in args.arms]
+
+
+def markdown(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Namespace) -> str:
+    table = [{
+        "arm": r["arm"], "steps": r["steps"], "held-out exact match": f"{100 * r['exact_match']:.1f} %",
+        "token accuracy": f"{100 * r['token_accuracy']:.1f} %", "first loss": f"{r['first_loss']:.3f}",
+        "final loss": f"{r['final_loss']:.3f}", "train s": f"{r['train_s']:.0f}",
+    } for r in rows]
+    columns = ["arm", "steps", "held-out exact match", "token accuracy", "first loss", "final loss", "train s"]
+    head = (f"AR-to-diffusion adaptation on running sums (n = 8..32), {args.problems} held-out problems, "
+            f"{args.steps} steps per arm; device {info['device']} ({info.get('gpu', info['cpu'])}), torch "
+            f"{info['torch']}, {info['torch_threads']} threads. Losses: the logged training loss (a mean over "
+            f"log_every steps), first and last record. Command: `{args.command}`.")
+    return head + "\n\n" + fmt_table(table, columns) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipe", type=Path, default=RECIPE, help="the adaptation recipe (its data and budget)")
+    parser.add_argument("--steps", type=int, default=300, help="training steps of every arm")
+    parser.add_argument("--problems", type=int, default=256, help="held-out problems graded per arm")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), help=f"which arms to run: {list(ARMS)}")
+    parser.add_argument("--runs", type=Path, default=REPO_ROOT / "runs" / "adaptation", help="run folders")
+    add_run_arguments(parser)
+    return run_benchmark("adaptation", parser, argv, bench, markdown)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
