@@ -324,3 +324,37 @@ def test_cli_trains_the_full_size_model_for_a_few_steps_and_evaluates(tmp_path, 
     assert metrics["problems"] == 3 and metrics["batches"] == 2
     val = RunningSumsSource(n_min=32, n_max=128, val_size=256)._eval_problems("val", 3)
     assert metrics["generated_tokens"] == sum(map(len, val))
+
+
+def test_a_recipe_adapts_the_ar_baseline_to_masked_diffusion(tmp_path, monkeypatch):
+    """configs/reasoning/running-sums-adapt-ar.yaml: the shipped causal baseline's weights, Dream's shifted prediction,
+    DiffuLLaMA's annealing ratio step / N handed to the loss while annealing, then the core's own attention."""
+    from mmdiff.train import ConfigError, Trainer
+    from mmdiff.train import loop as train_loop
+
+    repo = Path(__file__).resolve().parents[1]
+    overrides = ["--train.steps=3", "--objective.attention_anneal_steps=2", f"--train.out_dir={tmp_path / 'run'}",
+                 "--train.batch_size=4", "--train.mixed_precision=no", "--train.log_every=1"]
+    config = load_train_config(repo / "configs" / "reasoning" / "running-sums-adapt-ar.yaml", overrides)
+    model = build_model(config)
+    baseline = DiffusionModel.from_pretrained(repo / "benchmarks" / "baselines" / "ar-running-sums")
+    assert model.config.core.logits_shift == "previous" and model.core.config.logits_shift == "previous"
+    assert baseline.config.core.logits_shift == "none"
+    for (name, got), want in zip(model.state_dict().items(), baseline.state_dict().values(), strict=True):
+        assert torch.equal(got, want), name
+    assert "objective" not in model.config.task_options and "bos_id" not in model.config.task_options
+    ratios = []
+    forward = train_loop.LossModule.forward
+
+    def record(self, canvas, generator=None, attention_anneal=None):
+        ratios.append(attention_anneal)
+        return forward(self, canvas, generator, attention_anneal)
+
+    monkeypatch.setattr(train_loop.LossModule, "forward", record)
+    Trainer(config).run(resume=False)
+    assert ratios[:3] == [0.0, 0.5, None]  # the evaluation passes (if any) come after, without annealing
+    adapted = DiffusionModel.from_pretrained(tmp_path / "run" / "final")
+    assert adapted.config.core.logits_shift == "previous" and adapted.config.task_options.get("objective") is None
+    with pytest.raises(ConfigError, match=r"d_model: recipe 64 vs checkpoint 128.*only logits_shift, max_seq_len"):
+        build_model(load_train_config(repo / "configs" / "reasoning" / "running-sums-adapt-ar.yaml",
+                                      ["--model.core={d_model: 64, logits_shift: previous}"]))
