@@ -499,9 +499,9 @@ def test_config_errors_name_the_field_and_the_fix(tmp_path):
     write_checkpoint(folder, {k: v for k, v in cfg.items() if k != "layer_norm_type"}, weights)
     with pytest.raises(ValueError, match=r"layer_norm_type='default' \(LLaDA's default when config.json omits it\)"):
         load_foreign(folder)
-    write_checkpoint(folder, {**cfg, "model_type": "gpt2"}, weights)
+    write_checkpoint(folder, {**cfg, "model_type": "t5"}, weights)
     with pytest.raises(ValueError,
-                       match=r"no converter reads model_type 'gpt2'; known model types: Dream, diffa, llada"):
+                       match=r"no converter reads model_type 't5'; known model types: Dream, diffa, gpt2, llada"):
         load_foreign(folder)
     write_checkpoint(folder, {**cfg, "mask_token_id": 500}, weights)
     with pytest.raises(ValueError, match=r"special token 'mask' has id 500, outside the vocabulary \[0, 100\)"):

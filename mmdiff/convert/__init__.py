@@ -1,6 +1,7 @@
 """Foreign checkpoint layouts, loaded natively into the shared core and written back: LLaDA (Nie et al., 2025),
 MMaDA (Yang et al., 2025; with its MAGVIT-v2 image side), Lumina-DiMOO (Xin et al., 2025; load only), Dream
-(Ye et al., 2025) and DIFFA (Zhou et al., 2025; LLaDA + a Whisper dual adapter, load only). Whisper (Radford et al.,
+(Ye et al., 2025), DIFFA (Zhou et al., 2025; LLaDA + a Whisper dual adapter, load only) and GPT-2 (Radford et al.,
+2019; causal checkpoints to adapt to masked diffusion). Whisper (Radford et al.,
 2022) is read from CTranslate2's model.bin into transformers' layout
 (`mmdiff.convert.ct2`, `mmdiff.convert.whisper`).
 
@@ -29,6 +30,7 @@ from mmdiff.convert.base import (
 from mmdiff.convert.ct2 import CT2Model, read_ct2, write_ct2_bin
 from mmdiff.convert.diffa import DIFFA, DIFFAConverter
 from mmdiff.convert.dream import DREAM, DreamConverter
+from mmdiff.convert.gpt2 import GPT2, GPT2Converter
 from mmdiff.convert.llada import LLADA, LLaDAConverter
 from mmdiff.convert.lumina import LUMINA_DIMOO, LuminaDiMOOConverter
 from mmdiff.convert.mmada import MMADA, MMaDAConverter
@@ -43,11 +45,13 @@ __all__ = [
     "MMaDAConverter",
     "LuminaDiMOOConverter",
     "DreamConverter",
+    "GPT2Converter",
     "DIFFAConverter",
     "LLADA",
     "MMADA",
     "LUMINA_DIMOO",
     "DREAM",
+    "GPT2",
     "DIFFA",
     "converter_for",
     "detect_layout",

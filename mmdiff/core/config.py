@@ -1,7 +1,8 @@
 """Configuration of the shared masked-diffusion transformer.
 
 One dataclass describes LLaDA (bidirectional Llama-style blocks), Dream (Qwen2 blocks with qkv bias, logits shifted
-by one position), MMaDA (LLaDA with an extended vocabulary) and the small models trained by this project.
+by one position), MMaDA (LLaDA with an extended vocabulary), GPT-2-style blocks (LayerNorm, GELU MLP, learned
+positions, biases: what DiffuGPT adapts) and the small models trained by this project.
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ class CoreConfig:
             core is trained with clean and noised copies in one pass (`mmdiff.diffusion.diffusion_loss`) and decoded
             block by block with an exact key/value cache (sampler "block-diffusion").
         block_size: the block length of "block_causal" attention (None with "full").
+        norm: "rms" (RMSNorm, Llama) or "layer" (LayerNorm with a bias, GPT-2), for the block and final norms.
+        mlp: "swiglu" (down(silu(gate(x)) * up(x)), Llama) or "gelu_tanh" (down(gelu_tanh(up(x))), GPT-2's
+            "gelu_new"); `mlp_hidden_size` is the inner width of either.
+        positions: "rope" (rotary, `rope_theta`) or "learned" (a table of `max_seq_len` position embeddings added
+            to the input embeddings, GPT-2).
+        linear_bias: biases on the attention output projection and the MLP (GPT-2); q/k/v biases are `qkv_bias`.
     """
 
     vocab: VocabLayout
@@ -63,6 +70,10 @@ class CoreConfig:
     dropout: float = 0.0
     attention: Literal["full", "block_causal"] = "full"
     block_size: int | None = None
+    norm: Literal["rms", "layer"] = "rms"
+    mlp: Literal["swiglu", "gelu_tanh"] = "swiglu"
+    positions: Literal["rope", "learned"] = "rope"
+    linear_bias: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -92,7 +103,11 @@ class CoreConfig:
             )
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
-        if (self.d_model // self.n_heads) % 2:
+        for name, allowed in (("norm", ("rms", "layer")), ("mlp", ("swiglu", "gelu_tanh")),
+                              ("positions", ("rope", "learned"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.positions == "rope" and (self.d_model // self.n_heads) % 2:
             raise ValueError(f"head size {self.d_model // self.n_heads} must be even for RoPE")
         if self.logits_shift not in ("none", "previous"):
             raise ValueError(f"logits_shift must be 'none' or 'previous', got {self.logits_shift!r}")

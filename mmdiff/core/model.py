@@ -24,7 +24,8 @@ from mmdiff.core.config import CoreConfig
 from mmdiff.core.masks import block_causal_rows
 from mmdiff.registry import ARCHITECTURES
 
-__all__ = ["MaskedDiffusionTransformer", "CoreOutput", "KVCache", "RMSNorm", "rotary_embedding", "place_soft_tokens"]
+__all__ = ["MaskedDiffusionTransformer", "CoreOutput", "KVCache", "RMSNorm", "make_norm", "rotary_embedding",
+           "place_soft_tokens"]
 
 
 class RMSNorm(nn.Module):
@@ -41,6 +42,11 @@ class RMSNorm(nn.Module):
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return (x32 * self.weight.float()).to(x.dtype)
+
+
+def make_norm(cfg: CoreConfig, dim: int) -> nn.Module:
+    """The block / final norm of a core: RMSNorm, or LayerNorm with a bias (`CoreConfig.norm="layer"`)."""
+    return RMSNorm(dim, cfg.norm_eps) if cfg.norm == "rms" else nn.LayerNorm(dim, eps=cfg.norm_eps)
 
 
 def rotary_embedding(position_ids: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
@@ -67,15 +73,16 @@ class Attention(nn.Module):
         self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
-        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=cfg.linear_bias)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, past: tuple[Tensor, Tensor] | None = None,
-        window: tuple[int, int] | None = None, queries: Tensor | None = None,
+        self, x: Tensor, cos: Tensor | None, sin: Tensor | None, mask: Tensor | None,
+        past: tuple[Tensor, Tensor] | None = None, window: tuple[int, int] | None = None,
+        queries: Tensor | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Attention of the L input positions; with `past` (keys, values of the whole canvas) the input is the window
+        """Attention of the L input positions (rotated by `cos`, `sin`; None with learned positions); with `past` (keys, values of the whole canvas) the input is the window
         [lo, hi) of that canvas and attends to the cached keys outside it; with `queries` (B, K) only those input
         positions ask (keys and values still come from all L). Returns the output (B, L or K, d_model) and this
         call's (keys, values) over all positions it attended to (post-RoPE)."""
@@ -85,15 +92,17 @@ class Attention(nn.Module):
         q_cos, q_sin = cos, sin
         if queries is not None:
             x = _gather_rows(x, queries)  # (B, K, d_model)
-            q_cos = _gather_rows(cos.expand(B, -1, -1, -1), queries, dim=2)  # (B, 1, K, D)
-            q_sin = _gather_rows(sin.expand(B, -1, -1, -1), queries, dim=2)
+            if cos is not None:
+                q_cos = _gather_rows(cos.expand(B, -1, -1, -1), queries, dim=2)  # (B, 1, K, D)
+                q_sin = _gather_rows(sin.expand(B, -1, -1, -1), queries, dim=2)
             if mask is not None and mask.shape[2] != 1:
                 mask = _gather_rows(mask.expand(B, -1, -1, -1), queries, dim=2)  # (B, 1|H, K, L_canvas)
         Q = x.shape[1]
         q = self.q_proj(x).view(B, Q, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, Q, D)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, q_cos, q_sin), apply_rotary(k, cos, sin)
+        if cos is not None:
+            q, k = apply_rotary(q, q_cos, q_sin), apply_rotary(k, cos, sin)
         if past is not None:  # the window's fresh keys/values are written into the cache in place (no O(L) copy)
             lo, hi = window
             past[0][:, :, lo:hi] = k
@@ -149,11 +158,11 @@ def place_soft_tokens(embeds: Tensor, soft_embeds: Tensor, soft_positions: Tenso
 class SwiGLU(nn.Module):
     """down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, d_model: int, hidden: int) -> None:
+    def __init__(self, d_model: int, hidden: int, bias: bool = False) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(d_model, hidden, bias=False)
-        self.up_proj = nn.Linear(d_model, hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, d_model, bias=False)
+        self.gate_proj = nn.Linear(d_model, hidden, bias=bias)
+        self.up_proj = nn.Linear(d_model, hidden, bias=bias)
+        self.down_proj = nn.Linear(hidden, d_model, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -163,18 +172,32 @@ def _identity(x: Tensor) -> Tensor:
     return x
 
 
+class GeluMLP(nn.Module):
+    """down(gelu_tanh(up(x))), with biases when `bias` (GPT-2's MLP: c_fc, gelu_new, c_proj)."""
+
+    def __init__(self, d_model: int, hidden: int, bias: bool = True) -> None:
+        super().__init__()
+        self.up_proj = nn.Linear(d_model, hidden, bias=bias)
+        self.down_proj = nn.Linear(hidden, d_model, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.gelu(self.up_proj(x), approximate="tanh"))
+
+
 class Block(nn.Module):
     def __init__(self, cfg: CoreConfig) -> None:
         super().__init__()
-        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn_norm = make_norm(cfg, cfg.d_model)
         self.attn = Attention(cfg)
-        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mlp = SwiGLU(cfg.d_model, cfg.mlp_hidden_size)
+        self.mlp_norm = make_norm(cfg, cfg.d_model)
+        self.mlp = (SwiGLU(cfg.d_model, cfg.mlp_hidden_size, cfg.linear_bias) if cfg.mlp == "swiglu" else
+                    GeluMLP(cfg.d_model, cfg.mlp_hidden_size, cfg.linear_bias))
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, past: tuple[Tensor, Tensor] | None = None,
-        window: tuple[int, int] | None = None, queries: Tensor | None = None,
+        self, x: Tensor, cos: Tensor | None, sin: Tensor | None, mask: Tensor | None,
+        past: tuple[Tensor, Tensor] | None = None, window: tuple[int, int] | None = None,
+        queries: Tensor | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """(B, L, d_model) -> (B, L, d_model), or (B, K, d_model) at the positions `queries` (B, K) only (keys and
         values from all L: what the last block needs when only some positions' logits are asked for)."""
@@ -238,8 +261,10 @@ class MaskedDiffusionTransformer(nn.Module):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
+        self.embed_positions = (nn.Embedding(config.max_seq_len, config.d_model) if config.positions == "learned"
+                                else None)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
-        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.norm = make_norm(config, config.d_model)
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.gradient_checkpointing = False
         self._compiled: list[nn.Module] | None = None  # torch.compile'd blocks (`compile_blocks`)
@@ -411,7 +436,11 @@ class MaskedDiffusionTransformer(nn.Module):
                 f"sequence length {canvas_length} exceeds max_seq_len={self.config.max_seq_len}; shorten the input or "
                 "build the model with a larger max_seq_len"
             )
-        if position_ids is None:  # positions lo..lo+L-1: rows of the precomputed table (no trigonometry per call)
+        if self.embed_positions is not None:  # learned positions (GPT-2): added to the input, no rotation
+            positions = torch.arange(lo, lo + L, device=x.device)[None] if position_ids is None else position_ids
+            x = x + self.embed_positions(positions)
+            cos = sin = None
+        elif position_ids is None:  # positions lo..lo+L-1: rows of the precomputed table (no trigonometry per call)
             cos, sin = (t[:, :, lo : lo + L] for t in self.rope_table(x.device))
         else:
             cos, sin = rotary_embedding(position_ids, self.config.head_dim, self.config.rope_theta)
