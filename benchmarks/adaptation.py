@@ -7,7 +7,11 @@ Arms, each trained by `mmdiff.train` on the same data, batches and optimizer for
 - adapted: from the AR baseline of the sampler benchmark (benchmarks/baselines/ar-running-sums), Dream's shifted
   prediction (`logits_shift: previous`) and DiffuLLaMA's attention annealing (causal to full over the first third);
 - adapted, no annealing: the same with full attention from the first step;
-- adapted, no shift: annealing, but position i predicts token i (the next-token head must learn a new position).
+- adapted, no shift: annealing, but position i predicts token i (the next-token head must learn a new position);
+- adapted from GPT-2: as "adapted", from a checkpoint in GPT-2's layout that transformers loads (GPT2LMHeadModel: the
+  same width and depth with LayerNorm, GELU MLP, learned positions and biases), trained autoregressively here on
+  stage 1's data for `--gpt2-steps` steps (benchmarks/ar_baseline.py) and exported with `save_foreign(layout="gpt2")`;
+  the control for it is "scratch, GPT-2 blocks" (the same blocks, fresh weights).
 
 Held-out metric: exact match and token accuracy of the running sums on `--problems` validation problems (n = 8..32,
 one sum per forward pass, as `mmdiff eval` decodes), and the final training loss (mean of the last 40 steps).
@@ -46,12 +50,47 @@ ARMS: dict[str, list[str]] = {
     "adapted": [],
     "adapted, no annealing": ["--objective.attention_anneal_steps=0"],
     "adapted, no shift": ["--model.core={logits_shift: none}"],
+    "adapted from GPT-2": [],  # init_from: the GPT-2 folder (`gpt2_checkpoint`)
+    "scratch, GPT-2 blocks": ["--model.init_from=null", "--objective.attention_anneal_steps=0"],
 }
+GPT2_CORE = {"norm": "layer", "mlp": "gelu_tanh", "positions": "learned", "linear_bias": True, "qkv_bias": True,
+             "tie_embeddings": True}
+
+
+def gpt2_checkpoint(args: argparse.Namespace) -> Path:
+    """A GPT-2-layout folder of a causal model of running sums: trained by `ar_baseline.train_ar` on stage 1's data
+    (the AR baseline's width and depth with GPT-2's blocks), exported with `save_foreign(layout="gpt2")` and checked
+    to load in transformers with the same logits. Reused when it exists."""
+    folder = args.runs / "gpt2-ar" / "gpt2-layout"
+    if (folder / "config.json").is_file():
+        return folder
+    from ar_baseline import Stage, train_ar
+    from transformers import GPT2LMHeadModel
+
+    from mmdiff.convert import save_foreign
+
+    stage1 = Stage.from_recipe(REPO_ROOT / "configs" / "reasoning" / "running-sums-small.yaml")
+    stage = Stage(name="gpt2-stage1", data=stage1.data, steps=args.gpt2_steps, batch_size=stage1.batch_size,
+                  optim=stage1.optim, core={**stage1.core, **GPT2_CORE}, seed=stage1.seed)
+    final = train_ar(args.runs / "gpt2-ar", stages=[stage], log_every=50)
+    model = DiffusionModel.from_pretrained(final)
+    save_foreign(model, folder, layout="gpt2")
+    ids = torch.randint(0, 10, (2, 12), generator=torch.Generator().manual_seed(0))
+    causal = torch.ones(12, 12, dtype=torch.bool).tril()[None, None]
+    with torch.no_grad():  # the export is what transformers reads: the same next-token logits
+        torch.testing.assert_close(GPT2LMHeadModel.from_pretrained(folder).eval()(ids).logits,
+                                   model.core(ids, attention_mask=causal).logits, atol=1e-4, rtol=1e-4)
+    return folder
 
 
 def run_arm(name: str, overrides: list[str], args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Trains one arm into `args.runs/<name>` and grades it on the held-out problems."""
     out_dir = args.runs / name.replace(", ", "-").replace(" ", "-")
+    if name == "adapted from GPT-2":
+        overrides = [f"--model.init_from={gpt2_checkpoint(args)}"]
+    elif name == "scratch, GPT-2 blocks":
+        core = {"d_model": 128, "n_layers": 4, "n_heads": 4, "max_seq_len": 256, **GPT2_CORE}
+        overrides = [*overrides, "--model.core=" + json.dumps(core)]
     steps = [f"--train.steps={args.steps}", f"--objective.attention_anneal_steps={args.steps // 3}"]
     if "--objective.attention_anneal_steps=0" in overrides:
         steps = steps[:1]
@@ -100,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--problems", type=int, default=256, help="held-out problems graded per arm")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), help=f"which arms to run: {list(ARMS)}")
     parser.add_argument("--runs", type=Path, default=REPO_ROOT / "runs" / "adaptation", help="run folders")
+    parser.add_argument("--gpt2-steps", type=int, default=600,
+                        help="autoregressive training steps of the GPT-2-layout checkpoint (made once, then reused)")
     add_run_arguments(parser)
     return run_benchmark("adaptation", parser, argv, bench, markdown)
 
