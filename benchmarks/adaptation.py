@@ -10,7 +10,8 @@ Arms, each trained by `mmdiff.train` on the same data, batches and optimizer for
 - adapted, no shift: annealing, but position i predicts token i (the next-token head must learn a new position);
 - adapted from GPT-2: as "adapted", from a checkpoint in GPT-2's layout that transformers loads (GPT2LMHeadModel: the
   same width and depth with LayerNorm, GELU MLP, learned positions and biases), trained autoregressively here on
-  stage 1's data for `--gpt2-steps` steps (benchmarks/ar_baseline.py) and exported with `save_foreign(layout="gpt2")`;
+  stage 1's data for `--gpt2-steps` steps without a BOS (benchmarks/ar_baseline.py; learned positions must match
+  the canvas's) and exported with `save_foreign(layout="gpt2")`;
   the control for it is "scratch, GPT-2 blocks" (the same blocks, fresh weights).
 
 Held-out metric: exact match and token accuracy of the running sums on `--problems` validation problems (n = 8..32,
@@ -72,7 +73,10 @@ def gpt2_checkpoint(args: argparse.Namespace) -> Path:
     stage1 = Stage.from_recipe(REPO_ROOT / "configs" / "reasoning" / "running-sums-small.yaml")
     stage = Stage(name="gpt2-stage1", data=stage1.data, steps=args.gpt2_steps, batch_size=stage1.batch_size,
                   optim=stage1.optim, core={**stage1.core, **GPT2_CORE}, seed=stage1.seed)
-    final = train_ar(args.runs / "gpt2-ar", stages=[stage], log_every=50)
+    # no BOS: with learned absolute positions the AR rows must sit where the masked-diffusion canvases put them
+    # (a BOS would shift every token one position right of its diffusion position); distinct position embeddings
+    # already tell equal leading tokens apart, which is what the BOS does for RoPE (see ar_baseline.build_ar_model)
+    final = train_ar(args.runs / "gpt2-ar", stages=[stage], log_every=50, bos=False)
     model = DiffusionModel.from_pretrained(final)
     save_foreign(model, folder, layout="gpt2")
     ids = torch.randint(0, 10, (2, 12), generator=torch.Generator().manual_seed(0))

@@ -194,9 +194,9 @@ def load_ar(path: Path | None, device: torch.device) -> tuple[Any, Any]:
 
 
 def fits(model: Any, length: int) -> bool:
-    """Whether a model takes canvases of `length` (its core's max_seq_len; the AR baseline reads one more: its BOS)."""
-    bos = model is not None and model.config.task_options.get("bos_id") is not None
-    return model is not None and length + bos <= model.core.config.max_seq_len
+    """Whether a model takes canvases of `length` (its core's max_seq_len; the AR baseline's BOS takes the place of
+    the last token, which it never reads)."""
+    return model is not None and length <= model.core.config.max_seq_len
 
 
 def bench(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
@@ -258,9 +258,10 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Na
     } for r in rows]
     columns = ["length", "batch", "method", "exact match", "= ref", "NFE / batch", "tokens/s", "speed-up", "vs AR",
                "MFLOP / token", "peak MiB"]
-    head = (f"Sampler benchmark: `{args.model}`, {args.problems} held-out problems per canvas length, blocks of "
-            f"{args.block}; device {info['device']} ({info.get('gpu', info['cpu'])}), torch {info['torch']}, "
-            f"{info['torch_threads']} threads, OMP_WAIT_POLICY {info['omp_wait_policy']}"
+    block = "" if args.block_model == "none" else f", block-diffusion entry `{args.block_model}`"
+    head = (f"Sampler benchmark: `{args.model}`{block}, {args.problems} held-out problems per canvas length, "
+            f"blocks of {args.block}; device {info['device']} ({info.get('gpu', info['cpu'])}), torch "
+            f"{info['torch']}, {info['torch_threads']} threads, OMP_WAIT_POLICY {info['omp_wait_policy']}"
             + "".join(f", {k}={v}" for k, v in info["malloc_env"].items())
             + f". Command: `{args.command}`.")
     return head + "\n\n" + fmt_table(table, columns) + "\n"

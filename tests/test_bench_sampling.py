@@ -46,7 +46,7 @@ def test_methods_are_timed_batch_by_batch_in_rotating_order():
 
 def test_smoke_run_of_the_shipped_entry(tmp_path):
     argv = ["--problems", "6", "--lengths", "64", "--batch-sizes", "3", "--thresholds", "0.995", "--parallel", "2",
-            "--small-block", "8", "--block-model", "none", "--device", "cpu", "--out", str(tmp_path)]
+            "--small-block", "8", "--device", "cpu", "--out", str(tmp_path)]
     assert bench.main(argv) == 0
     result = json.loads((tmp_path / "sampling.json").read_text())
     rows = {r["method"]: r for r in result["rows"]}
@@ -79,5 +79,10 @@ def test_smoke_run_of_the_shipped_entry(tmp_path):
     assert rows["AR baseline (KV cache)"]["mflop_per_token"] < rows["dual cache + threshold 0.995"]["mflop_per_token"]
     assert rows["AR baseline (KV cache)"]["vs_ar"] == 1.0 and ref["vs_ar"] == pytest.approx(
         ref["tokens_per_s"] / rows["AR baseline (KV cache)"]["tokens_per_s"])
+    # the block-diffusion entry: exact, with fewer passes than sums, and compared with AR like every row
+    for method in ["block diffusion, threshold 0.995", "block diffusion + pipeline, threshold 0.995"]:
+        assert rows[method]["same_as_reference"] is None and rows[method]["nfe_per_batch"] < 16, method
+        assert rows[method]["vs_ar"] == pytest.approx(
+            rows[method]["tokens_per_s"] / rows["AR baseline (KV cache)"]["tokens_per_s"])
     table = (tmp_path / "sampling.md").read_text()
     assert "| 64 | 3 | dual cache + threshold 0.995 | 100.0 % | 100 % |" in table

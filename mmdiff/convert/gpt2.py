@@ -54,13 +54,10 @@ _IGNORED = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers older expo
 def _layer_pairs(i: int) -> list[tuple[str, str, bool]]:
     """(GPT-2 name, core name, transposed) of layer i's 1:1 tensors (c_attn is split apart)."""
     g, c = f"h.{i}.", f"blocks.{i}."
-    return [(g + "ln_1.weight", c + "attn_norm.weight", False), (g + "ln_1.bias", c + "attn_norm.bias", False),
-            (g + "attn.c_proj.weight", c + "attn.o_proj.weight", True), (g + "attn.c_proj.bias", c + "attn.o_proj.bias",
-                                                                          False),
-            (g + "ln_2.weight", c + "mlp_norm.weight", False), (g + "ln_2.bias", c + "mlp_norm.bias", False),
-            (g + "mlp.c_fc.weight", c + "mlp.up_proj.weight", True), (g + "mlp.c_fc.bias", c + "mlp.up_proj.bias", False),
-            (g + "mlp.c_proj.weight", c + "mlp.down_proj.weight", True),
-            (g + "mlp.c_proj.bias", c + "mlp.down_proj.bias", False)]
+    pairs = [("ln_1", "attn_norm", False), ("attn.c_proj", "attn.o_proj", True), ("ln_2", "mlp_norm", False),
+             ("mlp.c_fc", "mlp.up_proj", True), ("mlp.c_proj", "mlp.down_proj", True)]
+    return [(f"{g}{gpt}.{part}", f"{c}{core}.{part}", transposed and part == "weight")
+            for gpt, core, transposed in pairs for part in ("weight", "bias")]
 
 
 def _pairs(n_layers: int) -> list[tuple[str, str, bool]]:

@@ -82,10 +82,11 @@ class Attention(nn.Module):
         past: tuple[Tensor, Tensor] | None = None, window: tuple[int, int] | None = None,
         queries: Tensor | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Attention of the L input positions (rotated by `cos`, `sin`; None with learned positions); with `past` (keys, values of the whole canvas) the input is the window
-        [lo, hi) of that canvas and attends to the cached keys outside it; with `queries` (B, K) only those input
-        positions ask (keys and values still come from all L). Returns the output (B, L or K, d_model) and this
-        call's (keys, values) over all positions it attended to (post-RoPE)."""
+        """Attention of the L input positions (rotated by `cos`, `sin`; None with learned positions); with `past`
+        (keys, values of the whole canvas) the input is the window [lo, hi) of that canvas and attends to the cached
+        keys outside it; with `queries` (B, K) only those input positions ask (keys and values still come from all
+        L). Returns the output (B, L or K, d_model) and this call's (keys, values) over all positions it attended to
+        (post-RoPE)."""
         B, L, _ = x.shape
         k = self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, L, D)
         v = self.v_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, L, D)
@@ -311,10 +312,8 @@ class MaskedDiffusionTransformer(nn.Module):
         A named fallback, never a crash: when torch.compile is unavailable (no C++ compiler, an unsupported Python)
         or a compiled block fails at its first call, a `RuntimeWarning` names the reason and the core runs eager
         from then on (a genuine input error then surfaces from the eager block). Returns whether the blocks are
-        compiled now. `compile_blocks(enabled=False)` returns to eager.
-
-        Measured on 2 CPU threads (running-sums-small, batch 1): the first call compiles for about 100 s and the
-        compiled steps are no faster than eager ones; compile where kernel launches dominate (a GPU)."""
+        compiled now. `compile_blocks(enabled=False)` returns to eager. Compiling takes a while at the first call
+        of each new input shape; it pays where kernel launches dominate a step (small batches on a GPU)."""
         if options.pop("enabled", True) is False:
             self._compiled = None
             return False

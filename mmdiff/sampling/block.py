@@ -188,7 +188,8 @@ class BlockDiffusionSampler(Sampler):
             # logits only where a token can be committed (the core's last layer runs only there): exact, as the
             # rest are never read; not with a processor (it gets every column) or sampling (its noise per column)
             narrow = logits_processor is None and o.temperature == 0 and n_asked < hi - lo_a
-            asked_at = torch.sort((~eligible).to(torch.int8), dim=1, stable=True).indices[:, :n_asked] if narrow else None
+            asked_at = (torch.sort((~eligible).to(torch.int8), dim=1, stable=True).indices[:, :n_asked] if narrow
+                        else None)
             logits, kv = _forward(core, x_live, _take(lay.attention, rows), lo, lo_a, hi, kv, o.cache, asked_at)
             nfe += 1
             if o.cache:

@@ -86,8 +86,8 @@ class CheckpointError(RuntimeError):
 
 
 class CheckpointWriteError(CheckpointError):
-    """Writing a checkpoint failed (a full disk, a quota, a lost mount): nothing of it was kept, the previous checkpoint
-    and `latest` are untouched; the message names the error, the previous checkpoint and the fix."""
+    """Writing a checkpoint failed (a full disk, a quota, a lost mount): nothing of it was kept, the previous
+    checkpoint and `latest` are untouched; the message names the error, the previous checkpoint and the fix."""
 
 
 def _write_failed(root: Path, name: str, err: OSError) -> CheckpointWriteError:

@@ -160,8 +160,8 @@ class ObjectiveSection:
                               f"masked positions per chunk (e.g. 1024), got {self.loss_chunk_size!r}")
         steps = self.attention_anneal_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ConfigError(f"TrainConfig.objective.attention_anneal_steps must be 0 (full attention) or a number of "
-                              f"steps (e.g. 500), got {steps!r}")
+            raise ConfigError("TrainConfig.objective.attention_anneal_steps must be 0 (full attention) or a number "
+                              f"of steps (e.g. 500), got {steps!r}")
         if steps and self.block_diffusion:
             raise ConfigError("TrainConfig.objective.attention_anneal_steps anneals a causal core to full attention; "
                               "block diffusion keeps its block-causal attention: drop one of them")
