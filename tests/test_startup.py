@@ -68,7 +68,8 @@ def test_list_answers_without_torch():
 def test_list_pattern_and_pretrained_without_torch():
     status, out, heavy = cli_run("list", "shakespeare*", "running-*", "--pretrained")
     assert status == 0 and heavy == []
-    assert [r.split()[0] for r in out.splitlines()[1:]] == ["running-sums-block", "running-sums-small", "shakespeare-tiny"]
+    names = [r.split()[0] for r in out.splitlines()[1:]]
+    assert names == ["running-sums-block", "running-sums-small", "shakespeare-tiny"]
 
 
 def test_help_answers_without_torch():
