@@ -95,9 +95,8 @@ def run_arm(name: str, overrides: list[str], args: argparse.Namespace, device: t
     elif name == "scratch, GPT-2 blocks":
         core = {"d_model": 128, "n_layers": 4, "n_heads": 4, "max_seq_len": 256, **GPT2_CORE}
         overrides = [*overrides, "--model.core=" + json.dumps(core)]
+    # the arm's own overrides come after the budget's, so an arm's attention_anneal_steps=0 wins
     steps = [f"--train.steps={args.steps}", f"--objective.attention_anneal_steps={args.steps // 3}"]
-    if "--objective.attention_anneal_steps=0" in overrides:
-        steps = steps[:1]
     config = load_train_config(args.recipe, [*steps, *overrides, f"--train.out_dir={out_dir}",
                                              f"--train.mixed_precision={'no' if device.type == 'cpu' else 'auto'}"])
     start = time.perf_counter()
@@ -112,7 +111,8 @@ def run_arm(name: str, overrides: list[str], args: argparse.Namespace, device: t
           f"({seconds:.0f} s)", file=sys.stderr, flush=True)
     return {"arm": name, "steps": args.steps, "exact_match": metrics["exact_match"],
             "token_accuracy": metrics["token_accuracy"], "final_loss": sum(losses[-2:]) / len(losses[-2:]),
-            "first_loss": losses[0], "train_s": seconds, "overrides": overrides}
+            "first_loss": losses[0], "train_s": seconds,  # repository paths recorded relative to it
+            "overrides": [o.replace(f"{REPO_ROOT}/", "") for o in overrides]}
 
 
 def bench(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
