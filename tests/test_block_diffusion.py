@@ -14,6 +14,7 @@ from torch import nn
 
 from mmdiff import Canvas, CoreConfig, DiffusionModel, VocabLayout, diffusion_loss, get_schedule
 from mmdiff.core.masks import block_causal_mask, block_diffusion_mask, block_index
+from mmdiff.core.model import KVCache
 from mmdiff.diffusion import forward_process
 from mmdiff.registry import DATASETS, SAMPLERS
 from mmdiff.sampling import BlockDiffusionSampler, LLaDASampler
@@ -28,7 +29,8 @@ def block_core(seed: int = 0, block_size: int = 4, **kw) -> nn.Module:
 
 
 class WindowCore(nn.Module):
-    """A core that records the canvas columns [lo, hi) of every forward pass."""
+    """A core that records the canvas columns [lo, hi) of every forward pass: `windows` those of the batch's first
+    row, `row_windows` those of every row in the pass (the rows still decoding, in batch order)."""
 
     def __init__(self, core: nn.Module) -> None:
         super().__init__()
@@ -41,10 +43,12 @@ class WindowCore(nn.Module):
     def check_ids(self, ids: torch.Tensor) -> None:
         self.core.check_ids(ids)
 
-    def forward(self, x: torch.Tensor, cache=None, cache_window=None, **kw):
-        self.windows.append(tuple(cache_window) if cache_window is not None else (0, x.shape[1]))
+    def forward(self, x: torch.Tensor, position_ids=None, **kw):
+        rows = [(int(p), int(p) + x.shape[1]) for p in position_ids[:, 0]]
+        self.windows.append(rows[0])
+        self.row_windows = getattr(self, "row_windows", []) + [rows]
         self.asked = getattr(self, "asked", []) + [kw["logits_at"].shape[1]]
-        return self.core(x, cache=cache, cache_window=cache_window, **kw)
+        return self.core(x, position_ids=position_ids, **kw)
 
 
 def decode(core, ids, attention=None, **options):
@@ -104,6 +108,34 @@ def test_cached_window_equals_full_recompute():
     changed[:, 8:] = MASK  # blocks 2 and 3 change; their stale keys stay in the cache
     window = core(changed[:, 8:12], cache=cache, cache_window=(8, 12)).logits
     torch.testing.assert_close(window, core(changed).logits[:, 8:12], atol=1e-5, rtol=1e-5)
+
+
+def test_per_row_cache_windows_equal_full_recompute():
+    """Windows at different columns in different rows (block diffusion's rows drift apart), written into the cache
+    at per-row columns: each row's logits equal a full recompute of its canvas. Column 16, past the canvas, takes the
+    columns a shorter window does not need (seen only by their own queries)."""
+    core = block_core(block_size=4, max_seq_len=16)
+    ids = torch.randint(0, 12, (2, 16), generator=torch.Generator().manual_seed(1))
+    cache = core(ids, use_cache=True).cache
+    cache = KVCache([F.pad(k, (0, 0, 0, 1)) for k in cache.keys], [F.pad(v, (0, 0, 0, 1)) for v in cache.values])
+    changed = ids.clone()
+    changed[0, 4:] = MASK  # row 0 decodes blocks 1 and 2, row 1 its last block
+    changed[1, 12:] = MASK
+    columns = torch.tensor([[4, 5, 6, 7, 8, 9, 10, 11], [12, 13, 14, 15, 16, 16, 16, 16]])
+    k = torch.arange(17)
+    mask = ((k[None, None] // 4 <= columns[:, :, None] // 4) & (k < 16)) | (k[None, None] == columns[:, :, None])
+    window = changed.gather(1, columns.clamp(max=15))
+    out = core(window, cache=cache, cache_window=columns, attention_mask=mask[:, None],
+               position_ids=columns.clamp(max=15)).logits
+    full = core(changed).logits
+    torch.testing.assert_close(out[0], full[0, 4:12], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[1, :4], full[1, 12:16], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"per-row cache_window must be a \(2, 8\) long tensor"):
+        core(window, cache=cache, cache_window=columns[:, :4], attention_mask=mask[:, None])
+    with pytest.raises(ValueError, match=r"needs attention_mask of shape \(2, 1\|H, 8, 17\)"):
+        core(window, cache=cache, cache_window=columns)
+    with pytest.raises(ValueError, match="position_ids reach 16 >= max_seq_len=16"):
+        core(window, cache=cache, cache_window=columns, attention_mask=mask[:, None])
 
 
 def test_core_config_errors():
@@ -257,9 +289,44 @@ def test_logits_at_masked_columns_only_decode_like_the_whole_window(layout, sett
     fast = decode(narrow, ids, attention, **options, **SETTINGS[setting])
     full = decode(whole, ids, attention, **options, **SETTINGS[setting], logits_processor=lambda logits, *a: logits)
     assert torch.equal(fast.sequences, full.sequences) and torch.equal(fast.commit_step, full.commit_step)
-    assert fast.nfe == full.nfe and narrow.windows == whole.windows
+    assert fast.nfe == full.nfe
     assert sum(narrow.asked) < sum(whole.asked)  # given tokens and committed ones are never asked
     assert all(a <= w for a, w in zip(narrow.asked, whole.asked, strict=True))
+    # each row runs its own window (from its first uncached block), a processor gets the same columns in every row
+    assert all(len({w for w in rows}) == 1 for rows in whole.row_windows)
+    assert column_passes(narrow) <= column_passes(whole)
+
+
+def column_passes(core: WindowCore) -> int:
+    """Window columns run, summed over the rows and passes of a recorded decoding."""
+    return sum(hi - lo for rows in core.row_windows for lo, hi in rows)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("setting", range(len(SETTINGS)))
+def test_every_row_runs_the_windows_it_runs_alone(layout, setting):
+    """Rows drift apart (one finishes a block while another still decodes its own): in a batch each row's window
+    starts where it starts when the row is decoded alone, pass by pass (the cache holds each row's own finished
+    blocks), and the batch runs fewer columns than windows starting at the batch's first uncached block."""
+    ids, attention, options = LAYOUTS[layout]
+    batch_core = WindowCore(block_core(seed=5))
+    batch = decode(batch_core, ids, attention, **options, **SETTINGS[setting])
+    alone_starts, passes = [], []
+    for r in range(ids.shape[0]):
+        real = attention[r]
+        core = WindowCore(block_core(seed=5))
+        alone = decode(core, ids[r : r + 1, real], None, **options, **SETTINGS[setting])
+        cut = ids.shape[1] - int(real.sum())  # the row's left padding: its answer columns move by it
+        shift = cut if layout == "answer" else 0
+        alone_starts.append([lo + shift if lo > 0 else lo for lo, _ in core.windows])
+        passes.append(alone.nfe)
+    assert batch.nfe == max(passes)
+    for t, rows in enumerate(batch_core.row_windows):  # pass t runs the rows that are still decoding
+        live = [r for r in range(ids.shape[0]) if passes[r] > t]
+        assert [lo for lo, _ in rows] == [alone_starts[r][t] for r in live], t
+    uniform = WindowCore(block_core(seed=5))
+    decode(uniform, ids, attention, **options, **SETTINGS[setting], logits_processor=lambda logits, *a: logits)
+    assert column_passes(batch_core) <= column_passes(uniform)
 
 
 def test_forward_passes_and_windows_by_hand():

@@ -79,7 +79,7 @@ class Attention(nn.Module):
 
     def forward(
         self, x: Tensor, cos: Tensor | None, sin: Tensor | None, mask: Tensor | None,
-        past: tuple[Tensor, Tensor] | None = None, window: tuple[int, int] | None = None,
+        past: tuple[Tensor, Tensor] | None = None, window: tuple[int, int] | Tensor | None = None,
         queries: Tensor | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """Attention of the L input positions (rotated by `cos`, `sin`; None with learned positions); with `past`
@@ -105,9 +105,14 @@ class Attention(nn.Module):
         if cos is not None:
             q, k = apply_rotary(q, q_cos, q_sin), apply_rotary(k, cos, sin)
         if past is not None:  # the window's fresh keys/values are written into the cache in place (no O(L) copy)
-            lo, hi = window
-            past[0][:, :, lo:hi] = k
-            past[1][:, :, lo:hi] = v
+            if isinstance(window, Tensor):  # per-row cache columns (B, L)
+                index = window[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+                past[0].scatter_(2, index, k)
+                past[1].scatter_(2, index, v)
+            else:
+                lo, hi = window
+                past[0][:, :, lo:hi] = k
+                past[1][:, :, lo:hi] = v
             k, v = past  # (B, Hkv, L_canvas, D)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
         return self.o_proj(out.transpose(1, 2).reshape(B, Q, self.n_heads * self.head_dim)), (k, v)  # (B, Q, d)
@@ -197,7 +202,7 @@ class Block(nn.Module):
 
     def forward(
         self, x: Tensor, cos: Tensor | None, sin: Tensor | None, mask: Tensor | None,
-        past: tuple[Tensor, Tensor] | None = None, window: tuple[int, int] | None = None,
+        past: tuple[Tensor, Tensor] | None = None, window: tuple[int, int] | Tensor | None = None,
         queries: Tensor | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """(B, L, d_model) -> (B, L, d_model), or (B, K, d_model) at the positions `queries` (B, K) only (keys and
@@ -298,7 +303,7 @@ class MaskedDiffusionTransformer(nn.Module):
         """cos, sin (1, 1, max_seq_len, head_dim) of the positions 0..max_seq_len-1, computed once per device with
         the arithmetic of `rotary_embedding` (so its rows are bit-identical to a per-call computation)."""
         table = self._rope_tables.get(device)
-        if table is None:
+        if table is None or table[0].shape[2] != self.config.max_seq_len:  # made, or the config's length changed
             positions = torch.arange(self.config.max_seq_len, device=device)[None]
             table = self._rope_tables[device] = rotary_embedding(positions, self.config.head_dim,
                                                                  self.config.rope_theta)
@@ -393,7 +398,7 @@ class MaskedDiffusionTransformer(nn.Module):
         check_inputs: bool = True,
         use_cache: bool = False,
         cache: KVCache | None = None,
-        cache_window: tuple[int, int] | None = None,
+        cache_window: tuple[int, int] | Tensor | None = None,
         apply_head: bool = True,
     ) -> CoreOutput:
         """Runs the core.
@@ -417,7 +422,11 @@ class MaskedDiffusionTransformer(nn.Module):
             cache: a `KVCache` of a canvas of length L_c; the input is then its window `cache_window` = (lo, hi),
                 `position_ids` default to lo..hi-1, `attention_mask` is the canvas's (B, L_c) key mask or a
                 (B, 1|H, L_c, L_c) mask (its rows lo..hi-1 are used), and `logits_at` indexes the window.
-            cache_window: (lo, hi) with 0 <= lo < hi <= L_c; required with `cache`.
+            cache_window: (lo, hi) with 0 <= lo < hi <= L_c; required with `cache`. Or a (B, L) long tensor: the
+                cache column of each input position, per row (windows at different places in different rows, as
+                block diffusion's rows drift apart): the input's keys and values are written there, `position_ids`
+                default to it, and `attention_mask` must be the (B, 1|H, L, L_c) mask of the input's queries over
+                the cache's columns (after the writes).
             apply_head: False -> no output projection: `CoreOutput.head_hidden` holds its inputs at `logits_at`
                 (`logits` is None), so a loss can project them chunk by chunk (`head_weight`) and never hold the
                 logits of every selected position at once.
@@ -426,25 +435,35 @@ class MaskedDiffusionTransformer(nn.Module):
             self.check_ids(input_ids)
         x = self.embed(input_ids, soft_embeds, soft_positions)
         B, L, _ = x.shape
-        lo = self._check_cache(cache, cache_window, L)
+        lo = self._check_cache(cache, cache_window, L, B, attention_mask)
         canvas_length = cache.length if cache is not None else L
+        ragged = isinstance(cache_window, Tensor)  # per-row cache columns: their positions are checked below
         # explicit positions inside the range are accepted on a longer input (block diffusion's [x_t ; x_0] pass)
-        if canvas_length > self.config.max_seq_len and (
+        if not ragged and canvas_length > self.config.max_seq_len and (
                 cache is not None or position_ids is None or int(position_ids.max()) >= self.config.max_seq_len):
             raise ValueError(
                 f"sequence length {canvas_length} exceeds max_seq_len={self.config.max_seq_len}; shorten the input or "
                 "build the model with a larger max_seq_len"
             )
+        if ragged and position_ids is None:
+            position_ids = cache_window
         if self.embed_positions is not None:  # learned positions (GPT-2): added to the input, no rotation
             positions = torch.arange(lo, lo + L, device=x.device)[None] if position_ids is None else position_ids
             x = x + self.embed_positions(positions)
             cos = sin = None
         elif position_ids is None:  # positions lo..lo+L-1: rows of the precomputed table (no trigonometry per call)
             cos, sin = (t[:, :, lo : lo + L] for t in self.rope_table(x.device))
+        elif ragged:  # rows of the table (bit-identical to computing them)
+            if int(position_ids.max()) >= self.config.max_seq_len:
+                raise ValueError(f"position_ids reach {int(position_ids.max())} >= max_seq_len="
+                                 f"{self.config.max_seq_len}; keep a per-row window's positions inside the canvas")
+            cos, sin = (t[0, 0][position_ids][:, None] for t in self.rope_table(x.device))
         else:
             cos, sin = rotary_embedding(position_ids, self.config.head_dim, self.config.rope_theta)
         mask = attention_mask
-        if self.config.attention == "block_causal" and (mask is None or mask.dim() == 2):
+        if ragged:
+            pass  # the caller's (B, 1|H, L, L_c) mask, checked by _check_cache
+        elif self.config.attention == "block_causal" and (mask is None or mask.dim() == 2):
             mask = block_causal_rows(lo, L, canvas_length, self.config.block_size, padding=mask, device=x.device)
         elif mask is not None and mask.dim() == 2:
             mask = mask.bool()[:, None, None, :]  # (B, 1, 1, L_canvas) key padding
@@ -478,14 +497,27 @@ class MaskedDiffusionTransformer(nn.Module):
             return CoreOutput(logits=None, hidden=hidden, cache=cache_out, head_hidden=self.head_inputs(x, logits_at))
         return CoreOutput(logits=self.head_logits(x, logits_at, vocab_range), hidden=hidden, cache=cache_out)
 
-    def _check_cache(self, cache: KVCache | None, window: tuple[int, int] | None, length: int) -> int:
-        """Validates a cached call; returns the window start (0 without a cache)."""
+    def _check_cache(self, cache: KVCache | None, window: tuple[int, int] | Tensor | None, length: int,
+                     batch: int, mask: Tensor | None) -> int:
+        """Validates a cached call; returns the window start (0 without a cache or with per-row columns)."""
         if cache is None:
             if window is not None:
                 raise ValueError("cache_window was given without a cache; pass cache=core(..., use_cache=True).cache")
             return 0
         if window is None:
             raise ValueError("a cache needs cache_window=(lo, hi): the canvas positions of the input")
+        if isinstance(window, Tensor):
+            if window.shape != (batch, length) or window.dtype != torch.long:
+                raise ValueError(f"a per-row cache_window must be a ({batch}, {length}) long tensor (the cache column "
+                                 f"of each input position), got {window.dtype} of shape {tuple(window.shape)}")
+            if mask is None or mask.dim() != 4 or mask.shape[2] != length or mask.shape[3] != cache.length:
+                got = None if mask is None else tuple(mask.shape)
+                raise ValueError(f"a per-row cache_window needs attention_mask of shape ({batch}, 1|H, {length}, "
+                                 f"{cache.length}) (the input's queries over the cache's columns), got {got}")
+            if self.config.logits_shift == "previous":
+                raise ValueError("per-row cache windows cannot give shifted logits (logits_shift='previous'); use "
+                                 "cache=None with this model")
+            return 0
         lo, hi = window
         if not 0 <= lo < hi <= cache.length or hi - lo != length:
             raise ValueError(f"cache_window {tuple(window)} must satisfy 0 <= lo < hi <= {cache.length} (the cached "

@@ -27,10 +27,14 @@ block_size` answer blocks. Masks in place (`gen_length=0, infill=True`, e.g. the
 own blocks from each row's first token, as the right-padded training canvases have them (rows are moved left for
 the decoding and back after it); the last block may be short.
 
-Rows decode independently: a row that finished a block starts its next one while others still decode theirs (the
-window covers both), so a batch gives each row the tokens it gets alone. The cache is shared by the batch: a block
-enters it once every row has finished it (until then the window starts at it, and it is recomputed with the rest).
-`cache=False` recomputes every step from the canvas's first column (the reference the cache is tested against).
+Rows decode independently: a row that finished a block starts its next one while others still decode theirs, so a
+batch gives each row the tokens it gets alone. Each row keeps its own place in the cache: its window starts at its
+own first uncached block (the core writes each row's keys and values at that row's columns, `cache_window` as a
+per-row tensor), so rows that drift apart never re-run each other's finished blocks; the windows share one width
+(the widest row's, padded with the columns after it, which no earlier column sees). With a `logits_processor` every
+row's window starts at the batch's first uncached block, so that the processor gets the same canvas columns [lo, hi)
+in every row. `cache=False` recomputes every step from the canvas's first column (the reference the cache is tested
+against).
 """
 
 from __future__ import annotations
@@ -43,7 +47,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmdiff.core.masks import block_causal_mask
 from mmdiff.core.model import KVCache
 from mmdiff.registry import SAMPLERS
 from mmdiff.sampling.base import Sampler, SamplerOptions, check_range, option
@@ -95,13 +98,13 @@ class BlockDiffusionOptions(SamplerOptions):
 @dataclass
 class _Layout:
     """The canvas a call decodes: x (B, L) (infill: rows moved left so that each starts at column 0), fillable
-    (B, L), the attention the core gets (a (B, L) padding mask or None: the core's own blocks; or a (B|1, 1, L, L)
-    mask: the prompt as block 0), the block starts (block k = [starts[k], starts[k+1])), the left padding moved to the
-    right (infill) and the first answer column (for EOS)."""
+    (B, L), real (B, L) (False = padding: no query sees it), the block starts (block k = [starts[k], starts[k+1]):
+    the prompt as block 0, or the core's own blocks from column 0), the left padding moved to the right (infill) and
+    the first answer column (for EOS)."""
 
     x: Tensor
     fillable: Tensor
-    attention: Tensor | None
+    real: Tensor
     starts: list[int]
     shift: Tensor | None
     first: int
@@ -143,80 +146,111 @@ class BlockDiffusionSampler(Sampler):
             raise ValueError("eos_early_stop needs eos_id (the model's vocabulary has no EOS id)")
         core.check_ids(input_ids)
         lay = _layout(o, core, input_ids, attention_mask, mask_id)
-        x, starts, B, L = lay.x, lay.starts, *lay.x.shape
-        n_blocks, size = len(starts) - 1, core.config.block_size
-        sizes = torch.tensor([b - a for a, b in zip(starts, starts[1:], strict=False)], device=x.device)
-        col_block = torch.repeat_interleave(torch.arange(n_blocks, device=x.device), sizes)  # (L,) block of a column
-        open_ = lay.fillable & (x == mask_id)  # (B, L) still masked
-        n_masks = _per_block(open_, col_block, n_blocks)  # (B, nb)
-        commit_step = torch.where(lay.fillable, 0, GIVEN)
+        B, L = lay.x.shape
+        dev = lay.x.device
+        n_blocks = len(lay.starts) - 1
+        starts = torch.tensor(lay.starts, device=dev)  # (nb + 1,)
+        col_block = torch.repeat_interleave(torch.arange(n_blocks, device=dev), starts.diff())  # (L,)
+        # one column past the canvas: window columns beyond a row's canvas go there (never decoded, and no real
+        # query sees them: their block, n_blocks, comes after every real one)
+        key_block = torch.cat([col_block, col_block.new_full((1,), n_blocks)])  # (L + 1,)
+        x = F.pad(lay.x, (0, 1), value=mask_id)
+        open_ = F.pad(lay.fillable & (lay.x == mask_id), (0, 1), value=False)  # (B, L + 1) still masked
+        real = F.pad(lay.real, (0, 1), value=False)  # (B, L + 1) keys a real query may see
+        commit_step = F.pad(torch.where(lay.fillable, 0, GIVEN), (0, 1), value=GIVEN)
+        n_masks = _per_block(open_[:, :L], col_block, n_blocks)  # (B, nb)
         filters = LogitFilters(banned=[mask_id], allowed=allowed_token_ids, processor=logits_processor,
-                               top_k=o.top_k, top_p=o.top_p, device=x.device)
+                               top_k=o.top_k, top_p=o.top_p, device=dev)
         trigger = o.pipeline if o.pipeline is not None else 1.0
+        # each row's window starts at its own first uncached block, except that a processor is given the same
+        # canvas columns [lo, hi) for every row (the window then starts at the batch's first uncached block)
+        per_row = logits_processor is None
+        blk = torch.arange(n_blocks, device=dev)
+        cached = torch.zeros(B, dtype=torch.long, device=dev)  # per row: blocks [0, cached) are in the cache
         kv: KVCache | None = None
         kv_rows: list[int] = list(range(B))  # the batch rows the cache holds (finished rows leave it)
-        cached, nfe = 0, 0  # blocks [0, cached) have their final keys and values in the cache
+        nfe = 0
         while True:
-            # ---- the step's block states, per row and block (one host sync)
-            open_blocks = _per_block(open_, col_block, n_blocks)  # (B, nb)
+            # ---- the step's block states, per row and block
+            open_blocks = _per_block(open_[:, :L], col_block, n_blocks)  # (B, nb)
             frac = torch.where(n_masks > 0, (n_masks - open_blocks) / n_masks.clamp(min=1), 1.0)
-            ones = torch.ones(B, 1, dtype=torch.bool, device=x.device)
+            ones = torch.ones(B, 1, dtype=torch.bool, device=dev)
             started = torch.cat([ones, (frac[:, :-1] >= trigger).long().cumprod(1).bool()], 1)  # (B, nb)
             before = torch.cat([torch.ones_like(frac[:, :1]), frac[:, :-1]], 1)
             full = started & (before >= o.activate_at)  # decoded at `threshold`, one commit forced
             active = started & (open_blocks > 0)
-            asked = (started * open_blocks).sum(1).max()[None]  # the most masked columns a row decodes this step
-            summary = torch.cat([active.any(0), (open_blocks == 0).all(0), open_.any(1), asked]).tolist()
-            active_any, done_all = summary[:n_blocks], summary[n_blocks : 2 * n_blocks]
-            live_rows, n_asked = summary[2 * n_blocks : -1], int(summary[-1])
-            blocks = [b for b, a in enumerate(active_any) if a]
-            if not blocks:
+            live = active.any(1)  # (B,) rows with a block to decode (a row with masks has one)
+            first = torch.where(active, blk, n_blocks).amin(1)  # (B,) first and last active block
+            last = torch.where(active, blk, -1).amax(1)
+            window = cached if o.cache else torch.zeros_like(cached)  # (B,) the first block each row runs
+            if not per_row:
+                window = torch.where(live, window, n_blocks).amin().clamp(max=n_blocks).expand(B)
+            start_col, end_col = starts[window], starts[last + 1]
+            width = torch.where(live, end_col - start_col, 0).amax()  # columns every row's window holds
+            keys = torch.where(live, start_col, 0).amax() + width  # cache columns the pass reads
+            asked = torch.where(live, (started * open_blocks).sum(1), 0).amax()  # most masked columns a row asks
+            lo_a = starts[torch.where(live, first, n_blocks).amin().clamp(max=n_blocks)]
+            head = torch.stack([width, keys.clamp(max=L + 1), asked, start_col[0], lo_a, end_col.amax()])
+            summary = torch.cat([live.long(), head]).tolist()  # one host sync per step
+            live_rows, (K, n_keys, n_asked, s0, lo, hi) = summary[:B], summary[B:]
+            live_list = [r for r, a in enumerate(live_rows) if a]
+            if not live_list:
                 break
-            first_a, last_a = blocks[0], blocks[-1]
-            lo_a, hi = starts[first_a], starts[last_a + 1]
-            live = [r for r, a in enumerate(live_rows) if a]
-            rows = None if len(live) == B else torch.tensor(live, device=x.device)
-            # ---- the forward pass: the window [lo, hi) of blocks not cached yet, logits at the decoded columns
-            if o.cache and kv is not None and live != kv_rows:  # finished rows leave the cache
-                kv = kv.select_rows(torch.tensor([kv_rows.index(r) for r in live], device=x.device))
-                kv_rows = live
-            lo = starts[cached] if o.cache else 0
-            x_live = _take(x, rows)
-            block_of = col_block[lo_a:hi] - first_a  # (K,) block of each column in the window's active part
-            eligible = _take(open_, rows)[:, lo_a:hi] & _take(started, rows)[:, first_a:last_a + 1][:, block_of]
-            is_full = _take(full, rows)[:, first_a:last_a + 1][:, block_of]
-            # logits only where a token can be committed (the core's last layer runs only there): exact, as the
-            # rest are never read; not with a processor (it gets every column) or sampling (its noise per column)
-            narrow = logits_processor is None and o.temperature == 0 and n_asked < hi - lo_a
-            asked_at = (torch.sort((~eligible).to(torch.int8), dim=1, stable=True).indices[:, :n_asked] if narrow
-                        else None)
-            logits, kv = _forward(core, x_live, _take(lay.attention, rows), lo, lo_a, hi, kv, o.cache, asked_at)
+            rows = None if len(live_list) == B else torch.tensor(live_list, device=dev)
+            # ---- the forward pass: each row's window of blocks not cached yet, logits at the decoded columns
+            if o.cache and kv is not None and live_list != kv_rows:  # finished rows leave the cache
+                kv = kv.select_rows(torch.tensor([kv_rows.index(r) for r in live_list], device=dev))
+                kv_rows = live_list
+            columns = _take(start_col, rows)[:, None] + torch.arange(K, device=dev)  # (R, K) canvas columns
+            columns = columns.clamp(max=L)
+            x_live, open_live, step_live = _take(x, rows), _take(open_, rows), _take(commit_step, rows)
+            win_block = key_block[columns]  # (R, K) block of each window column (n_blocks past the canvas)
+            in_canvas = win_block.clamp(max=n_blocks - 1)
+            eligible = open_live.gather(1, columns) & _take(started, rows).gather(1, in_canvas)
+            is_full = _take(full, rows).gather(1, in_canvas)
+            R = len(live_list)
+            if not per_row:  # the processor's columns [lo, hi): from the batch's first active block
+                at = torch.arange(lo - s0, hi - s0, device=dev)[None].expand(R, -1)
+            elif o.temperature == 0 and n_asked < K:
+                # logits only where a token can be committed (the core's last layer runs only there): exact, as
+                # the rest are never read; not with sampling (its noise per column)
+                at = torch.sort((~eligible).to(torch.int8), dim=1, stable=True).indices[:, :n_asked]
+            else:
+                at = torch.arange(K, device=dev)[None].expand(R, -1)
+            logits, kv = _forward(core, x_live.gather(1, columns), columns, _take(real, rows), key_block, kv,
+                                  o.cache, n_keys, at, L)
             nfe += 1
             if o.cache:
-                kv_rows = live
-                while cached <= last_a and done_all[cached]:  # finished before this pass: their clean pass was it
-                    cached += 1
-            # ---- selection in the decoded columns [lo_a, hi) of the live rows
-            logits = filters(logits, x_live, lo_a, hi)
-            x0 = gumbel_argmax(logits, o.temperature, generator)  # (R, K), or (R, n_asked) at `asked_at`
+                kv_rows = live_list
+                # blocks finished before this pass, whole inside the window and after cached ones only: this pass
+                # ran them clean, so their keys and values in the cache are final
+                inside = starts[1:][None] <= (start_col + K)[:, None]  # (B, nb)
+                final = (blk[None] < window[:, None]) | ((open_blocks == 0) & inside)
+                cached = torch.where(live, torch.maximum(cached, final.long().cumprod(1).sum(1)), cached)
+            # ---- selection at the asked window columns of the live rows
+            logits = filters(logits, x_live[:, :L], lo, hi)
+            x0 = gumbel_argmax(logits, o.temperature, generator)  # (R, n) at `at`
             conf = confidence_scores(logits, x0, "low_confidence")  # float64
-            if asked_at is not None:  # back to the window's columns; the others are never eligible
-                x0 = x_live[:, lo_a:hi].scatter(1, asked_at, x0)
-                conf = torch.full(x0.shape, -math.inf, dtype=conf.dtype, device=conf.device).scatter(1, asked_at, conf)
+            current = x_live.gather(1, columns)  # back to the window's columns; the others are never eligible
+            x0 = current.scatter(1, at, x0)
+            conf = torch.full(x0.shape, -math.inf, dtype=conf.dtype, device=dev).scatter(1, at, conf)
             thresholds = torch.full_like(conf, o.pipeline_threshold).masked_fill(is_full, o.threshold)
             commit = eligible & (conf > thresholds)
-            commit |= _most_confident(conf.masked_fill(~(eligible & is_full), -math.inf), size, last_a - first_a + 1)
-            columns = x_live[:, lo_a:hi]
-            new = torch.where(commit, x0, columns)
-            step_of = torch.where(commit, nfe - 1, _take(commit_step, rows)[:, lo_a:hi])
+            commit |= _most_confident(conf.masked_fill(~(eligible & is_full), -math.inf), win_block, n_blocks + 1)
+            new = torch.where(commit, x0, current)
+            step_of = torch.where(commit, nfe - 1, step_live.gather(1, columns))
+            still = open_live.gather(1, columns) & ~commit
             if rows is None:
-                x[:, lo_a:hi], commit_step[:, lo_a:hi] = new, step_of
-                open_[:, lo_a:hi] &= ~commit
+                x.scatter_(1, columns, new)
+                commit_step.scatter_(1, columns, step_of)
+                open_.scatter_(1, columns, still)
             else:
-                x[rows, lo_a:hi], commit_step[rows, lo_a:hi] = new, step_of
-                open_[rows, lo_a:hi] = open_[rows, lo_a:hi] & ~commit
+                x[rows] = x_live.scatter(1, columns, new)
+                commit_step[rows] = step_live.scatter(1, columns, step_of)
+                open_[rows] = open_live.scatter(1, columns, still)
             if o.eos_early_stop:
-                _finish_rows_at_eos(x, open_, commit_step, lay.first, L, eos_id, nfe)
+                _finish_rows_at_eos(x[:, :L], open_[:, :L], commit_step[:, :L], lay.first, L, eos_id, nfe)
+        x, commit_step = x[:, :L], commit_step[:, :L]
         if lay.shift is not None:  # back to the caller's left padding
             x, commit_step = _unshift(x, lay.shift), _unshift(commit_step, lay.shift)
         if return_history:
@@ -236,42 +270,51 @@ def _per_block(flags: Tensor, col_block: Tensor, n_blocks: int) -> Tensor:
     return flags.new_zeros(flags.shape[0], n_blocks, dtype=torch.long).index_add_(1, col_block, flags.long())
 
 
-def _most_confident(scores: Tensor, size: int, n_blocks: int) -> Tensor:
-    """Bool (R, K): in every block of `size` columns (the last may be short) its highest score, the first on ties;
-    none in a block whose scores are all -inf."""
+def _most_confident(scores: Tensor, block: Tensor, n_blocks: int) -> Tensor:
+    """Bool (R, K): in every block (ids `block` (R, K) < n_blocks) its highest score, the first on ties; none in a
+    block whose scores are all -inf."""
     R, K = scores.shape
-    padded = F.pad(scores, (0, n_blocks * size - K), value=-math.inf).view(R, n_blocks, size)
-    best = padded.argmax(-1, keepdim=True)  # (R, nb, 1)
-    has = padded.amax(-1, keepdim=True) > -math.inf
-    one = torch.zeros_like(padded, dtype=torch.bool).scatter_(2, best, has)
-    return one.view(R, n_blocks * size)[:, :K]
+    best = scores.new_full((R, n_blocks), -math.inf).scatter_reduce(1, block, scores, "amax")  # (R, nb)
+    top = (scores == best.gather(1, block)) & (scores > -math.inf)
+    column = torch.arange(K, device=scores.device)[None].expand(R, -1)
+    first = torch.full((R, n_blocks), K, device=scores.device).scatter_reduce(
+        1, block, torch.where(top, column, K), "amin")  # (R, nb) first best column of each block
+    return top & (column == first.gather(1, block))
 
 
-def _forward(core: nn.Module, x: Tensor, attention: Tensor | None, lo: int, lo_a: int, hi: int, kv: KVCache | None,
-             use_cache: bool, asked_at: Tensor | None = None) -> tuple[Tensor, KVCache | None]:
-    """Logits (R, hi - lo_a, V) of the columns [lo_a, hi), or (R, n, V) at the columns lo_a + `asked_at` (R, n), from
-    a pass over [lo, hi); with the cache the keys and values of [lo, hi) are written into it (the first pass, lo = 0,
-    makes it)."""
-    R, L = x.shape
-    if asked_at is None:
-        at = torch.arange(lo_a - lo, hi - lo, device=x.device)[None].expand(R, -1)  # (R, K) window indices
-    else:
-        at = asked_at + (lo_a - lo)
-    if kv is not None:
-        out = core(x[:, lo:hi], attention_mask=attention, cache=kv, cache_window=(lo, hi), logits_at=at,
-                   check_inputs=False)
-        return out.logits, kv
-    if attention is not None:  # the canvas's first hi columns
-        attention = attention[:, :hi] if attention.dim() == 2 else attention[:, :, :hi, :hi]
-    out = core(x[:, :hi], attention_mask=attention, logits_at=at, check_inputs=False, use_cache=use_cache)
-    if not use_cache:
-        return out.logits, None
-    # the cache of the whole canvas, the pass's keys and values in its first hi columns
-    keys = [k.new_zeros(k.shape[:2] + (L,) + k.shape[3:]) for k in out.cache.keys]
-    values = [v.new_zeros(v.shape[:2] + (L,) + v.shape[3:]) for v in out.cache.values]
-    for full, part in zip(keys + values, out.cache.keys + out.cache.values, strict=True):
-        full[:, :, :hi] = part
-    return out.logits, KVCache(keys, values)
+def _window_mask(key_block: Tensor, real: Tensor, queries: Tensor, keys: Tensor) -> Tensor:
+    """(R, 1, K, Kc) bool: the query columns `queries` (R, K) over the key columns `keys` (R|1, Kc) of the canvas
+    (column L is past it): block-causal (`key_block` (L + 1,) is each column's block), real keys only (`real`
+    (R, L + 1)), and every query sees itself (a query past the canvas attends to something)."""
+    q_block, k_block = key_block[queries][:, :, None], key_block[keys][:, None, :]
+    seen = real.gather(1, keys.expand(real.shape[0], -1))[:, None, :]
+    return (((k_block <= q_block) & seen) | (keys[:, None, :] == queries[:, :, None]))[:, None]
+
+
+def _forward(core: nn.Module, x: Tensor, columns: Tensor, real: Tensor, key_block: Tensor, kv: KVCache | None,
+             use_cache: bool, n_keys: int, at: Tensor, L: int) -> tuple[Tensor, KVCache | None]:
+    """Logits (R, n, V) at the window columns `at` (R, n) of a pass over the windows `x` (R, K) at the canvas
+    columns `columns` (R, K) (L = past the canvas). Without a cache the windows see only themselves (the first pass,
+    whose keys and values make the cache of L + 1 columns, or every pass with `use_cache=False`); with it they are
+    written into the cache at `columns` and the queries see its first `n_keys` columns."""
+    positions = columns.clamp(max=L - 1)
+    if kv is None:
+        mask = _window_mask(key_block, real, columns, columns)
+        out = core(x, attention_mask=mask, position_ids=positions, logits_at=at, check_inputs=False,
+                   use_cache=use_cache)
+        if not use_cache:
+            return out.logits, None
+        index = columns[:, None, :, None].expand(-1, *out.cache.keys[0].shape[1:2], -1, out.cache.keys[0].shape[3])
+        tensors = [t.new_zeros(t.shape[:2] + (L + 1,) + t.shape[3:]).scatter_(2, index, t)
+                   for t in out.cache.keys + out.cache.values]
+        n = len(out.cache.keys)
+        return out.logits, KVCache(tensors[:n], tensors[n:])
+    keys = torch.arange(n_keys, device=x.device)[None]
+    mask = _window_mask(key_block, real, columns, keys)
+    view = KVCache([k[:, :, :n_keys] for k in kv.keys], [v[:, :, :n_keys] for v in kv.values])
+    out = core(x, attention_mask=mask, cache=view, cache_window=columns, position_ids=positions, logits_at=at,
+               check_inputs=False)
+    return out.logits, kv
 
 
 def _unshift(t: Tensor, shift: Tensor) -> Tensor:
@@ -317,12 +360,11 @@ def _layout(o: BlockDiffusionOptions, core: nn.Module, input_ids: Tensor, attent
     G, L = o.gen_length, P + o.gen_length
     x = torch.cat([input_ids, torch.full((B, G), mask_id, dtype=input_ids.dtype, device=device)], 1)
     fillable = torch.cat([torch.zeros_like(to_fill), torch.ones(B, G, dtype=torch.bool, device=device)], 1)
-    attention = block_causal_mask(L, size, P, device=device)  # (1, 1, L, L): the prompt is block 0
-    if attention_mask is not None:  # padding keys hidden; every query sees itself
-        padding = torch.cat([attention_mask.bool(), torch.ones(B, G, dtype=torch.bool, device=device)], 1)
-        attention = (attention & padding[:, None, None, :]) | torch.eye(L, dtype=torch.bool, device=device)
-    starts = ([0] if P else []) + list(range(P, L + 1, size))
-    return _Layout(x=x, fillable=fillable, attention=attention, starts=starts, shift=None, first=P)
+    real = torch.ones(B, L, dtype=torch.bool, device=device)
+    if attention_mask is not None:
+        real[:, :P] = attention_mask.bool()
+    starts = ([0] if P else []) + list(range(P, L + 1, size))  # the prompt is block 0
+    return _Layout(x=x, fillable=fillable, real=real, starts=starts, shift=None, first=P)
 
 
 def _infill_layout(input_ids: Tensor, attention_mask: Tensor | None, to_fill: Tensor, size: int) -> _Layout:
@@ -339,4 +381,5 @@ def _infill_layout(input_ids: Tensor, attention_mask: Tensor | None, to_fill: Te
         index = (torch.arange(L, device=x.device)[None] + shift[:, None]) % L  # row r starts at its first token
         x, fillable, padding = x.gather(1, index), to_fill.gather(1, index), real.gather(1, index)
     starts = list(range(0, L, size)) + [L]
-    return _Layout(x=x, fillable=fillable, attention=padding, starts=starts, shift=shift, first=0)
+    real = torch.ones(B, L, dtype=torch.bool, device=x.device) if padding is None else padding.bool()
+    return _Layout(x=x, fillable=fillable, real=real, starts=starts, shift=shift, first=0)
