@@ -23,6 +23,7 @@ the markdown table.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -54,8 +55,17 @@ from common import (  # noqa: E402
     write_results,
 )
 
-from mmdiff import Canvas, CoreConfig, MaskedDiffusionTransformer, VocabLayout, diffusion_loss  # noqa: E402
+from mmdiff import (  # noqa: E402
+    Canvas,
+    CoreConfig,
+    DiffusionModel,
+    MaskedDiffusionTransformer,
+    ModelConfig,
+    VocabLayout,
+    diffusion_loss,
+)
 from mmdiff.diffusion import LinearSchedule, forward_process  # noqa: E402
+from mmdiff.lora import LoraSettings, apply_lora, set_trainable, store_frozen  # noqa: E402
 from mmdiff.tasks.text import TextTask  # noqa: E402
 
 METHODS = {
@@ -218,6 +228,9 @@ LEVERS = {  # name -> (what it is, the parts it turns on)
     "packing": ("examples packed into rows of `--seq` (`train.pack_length`)", ("pack",)),
     "grad-accum": ("two micro-batches of half the examples (`train.grad_accum: 2`)", ("accum",)),
     "all": ("all four together", ("checkpointing", "chunk", "pack", "accum")),
+    "lora": ("LoRA r=8 on q/k/v/o (`model.lora`), the base frozen in float32", ("lora",)),
+    "lora-bf16-base": ("LoRA with the frozen base's Linear weights in bf16 (`model.frozen_dtype`), bf16 autocast",
+                       ("lora", "bf16-base")),
 }
 
 
@@ -231,9 +244,11 @@ class LeverBench:
         self.layout = VocabLayout.build(text_size=vocab - 4)  # + mask, eos, pad, bos = vocab ids
         config = CoreConfig(vocab=self.layout, d_model=d_model, n_layers=n_layers, n_heads=max(1, d_model // 64),
                             max_seq_len=args.seq)
-        self.core = MaskedDiffusionTransformer(config).to(device).train()
+        self.model = DiffusionModel(ModelConfig(config, name="bench")).to(device).train()
+        self.core = self.model.core
         self.params = sum(p.numel() for p in self.core.parameters())
         self.opt = torch.optim.AdamW(self.core.parameters(), lr=1e-4)
+        self.lora: dict[bool, tuple[DiffusionModel, torch.optim.Optimizer]] = {}  # bf16 base? -> LoRA copy
         g = torch.Generator().manual_seed(1)
         lengths = torch.randint(max(1, args.seq // 4), args.seq + 1, (args.batch,), generator=g).tolist()
         self.examples = [{"ids": torch.randint(0, vocab - 4, (n,), generator=g),
@@ -257,14 +272,37 @@ class LeverBench:
             out.append((canvas.to(self.device), times.to(self.device)))
         return out
 
+    def trained(self, parts: tuple[str, ...]) -> tuple[DiffusionModel, torch.optim.Optimizer]:
+        """The model and optimizer a lever trains: the full model, or a LoRA copy of it (made once)."""
+        if "lora" not in parts:
+            return self.model, self.opt
+        bf16 = "bf16-base" in parts
+        if bf16 not in self.lora:
+            model = copy.deepcopy(self.model)
+            set_trainable(apply_lora(model, LoraSettings(), base="bench"))
+            if bf16:
+                store_frozen(model, torch.bfloat16)
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            self.lora[bf16] = model, torch.optim.AdamW(trainable, lr=1e-4)
+        return self.lora[bf16]
+
+    def state_mib(self, parts: tuple[str, ...]) -> float:
+        """Weights, gradients and optimizer state a lever holds between steps (after one), in MiB."""
+        model, opt = self.trained(parts)
+        tensors = list(model.parameters()) + [p.grad for p in model.parameters() if p.grad is not None]
+        tensors += [t for state in opt.state.values() for t in state.values() if isinstance(t, torch.Tensor)]
+        return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
     def loss(self, parts: tuple[str, ...], batches: list[tuple[Canvas, torch.Tensor]], backward: bool) -> float:
         """The summed loss of the micro-batches, each divided by their number (as the trainer accumulates)."""
-        self.core.set_gradient_checkpointing("checkpointing" in parts)
+        core = self.trained(parts)[0].core
+        core.set_gradient_checkpointing("checkpointing" in parts)
         gen = torch.Generator(device=self.device).manual_seed(2)  # the same masks every step
+        amp = self.amp or "bf16-base" in parts
         total = 0.0
         for canvas, times in batches:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                out = diffusion_loss(self.core, canvas, LinearSchedule(), mask_id=self.layout.mask_id,
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+                out = diffusion_loss(core, canvas, LinearSchedule(), mask_id=self.layout.mask_id,
                                      normalize="sft", t=times, generator=gen,
                                      chunk_size=self.args.chunk if "chunk" in parts else None)
             loss = out.loss / len(batches)
@@ -277,10 +315,12 @@ class LeverBench:
         parts = LEVERS[lever][1]
         batches = self.micro_batches(parts)
 
+        opt = self.trained(parts)[1]
+
         def step() -> float:
-            self.opt.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)
             loss = self.loss(parts, batches, backward=True)
-            self.opt.step()
+            opt.step()
             return loss
 
         return step
@@ -291,8 +331,10 @@ class LeverBench:
         with torch.no_grad():
             values = {lever: self.loss(parts, self.micro_batches(parts, ones), backward=False)
                       for lever, (_, parts) in LEVERS.items()}
-        tol = 2e-2 if self.amp else 1e-4
-        if any(abs(v - values["baseline"]) > tol * abs(values["baseline"]) for v in values.values()):
+        def tol(lever: str) -> float:  # bf16 arithmetic: the loss moves in its third digit
+            return 2e-2 if self.amp or "bf16-base" in LEVERS[lever][1] else 1e-4
+
+        if any(abs(v - values["baseline"]) > tol(k) * abs(values["baseline"]) for k, v in values.items()):
             raise RuntimeError(f"the levers change the loss: {values}")
         return values
 
@@ -316,6 +358,7 @@ def bench_levers(args: argparse.Namespace, device: torch.device) -> list[dict[st
             "step_s_median": median(times), "step_s_all": times,
             "tokens_per_s": bench.tokens / median(times),
             "loss_all_masked": parity[lever],
+            "state_mib": bench.state_mib(parts),
         }
         if not args.no_memory:
             row["memory"] = measure_memory(args, args.size, "masked", device, lever=lever)
@@ -338,6 +381,7 @@ def lever_markdown(rows: list[dict[str, Any]], info: dict[str, Any], args: argpa
             "step (ms, median)": f"{1000 * r['step_s_median']:.0f}",
             "fastest step (ms)": f"{1000 * min(r['step_s_all']):.0f}",
             "speed vs baseline": f"{base['step_s_median'] / r['step_s_median']:.2f}x",
+            "weights + grads + optimizer (MiB)": f"{r['state_mib']:.0f}",
         }
         if "memory" in r:
             entry["peak memory of a step (MiB)"] = f"{r['memory']['peak_mib']:.0f}"
@@ -355,8 +399,9 @@ def lever_markdown(rows: list[dict[str, Any]], info: dict[str, Any], args: argpa
         f"CPU: {info['cpu']}, torch {info['torch']}, {info['torch_threads']} threads "
         f"(OMP_WAIT_POLICY={info['omp_wait_policy']}). "
         f"Peak memory: {base['memory']['method'] if 'memory' in base else 'not measured'}, "
-        f"in a fresh process per row. Every lever's loss with every target masked equals the baseline's "
-        f"({base['loss_all_masked']:.4f}).\n\n"
+        f"in a fresh process per row; weights + grads + optimizer: the tensors a lever holds between steps. Every "
+        f"lever's loss with every target masked equals the baseline's ({base['loss_all_masked']:.4f}; within 2 % "
+        f"in bf16 arithmetic).\n\n"
     )
     return head + fmt_table(table, list(table[0])) + "\n"
 

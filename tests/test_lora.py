@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmdiff import CoreConfig, DiffusionModel, ModelConfig, VocabLayout, create_model
@@ -28,6 +29,7 @@ from mmdiff.lora import (
     save_lora,
     select_parameters,
     set_trainable,
+    store_frozen,
 )
 from mmdiff.train import ConfigError, TrainConfig, build_model
 from mmdiff.train.loop import Trainer
@@ -321,6 +323,60 @@ def test_trainer_freezing_without_lora_writes_a_full_model(base_folder, tmp_path
     base, tuned = load_safetensors(base_folder / "model.safetensors"), load_safetensors(final / "model.safetensors")
     changed = {k for k in base if not torch.equal(base[k], tuned[k])}
     assert changed and all(k.startswith("blocks.1.") for k in changed)
+
+
+def test_frozen_bf16_base_gives_the_same_loss_and_gradients_under_autocast():
+    """QLoRA-style frozen base (`store_frozen`): the frozen Linear weights stored in bf16 give, under bf16 autocast,
+    bit for bit the loss and LoRA gradients of the float32 base (autocast rounds a float32 weight to bf16 before
+    every matmul), at half the weights' memory; embeddings, norms and LoRA weights stay float32."""
+    def step(frozen: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], DiffusionModel]:
+        model = text_model()
+        set_trainable(apply_lora(model, LoraSettings(r=4)))
+        perturb_lora(model)
+        if frozen:
+            linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear)
+                         and not m.weight.requires_grad)
+            assert store_frozen(model, torch.bfloat16) == linear > 0
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model.core(IDS).logits.float().flatten(0, 1), IDS.flatten().roll(1))
+        loss.backward()
+        return loss.detach(), {n: p.grad for n, p in lora_tensors(model).items()}, model
+
+    loss32, grads32, _ = step(False)
+    loss16, grads16, model = step(True)
+    assert torch.equal(loss16, loss32)
+    assert grads16.keys() == grads32.keys() and all(torch.equal(grads16[k], grads32[k]) for k in grads32)
+    assert model.core.blocks[0].attn.q_proj.base_layer.weight.dtype == torch.bfloat16
+    assert model.core.blocks[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert model.core.embed_tokens.weight.dtype == model.core.norm.weight.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in lora_tensors(model).values())
+
+
+def test_trainer_with_a_frozen_bf16_base_trains_resumes_and_loads_onto_the_float32_base(base_folder, tmp_path):
+    def cfg(out: Path) -> TrainConfig:
+        c = recipe(out, base_folder, lora={"r": 4, "alpha": 8}, frozen_dtype="bfloat16")
+        c.train.mixed_precision = "bf16"
+        return c
+
+    trainer = Trainer(cfg(tmp_path / "run"))
+    final = trainer.run(resume=False)
+    trained = trainer.model.cpu().eval()
+    assert trained.core.blocks[0].attn.q_proj.base_layer.weight.dtype == torch.bfloat16
+    assert all(p.abs().sum() > 0 for n, p in lora_tensors(trained).items() if ".lora_B." in n)
+    loaded = create_model(base_folder, lora=final)  # the float32 base: the same logits under autocast
+    assert loaded.core.blocks[0].attn.q_proj.base_layer.weight.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(logits(loaded), logits(trained))
+    Trainer(cfg(tmp_path / "resumed")).run(resume=False, max_steps=2)
+    again = Trainer(cfg(tmp_path / "resumed")).run(resume=True)
+    a, b = load_safetensors(final / LORA_WEIGHTS_NAME), load_safetensors(again / LORA_WEIGHTS_NAME)
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ConfigError, match="frozen_dtype='bfloat16' needs train.mixed_precision: bf16"):
+        Trainer(recipe(tmp_path / "bad", base_folder, lora={"r": 4}, frozen_dtype="bfloat16"))
+    with pytest.raises(ConfigError, match="frozen_dtype stores the frozen base of a LoRA run"):
+        recipe(tmp_path / "bad", base_folder, frozen_dtype="bfloat16")
+    with pytest.raises(ConfigError, match=r"frozen_dtype='int4' is not one of \['bfloat16', 'float16'\]"):
+        recipe(tmp_path / "bad", base_folder, lora={"r": 4}, frozen_dtype="int4")
 
 
 def test_recipe_errors(base_folder, tmp_path):

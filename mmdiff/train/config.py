@@ -32,7 +32,7 @@ import yaml
 from mmdiff.core.config import CoreConfig
 from mmdiff.dataclass_io import apply_overrides, from_dict, load_yaml, parse_override_value, to_dict
 from mmdiff.io import atomic_write
-from mmdiff.lora import LoraSettings, check_groups
+from mmdiff.lora import FROZEN_DTYPES, LoraSettings, check_groups
 from mmdiff.modeling import SamplerConfig
 from mmdiff.vocab import VocabLayout
 
@@ -77,6 +77,9 @@ class ModelSection:
         trainable: which parameter groups train (`mmdiff.lora.TRAINABLE_GROUPS`: projector, tower, adapters, core,
             norms, embeddings, head, all, or dotted module paths), the rest is frozen; null = everything (only the
             LoRA weights with `lora`). With `lora`, the groups are trained in full and saved with the LoRA.
+        frozen_dtype: with `lora`, store the frozen base's Linear weights in "bfloat16" or "float16"
+            (`mmdiff.lora.store_frozen`, the QLoRA-style frozen low-precision base): needs `train.mixed_precision`
+            of the same type ("bf16" / "fp16"), under which the loss is unchanged. null = as loaded (float32).
     """
 
     init_from: str | None = None
@@ -85,6 +88,7 @@ class ModelSection:
     adapters: dict[str, dict[str, Any]] = field(default_factory=dict)
     lora: LoraSettings | None = None
     trainable: list[str] | None = None
+    frozen_dtype: str | None = None
 
     def __post_init__(self) -> None:
         self.core = validate_core_options(self.core)
@@ -95,6 +99,14 @@ class ModelSection:
         if self.lora is not None and self.init_from is None:
             raise ConfigError("TrainConfig.model.lora needs model.init_from: LoRA fine-tunes a trained base (a zoo "
                               "name or checkpoint folder); train from scratch without model.lora")
+        if self.frozen_dtype is not None:
+            if self.frozen_dtype not in FROZEN_DTYPES:
+                raise ConfigError(f"TrainConfig.model.frozen_dtype={self.frozen_dtype!r} is not one of "
+                                  f"{sorted(FROZEN_DTYPES)} (or null: the base as loaded)")
+            if self.lora is None:
+                raise ConfigError("TrainConfig.model.frozen_dtype stores the frozen base of a LoRA run in low "
+                                  "precision; add model.lora (a frozen base without LoRA would be saved rounded) or "
+                                  "drop frozen_dtype")
 
 
 @dataclass

@@ -52,7 +52,7 @@ from mmdiff.canvas import Canvas
 from mmdiff.core.config import CoreConfig
 from mmdiff.diffusion.schedules import Schedule, get_schedule
 from mmdiff.io import atomic_write, swap_folder
-from mmdiff.lora import apply_lora, has_lora, save_lora, set_trainable
+from mmdiff.lora import FROZEN_DTYPES, apply_lora, has_lora, save_lora, set_trainable, store_frozen
 from mmdiff.modeling import DiffusionModel, ModelConfig
 from mmdiff.registry import DATASETS, TASKS
 from mmdiff.train import checkpoint as ckpt
@@ -211,6 +211,8 @@ def _fine_tuning(section: ModelSection, model: DiffusionModel) -> DiffusionModel
         set_trainable(model, section.trainable)
     except ValueError as err:
         raise ConfigError(f"TrainConfig.model.trainable: {err}") from err
+    if section.frozen_dtype is not None:
+        store_frozen(model, FROZEN_DTYPES[section.frozen_dtype])
     return model
 
 
@@ -406,6 +408,15 @@ def _forget_other_precision(mixed: str) -> None:
         AcceleratorState._reset_state(reset_partial_state=False)
 
 
+def _check_frozen_precision(frozen_dtype: str | None, mixed: str) -> None:
+    """A frozen base stored in bf16 / fp16 needs autocast to that type (its float32 inputs would meet the weights)."""
+    needed = {"bfloat16": "bf16", "float16": "fp16"}.get(frozen_dtype or "")
+    if needed is not None and mixed != needed:
+        raise ConfigError(f"TrainConfig.model.frozen_dtype={frozen_dtype!r} needs train.mixed_precision: {needed} "
+                          f"(autocast runs the matmuls in {frozen_dtype}); this run resolves to {mixed!r}: set "
+                          f"mixed_precision: {needed} (CPUs autocast to bf16 too) or drop frozen_dtype")
+
+
 def resolve_mixed_precision(setting: str, device: torch.device) -> str:
     """"auto" -> "bf16" on a CUDA device that supports it, else "no"; other settings pass through."""
     if setting != "auto":
@@ -491,6 +502,7 @@ class Trainer:
 
         self.config = config
         mixed = resolve_mixed_precision(config.train.mixed_precision, _launch_device())
+        _check_frozen_precision(config.model.frozen_dtype, mixed)
         _forget_other_precision(mixed)
         self.accelerator = Accelerator(mixed_precision=mixed, gradient_accumulation_steps=config.train.grad_accum)
         check_launch(self.accelerator)
