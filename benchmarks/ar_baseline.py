@@ -77,6 +77,7 @@ __all__ = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DIFFUSION_ONLY_CORE = ("attention", "block_size")  # recipe core fields the causal baseline does not take
 RECIPES = ("configs/reasoning/running-sums-small.yaml", "configs/reasoning/running-sums-small-stage2.yaml",
            "configs/reasoning/running-sums-small-stage3.yaml")
 AR_NAME = "running-sums-small-ar"
@@ -128,9 +129,10 @@ class Stage:
         if recipe.train.grad_accum != 1:
             raise ValueError(f"{path}: train.grad_accum={recipe.train.grad_accum}; the baseline runs one batch per "
                              "step, so give the recipe grad_accum 1 and the whole batch in batch_size")
+        # the recipe's attention layout is the diffusion model's (the baseline is causal by its objective)
+        core = {k: v for k, v in recipe.model.core.items() if k not in DIFFUSION_ONLY_CORE}
         return cls(name=path.stem, data=dict(recipe.data.options), steps=recipe.train.steps,
-                   batch_size=recipe.train.batch_size, optim=recipe.optim, core=dict(recipe.model.core),
-                   seed=recipe.seed)
+                   batch_size=recipe.train.batch_size, optim=recipe.optim, core=core, seed=recipe.seed)
 
     def scaled(self, factor: float) -> Stage:
         """The same stage with `steps` and `warmup_steps` multiplied by `factor` (at least one step each).
@@ -394,10 +396,16 @@ def _load_trained(folder: str | os.PathLike, core: Mapping[str, Any]) -> tuple[D
                                 "`ar_baseline.py train` (its OUT/final) so that the record covers its whole budget")
     model = DiffusionModel.from_pretrained(folder)
     model_bos_id(model)  # raises unless it is an autoregressive baseline
-    shape = {k: getattr(model.core.config, k) for k in core}
-    if shape != dict(core):
+    shape = {k: getattr(model.core.config, k) for k in core if k != "max_seq_len"}
+    if shape != {k: v for k, v in core.items() if k != "max_seq_len"}:
         raise ValueError(f"{folder}: its core {shape} differs from the stages' {dict(core)}; every stage trains the "
-                         "same model")
+                         "same model (only max_seq_len may grow: no weight depends on it)")
+    if core.get("max_seq_len", model.core.config.max_seq_len) < model.core.config.max_seq_len:
+        raise ValueError(f"{folder}: max_seq_len {model.core.config.max_seq_len} would shrink to "
+                         f"{core['max_seq_len']}; continue with the same or a longer one")
+    if "max_seq_len" in core:  # longer canvases (RoPE: no weight changes)
+        model.config.core = replace(model.config.core, max_seq_len=core["max_seq_len"])
+        model.core.config = model.config.core
     return model, json.loads(records[0].read_text())["stages"]
 
 

@@ -249,6 +249,10 @@ def test_default_stages_are_the_diffusion_recipes_budget():
     assert ar.model_bos_id(baseline) == baseline.vocab.bos_id
     with pytest.raises(ValueError, match="not an autoregressive baseline"):
         ar.model_bos_id(diffusion)
+    # the block-diffusion entry's long stage: the same data and budget, its attention layout left to the diffusion
+    long = ar.Stage.from_recipe("configs/reasoning/running-sums-block-stage3.yaml")
+    assert (long.data["n_min"], long.data["n_max"], long.steps, long.batch_size) == (128, 512, 400, 8)
+    assert long.core == {"d_model": 128, "n_layers": 4, "n_heads": 4, "max_seq_len": 1024}
 
 
 @pytest.fixture
@@ -278,8 +282,9 @@ def test_tiny_ar_model_learns_running_sums(tmp_path, one_thread):
     # continuing: the trained weights go on learning, and the record holds both stages
     more = ar.Stage("more", {"n_min": 4, "n_max": 8, "val_size": 64}, steps=20, batch_size=64,
                     optim=OptimSection(lr=1e-3, warmup_steps=2), seed=1)
-    core = {"d_model": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 16}
+    core = {"d_model": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 32}  # longer canvases: no weight changes
     again = ar.train_ar(tmp_path / "more", stages=[more], core=core, init=final, log_every=10, log=lines.append)
+    assert DiffusionModel.from_pretrained(again).core.config.max_seq_len == 32
     summary2 = json.loads((tmp_path / "more" / ar.TRAINING_JSON).read_text())
     assert [(r["name"], r["steps"], r["seed"]) for r in summary2["stages"]] == [("tiny", 250, 0), ("more", 20, 1)]
     assert summary2["steps"] == 270 and summary2["wall_s"] > summary["wall_s"]
@@ -289,6 +294,8 @@ def test_tiny_ar_model_learns_running_sums(tmp_path, one_thread):
     assert "| more |" in (again / "README.md").read_text() and "| tiny |" in (again / "README.md").read_text()
     with pytest.raises(ValueError, match="differs from the stages"):
         ar.train_ar(tmp_path / "bad", stages=[more], core={**core, "d_model": 32}, init=final)
+    with pytest.raises(ValueError, match="max_seq_len 32 would shrink to 16"):
+        ar.train_ar(tmp_path / "bad", stages=[more], core={**core, "max_seq_len": 16}, init=again)
     (tmp_path / "run" / ar.TRAINING_JSON).unlink()
     with pytest.raises(FileNotFoundError, match="no ar_training.json"):
         ar.train_ar(tmp_path / "bad", stages=[more], core=core, init=final)
