@@ -43,6 +43,7 @@ test-all: install
 
 bench: install
 	$(PY) benchmarks/train.py
+	$(PY) benchmarks/train.py --levers
 	env -u OMP_WAIT_POLICY $(PY) benchmarks/sampling.py
 	$(PY) benchmarks/convert.py
 	$(PY) benchmarks/vlm.py

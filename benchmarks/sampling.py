@@ -2,8 +2,9 @@
 tokens/s and peak memory of each decoding method, measured in one run on one machine.
 
 Task: fill in the n running sums of held-out problems (canvas `d1 s1 ... dn sn`, digits given) for canvases of 64
-(n = 32) and 256 (n = 128) tokens. Every sum depends on the previous one; the rows show what each method costs and
-buys.
+(n = 32), 256 (n = 128) and 1024 (n = 512) tokens. Every sum depends on the previous one; the rows show what each
+method costs and buys. `running-sums-small` takes canvases up to 256; the AR baseline and the block-diffusion entry,
+trained further on n = 128..512 (the same stages for both), up to 1024.
 
 Methods (all greedy, semi-autoregressive blocks of `--block` canvas positions, one sum committed per step unless
 said otherwise):
@@ -44,7 +45,7 @@ speed drifts during the run (other tenants, memory reclaim) weighs on all of the
 at the peak of one batch over what was live before it (CUDA: max_memory_allocated; CPU: resident-set peak, see
 benchmarks/common.py).
 
-    python benchmarks/sampling.py                                  # 200 problems, lengths 64 and 256, batch 1 and 16
+    python benchmarks/sampling.py                          # 200 problems, lengths 64, 256 and 1024, batch 1 and 16
     python benchmarks/sampling.py --problems 16 --lengths 64 --batch-sizes 4     # a smoke run
     python benchmarks/sampling.py --lengths 256 --only "block diffusion" AR "delayed cache + threshold 0.995"
                                                    # block diffusion against AR (and the reference loop) only
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="running-sums-small", help="zoo name or folder of the checkable entry")
     parser.add_argument("--problems", type=int, default=200, help="held-out problems per canvas length")
-    parser.add_argument("--lengths", type=int, nargs="+", default=[64, 256], help="canvas lengths (2 x digits)")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 1024], help="canvas lengths (2 x digits)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--block", type=int, default=64, help="block length in canvas positions")
     parser.add_argument("--small-block", type=int, default=8,
@@ -280,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="confidence thresholds of the threshold rows")
     parser.add_argument("--parallel", type=int, nargs="*", default=[2, 4, 8],
                         help="rows with this many sums committed per step (fixed parallel decoding)")
-    parser.add_argument("--ar", type=Path, default=Path(__file__).resolve().parent / "baselines" / "ar-running-sums",
+    parser.add_argument("--ar", type=Path, default=Path(__file__).resolve().parent / "baselines" / "ar-running-sums-1024",
                         help="folder of the AR baseline (skipped when missing)")
     parser.add_argument("--block-model", default="running-sums-block",
                         help="zoo name or folder of the block-diffusion model (configs/reasoning/running-sums-block*."

@@ -329,7 +329,9 @@ def set_trainable(model: nn.Module, groups: Sequence[str] | None = None) -> list
     return [n for n, _ in model.named_parameters() if n in selected]
 
 
-FROZEN_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}  # `model.frozen_dtype` values
+# `model.frozen_dtype` values: the trainer autocasts to bf16 only (fp16 training would need a loss scaler, whose
+# state the pickle-free checkpoints do not hold), and a frozen base must match the autocast type
+FROZEN_DTYPES = {"bfloat16": torch.bfloat16}
 
 
 def store_frozen(model: nn.Module, dtype: torch.dtype) -> int:

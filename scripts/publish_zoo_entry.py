@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import shlex
 import sys
 import tempfile
@@ -33,9 +34,37 @@ from mmdiff.train import load_train_config
 from mmdiff.zoo import ZooCard, count_parameters, save_zoo_entry
 
 
-def train_wall_time(run_dirs: list[Path], devices: list[str] | None = None) -> str:
+WALL_TIME = re.compile(r"(?P<minutes>[\d.]+) min \((?:(?P<stages>\d+) stages, )?(?P<steps>\d+) steps\)"
+                       r"(?: on (?P<device>.+)|: (?P<parts>.+))$")
+
+
+def card_wall_time(text: str) -> tuple[dict[str, float], int, int]:
+    """Minutes per machine, stages and steps of a card's train_wall_time (as `train_wall_time` writes it), for a run
+    that continues a published entry whose earlier stages' run folders are gone.
+
+    >>> card_wall_time("15.0 min (2 stages, 7500 steps): 10.0 min on 2 CPU threads, 5.0 min on one NVIDIA H200")
+    ({'2 CPU threads': 10.0, 'one NVIDIA H200': 5.0}, 2, 7500)
+    >>> card_wall_time("73.9 min (2 stages, 3000 steps) on 2 CPU threads (x86_64)")
+    ({'2 CPU threads (x86_64)': 73.9}, 2, 3000)
+    """
+    match = WALL_TIME.match(text.strip())
+    if match is None:
+        raise ValueError(f"cannot read the card's train_wall_time {text!r}; expected e.g. "
+                         "'73.9 min (2 stages, 3000 steps) on 2 CPU threads (x86_64)'")
+    if match["device"] is not None:
+        minutes = {match["device"]: float(match["minutes"])}
+    else:
+        minutes = {}
+        for part in match["parts"].split(", "):
+            value, device = part.split(" min on ", 1)
+            minutes[device] = float(value)
+    return minutes, int(match["stages"] or 1), int(match["steps"])
+
+
+def train_wall_time(run_dirs: list[Path], devices: list[str] | None = None, earlier: str | None = None) -> str:
     """Total training minutes and steps over the runs (earlier stages first), from their metrics.jsonl files, and
-    where they ran: `devices` names each run's machine (default: all on this one).
+    where they ran: `devices` names each run's machine (default: all on this one). `earlier` is the train_wall_time
+    of a card whose stages come before the runs (`card_wall_time`).
 
     >>> import tempfile
     >>> folder = Path(tempfile.mkdtemp())
@@ -45,13 +74,14 @@ def train_wall_time(run_dirs: list[Path], devices: list[str] | None = None) -> s
     ...         {"split": "train", "step": step, "elapsed_s": seconds}))
     >>> train_wall_time([folder / "a", folder / "b"], ["2 CPU threads", "one NVIDIA H200"])
     '15.0 min (2 stages, 7500 steps): 10.0 min on 2 CPU threads, 5.0 min on one NVIDIA H200'
+    >>> train_wall_time([folder / "b"], ["1 CPU thread"], earlier="10.0 min (2 stages, 3000 steps) on 2 CPU threads")
+    '15.0 min (3 stages, 9000 steps): 10.0 min on 2 CPU threads, 5.0 min on 1 CPU thread'
     """
     here = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{torch.get_num_threads()} CPU threads"
     devices = devices or [f"{here} ({platform.machine()})"] * len(run_dirs)
     if len(devices) != len(run_dirs):
         raise ValueError(f"give one device per training run: {len(run_dirs)} runs, {len(devices)} devices")
-    minutes: dict[str, float] = {}
-    total_steps = 0
+    minutes, stages, total_steps = card_wall_time(earlier) if earlier else ({}, 0, 0)
     for run_dir, device in zip(run_dirs, devices, strict=True):
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
         train = [r for r in records if r.get("split") == "train" and "elapsed_s" in r]
@@ -59,10 +89,10 @@ def train_wall_time(run_dirs: list[Path], devices: list[str] | None = None) -> s
             raise ValueError(f"{run_dir}/metrics.jsonl has no training records")
         minutes[device] = minutes.get(device, 0.0) + train[-1]["elapsed_s"] / 60
         total_steps += train[-1]["step"]
-    stages = f"{len(run_dirs)} stages, " if len(run_dirs) > 1 else ""
-    head = f"{sum(minutes.values()):.1f} min ({stages}{total_steps} steps)"
+        stages += 1
+    head = f"{sum(minutes.values()):.1f} min ({f'{stages} stages, ' if stages > 1 else ''}{total_steps} steps)"
     if len(minutes) == 1:
-        return f"{head} on {devices[0]}"
+        return f"{head} on {next(iter(minutes))}"
     return head + ": " + ", ".join(f"{m:.1f} min on {d}" for d, m in minutes.items())
 
 
@@ -94,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("entry", type=Path, help="zoo entry folder whose card.yaml holds the static fields")
     parser.add_argument("--earlier-run", type=Path, action="append", default=[],
                         help="run folder of an earlier training stage (counted in the wall time); repeatable")
+    parser.add_argument("--earlier-card", type=Path,
+                        help="the card of the published entry this run continues, when its stages' run folders are gone: "
+                             "its train_wall_time counts as the earlier stages")
     parser.add_argument("--card", type=Path, help="card with the static fields (default: ENTRY/card.yaml)")
     parser.add_argument("--metrics-from", type=Path,
                         help="a benchmark's results JSON whose 'summary' holds the metrics (instead of mmdiff eval)")
@@ -106,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     args.eval_args = eval_args
     final = args.run_dir / "final"
     fields = load_yaml((args.card or args.entry / "card.yaml").read_text())
+    earlier = load_yaml(args.earlier_card.read_text())["train_wall_time"] if args.earlier_card else None
     if args.metrics_from is not None:
         measured, command = benchmark_metrics(args.metrics_from)
     else:
@@ -117,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     model.sampler_config = load_train_config(fields["recipe"]).sampler  # the recipe holds the sampling defaults
     fields.update(
         params=count_parameters(model),
-        train_wall_time=train_wall_time([*args.earlier_run, args.run_dir], args.device or None),
+        train_wall_time=train_wall_time([*args.earlier_run, args.run_dir], args.device or None, earlier),
         metrics={k: round(float(v), 4) for k, v in measured.items() if isinstance(v, (int, float))},
         metrics_command=command,
     )

@@ -375,8 +375,10 @@ def test_trainer_with_a_frozen_bf16_base_trains_resumes_and_loads_onto_the_float
         Trainer(recipe(tmp_path / "bad", base_folder, lora={"r": 4}, frozen_dtype="bfloat16"))
     with pytest.raises(ConfigError, match="frozen_dtype stores the frozen base of a LoRA run"):
         recipe(tmp_path / "bad", base_folder, frozen_dtype="bfloat16")
-    with pytest.raises(ConfigError, match=r"frozen_dtype='int4' is not one of \['bfloat16', 'float16'\]"):
+    with pytest.raises(ConfigError, match=r"frozen_dtype='int4' is not one of \['bfloat16'\]"):
         recipe(tmp_path / "bad", base_folder, lora={"r": 4}, frozen_dtype="int4")
+    with pytest.raises(ConfigError, match=r"frozen_dtype='float16' is not one of \['bfloat16'\]"):
+        recipe(tmp_path / "bad", base_folder, lora={"r": 4}, frozen_dtype="float16")  # no fp16 autocast to match
 
 
 def test_recipe_errors(base_folder, tmp_path):

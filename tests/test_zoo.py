@@ -387,9 +387,11 @@ def test_publish_script_sums_wall_time_per_training_machine():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     result = doctest.testmod(module)
-    assert result.attempted >= 4 and result.failed == 0
+    assert result.attempted >= 7 and result.failed == 0
     with pytest.raises(ValueError, match="give one device per training run: 2 runs, 1 devices"):
         module.train_wall_time([REPO, REPO], ["one GPU"])
+    with pytest.raises(ValueError, match="cannot read the card's train_wall_time '0 s \\(random init\\)'"):
+        module.card_wall_time("0 s (random init)")
 
 
 def test_the_card_is_a_declared_model_attribute(tmp_path):

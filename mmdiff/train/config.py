@@ -77,9 +77,9 @@ class ModelSection:
         trainable: which parameter groups train (`mmdiff.lora.TRAINABLE_GROUPS`: projector, tower, adapters, core,
             norms, embeddings, head, all, or dotted module paths), the rest is frozen; null = everything (only the
             LoRA weights with `lora`). With `lora`, the groups are trained in full and saved with the LoRA.
-        frozen_dtype: with `lora`, store the frozen base's Linear weights in "bfloat16" or "float16"
-            (`mmdiff.lora.store_frozen`, the QLoRA-style frozen low-precision base): needs `train.mixed_precision`
-            of the same type ("bf16" / "fp16"), under which the loss is unchanged. null = as loaded (float32).
+        frozen_dtype: with `lora`, store the frozen base's Linear weights in "bfloat16" (`mmdiff.lora.store_frozen`,
+            the QLoRA-style frozen low-precision base): needs `train.mixed_precision: bf16`, under which the loss is
+            unchanged. null = as loaded (float32).
     """
 
     init_from: str | None = None

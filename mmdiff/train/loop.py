@@ -409,8 +409,8 @@ def _forget_other_precision(mixed: str) -> None:
 
 
 def _check_frozen_precision(frozen_dtype: str | None, mixed: str) -> None:
-    """A frozen base stored in bf16 / fp16 needs autocast to that type (its float32 inputs would meet the weights)."""
-    needed = {"bfloat16": "bf16", "float16": "fp16"}.get(frozen_dtype or "")
+    """A frozen base stored in bf16 needs autocast to that type (its float32 inputs would meet the weights)."""
+    needed = {"bfloat16": "bf16"}.get(frozen_dtype or "")
     if needed is not None and mixed != needed:
         raise ConfigError(f"TrainConfig.model.frozen_dtype={frozen_dtype!r} needs train.mixed_precision: {needed} "
                           f"(autocast runs the matmuls in {frozen_dtype}); this run resolves to {mixed!r}: set "
