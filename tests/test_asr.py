@@ -505,7 +505,9 @@ def test_tiny_asr_model_learns_tone_digits():
                 p.normal_(0, 0.02)
     model.train()
     collate = ASRTask.collator(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    # lr 1e-3: at 2e-3 the run is unstable and where it lands depends on the CPU's rounding (seed 0 reached 0.38
+    # WER on one machine, 0.06 on another); at 1e-3 seeds 0, 1 and 2 all reach 0 WER by step 700
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     schedule, g = get_schedule("linear"), torch.Generator().manual_seed(0)
     for _ in range(700):
         batch = torch.randint(len(pool), (32,), generator=g).tolist()

@@ -500,3 +500,38 @@ def test_precomputed_rope_rows_equal_the_per_call_computation():
     window = core(ids[:, 4:7], cache=out.cache, cache_window=(4, 7)).logits
     assert torch.equal(window, core(ids[:, 4:7], cache=out.cache, cache_window=(4, 7),
                                     position_ids=explicit[:, 4:7]).logits)
+
+
+def test_boolean_masks_become_one_additive_bias_per_pass(monkeypatch):
+    """The core turns a boolean attention mask into the 0 / -inf bias once per forward pass (not once per layer
+    inside scaled_dot_product_attention): the logits are bit-identical to every layer getting the boolean mask, for
+    a block-causal core with padding, a 4-D per-row mask with a cache window, and under bf16 autocast."""
+    import mmdiff.core.model as core_model
+
+    core = make_core(0, attention="block_causal", block_size=3, n_layers=3)
+    ids = torch.randint(0, V_TEXT, (2, 9), generator=torch.Generator().manual_seed(1))
+    padding = torch.ones(2, 9, dtype=torch.bool)
+    padding[1, 7:] = False
+    mask4 = block_causal_mask(9, 3)[:, :, 3:6].expand(2, -1, -1, -1) & padding[:, None, None, :]
+
+    def runs():
+        with torch.no_grad():
+            out = [core(ids, attention_mask=padding).logits]
+            full = core(ids, attention_mask=padding, use_cache=True).cache
+            window = torch.tensor([[3, 4, 5], [3, 4, 5]])
+            out.append(core(ids[:, 3:6], attention_mask=mask4, cache=full, cache_window=window).logits)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out.append(core(ids, attention_mask=padding).logits)
+        return out
+
+    made = []
+    real = core_model._additive
+    monkeypatch.setattr(core_model, "_additive", lambda mask, x: made.append(real(mask, x)) or made[-1])
+    fast = runs()
+    assert [m.dtype for m in made] == [torch.float32, torch.float32, torch.float32, torch.bfloat16]
+    monkeypatch.setattr(core_model, "_additive", lambda mask, x: mask)  # every layer converts the boolean mask
+    for a, b in zip(fast, runs(), strict=True):
+        assert torch.equal(a, b)
+    broadcast = (torch.rand(1, 1, 4, 6) > 0.3).expand(3, 2, 4, 6)
+    bias = real(broadcast, torch.zeros(1))
+    assert bias.stride()[:2] == (0, 0) and torch.equal(bias == 0, broadcast) and bias.min() == -math.inf

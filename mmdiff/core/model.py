@@ -114,8 +114,24 @@ class Attention(nn.Module):
                 past[0][:, :, lo:hi] = k
                 past[1][:, :, lo:hi] = v
             k, v = past  # (B, Hkv, L_canvas, D)
+        if mask is not None and mask.dtype != q.dtype and mask.dtype != torch.bool:
+            mask = mask.to(q.dtype)  # 0 and -inf are exact in every float type
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
         return self.o_proj(out.transpose(1, 2).reshape(B, Q, self.n_heads * self.head_dim)), (k, v)  # (B, Q, d)
+
+
+def _additive(mask: Tensor | None, x: Tensor) -> Tensor | None:
+    """A boolean attention mask (True = may attend) as the additive bias (0 / -inf) that scaled_dot_product_attention
+    would make of it in every layer, made once per forward pass in the attention's dtype (autocast's, else x's): the
+    same numbers, bit for bit, without a conversion per layer (at long cached canvases on the CPU the per-layer
+    conversion cost about as much as the attention itself)."""
+    if mask is None or mask.dtype != torch.bool:
+        return mask
+    kind = x.device.type
+    dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+    # broadcast (stride-0) dimensions stay broadcast: the bias is made at size 1 there and expanded back
+    small = mask[tuple(slice(0, 1) if stride == 0 else slice(None) for stride in mask.stride())]
+    return torch.zeros(small.shape, dtype=dtype, device=mask.device).masked_fill_(~small, -math.inf).expand(mask.shape)
 
 
 def _gather_rows(x: Tensor, index: Tensor, dim: int = 1) -> Tensor:
@@ -469,6 +485,7 @@ class MaskedDiffusionTransformer(nn.Module):
             mask = mask.bool()[:, None, None, :]  # (B, 1, 1, L_canvas) key padding
         elif mask is not None and cache is not None:
             mask = mask[:, :, lo : lo + L]  # (B, 1|H, L, L_canvas): the window's query rows
+        mask = _additive(mask, x)
         # logits at a few indexed positions: the last block runs its queries, attention output and MLP only there
         # (its keys and values still cover every position), which is all those logits depend on
         last_queries = (
