@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# A CUDA build of torch; on these machines it installs from local disk and runs on the CPU.
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 torchaudio==2.11.0
-	$(PY) -m pip install -q -e ".[dev,data,t2i,asr,ct2,robot]"
+	$(PY) -m pip install -q -e ".[dev,data,t2i,asr,ct2,robot,deepspeed]"
 	touch $(STAMP)
 
 # Whisper tiny.en (openai/whisper-tiny.en), the speech-tiny entry's frozen encoder: converted once from the

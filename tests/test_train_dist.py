@@ -3,7 +3,9 @@
 - `mmdiff train --accelerate-config ddp --num-processes 2`: the DDP run computes what one process computes (losses
   and weights), and its checkpoint loads, and resumes, in one process;
 - FSDP2 sharding (torch's `fully_shard` per core Block, what configs/accelerate/fsdp.yaml asks for; accelerate itself
-  runs FSDP only on GPUs) saved and restored with the trainer's checkpoint functions (tests/dist_fsdp_check.py).
+  runs FSDP only on GPUs) saved and restored with the trainer's checkpoint functions (tests/dist_fsdp_check.py);
+- `mmdiff train --accelerate-config deepspeed-zero2 / -zero3` (DeepSpeed's CPU accelerator over gloo): the same
+  losses and weights as one process, and a run stopped after step 2 resumes bit for bit.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from mmdiff.io import load_safetensors
 from mmdiff.modeling import DiffusionModel
@@ -103,3 +106,52 @@ def test_fsdp2_sharded_optimizer_state_saves_and_resumes_exactly(tmp_path):
     files = sorted(p.name for p in (tmp_path / "out" / "step-000002").iterdir())
     assert files == ["model.safetensors", "optimizer-rank0.json", "optimizer-rank0.safetensors",
                      "optimizer-rank1.json", "optimizer-rank1.safetensors"]
+
+
+def _deepspeed_missing() -> str | None:
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError as err:
+        return f"deepspeed is not installed (`make install` installs it): {err}"
+    return None
+
+
+@pytest.mark.skipif(_deepspeed_missing() is not None, reason=str(_deepspeed_missing()))
+@pytest.mark.parametrize("stage", [2, pytest.param(3, marks=pytest.mark.dist)])  # 50 s each: ZeRO-3 in test-all
+def test_deepspeed_zero_on_two_cpu_processes_equals_one_process_and_resumes_exactly(tmp_path, stage):
+    """`mmdiff train --accelerate-config deepspeed-zero{2,3} --num-processes 2`: the losses and the gathered fp32
+    weights equal the single-process run; a run stopped after its step-2 checkpoint (each process's ZeRO partition in
+    safetensors + JSON, no pickle) and launched again logs the same losses and ends with the same weights, bit for
+    bit, as the uninterrupted one; the checkpoint is a model folder one process loads."""
+    single, whole, broken = tmp_path / "single", tmp_path / "whole", tmp_path / "broken"
+    train(load_train_config(TOY, [*DDP_RUN, f"--train.out_dir={single}"]))
+
+    def launch(out: Path, *flags: str) -> None:
+        cmd = [sys.executable, "-m", "mmdiff.cli", "train", TOY, "--accelerate-config", f"deepspeed-zero{stage}",
+               "--num-processes", "2", "--main-process-port", str(_free_port()), *flags, *DDP_RUN,
+               f"--train.out_dir={out}"]
+        done = subprocess.run(cmd, env=_child_env(), cwd=tmp_path, capture_output=True, text=True, timeout=400)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+        assert "2 process(es) on cpu" in done.stdout and "ACCELERATE_USE_CPU" not in done.stdout
+
+    launch(whole)
+    launch(broken, "--max-steps", "2")
+    assert not (broken / "final").exists()
+    step2 = broken / "checkpoints" / "step-000002"
+    assert {"optimizer-rank0.safetensors", "optimizer-rank1.json"} <= {p.name for p in step2.iterdir()}
+    assert not any(p.suffix in (".pt", ".bin", ".pkl") for p in step2.iterdir())
+    launch(broken)
+
+    def curve(out: Path) -> list[tuple[int, str, float]]:
+        return [(r["step"], r["split"], r["loss"]) for r in _records(out)]
+
+    assert [(s, k) for s, k, _ in curve(whole)] == [(s, k) for s, k, _ in curve(single)]
+    assert [loss for *_, loss in curve(whole)] == pytest.approx([loss for *_, loss in curve(single)], rel=1e-5)
+    ref, got = (load_safetensors(out / "final" / "model.safetensors") for out in (single, whole))
+    assert all(got[k].dtype == torch.float32 for k in got) and ref.keys() == got.keys()
+    assert max(float((ref[k] - got[k]).abs().max()) for k in ref) < 1e-5
+    assert curve(broken) == curve(whole)
+    resumed = load_safetensors(broken / "final" / "model.safetensors")
+    assert all(torch.equal(resumed[k], got[k]) for k in got)
+    loaded = DiffusionModel.from_pretrained(step2)  # one process, no DeepSpeed
+    assert all(torch.equal(v, load_safetensors(step2 / "model.safetensors")[k]) for k, v in loaded.weights().items())

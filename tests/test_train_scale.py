@@ -32,8 +32,9 @@ from mmdiff.io import load_safetensors
 from mmdiff.modeling import DiffusionModel
 from mmdiff.registry import DATASETS
 from mmdiff.train import ConfigError, TrainConfig, Trainer, build_model, build_source, load_train_config
+from mmdiff.train import checkpoint as ckpt
 from mmdiff.train.config import TrainSection, apply_cli_overrides
-from mmdiff.train.launch import accelerate_configs, launch_command, resolve_accelerate_config
+from mmdiff.train.launch import accelerate_configs, launch_command, launch_env, resolve_accelerate_config
 from mmdiff.train.loop import BatchStream, check_launch
 from mmdiff.vocab import VocabLayout
 
@@ -335,6 +336,41 @@ def test_launches_accelerate_would_run_as_something_else_are_refused():
         check_launch(accelerator, {"WORLD_SIZE": "2"})
     with pytest.raises(ConfigError, match="FSDP launch became NO: accelerate runs FSDP only on GPUs"):
         check_launch(accelerator, {"ACCELERATE_USE_FSDP": "true"})
+    with pytest.raises(ConfigError, match="DeepSpeed launch became NO: with ACCELERATE_USE_CPU=1 .*Unset"):
+        check_launch(accelerator, {"ACCELERATE_USE_DEEPSPEED": "true"})
+    assert "ACCELERATE_USE_CPU" not in launch_env({}, "deepspeed-zero3")  # DeepSpeed has its own CPU accelerator
+
+
+def test_any_nested_optimizer_state_round_trips_without_pickle_and_engine_objects_come_from_the_live_engine():
+    """DeepSpeed's ZeRO state: tensors, scalars, tuples, int-keyed dicts and engine objects (a loss scaler, an enum);
+    the objects are taken from the running engine with their saved plain attributes, or refused when of another
+    type."""
+    import enum
+
+    class Scaler:
+        def __init__(self, scale: float) -> None:
+            self.cur_scale, self.hook = scale, print
+
+    class Stage(int, enum.Enum):
+        GRADIENTS = 2
+
+    saved = {"loss_scaler": Scaler(1024.0), "stage": Stage.GRADIENTS, "step": 7, "clip": float("inf"),
+             "base": {"state": {0: {"exp_avg": torch.arange(3.0)}}, "betas": (0.9, 0.95)},
+             "fp32": [torch.ones(2, 2), torch.zeros(0)], "version": "0.19.8", "overflow": False}
+    tensors, meta = ckpt.tree_to_safe(saved)
+    assert sorted(tensors) == ["base/state/0/exp_avg", "fp32/0", "fp32/1"]
+    meta = json.loads(json.dumps(meta))  # what the JSON file holds
+    back = ckpt.tree_from_safe(tensors, meta)
+    assert isinstance(back["loss_scaler"], ckpt.LiveValue) and back["loss_scaler"].attrs == {"cur_scale": 1024.0}
+    live = {"loss_scaler": Scaler(1.0), "stage": Stage.GRADIENTS}
+    state = ckpt.resolve_live(back, live)
+    assert state["loss_scaler"] is live["loss_scaler"] and live["loss_scaler"].cur_scale == 1024.0
+    assert state["stage"] is Stage.GRADIENTS and state["step"] == 7 and state["clip"] == math.inf
+    assert state["base"]["betas"] == (0.9, 0.95) and list(state["base"]["state"]) == [0]
+    assert torch.equal(state["base"]["state"][0]["exp_avg"], torch.arange(3.0)) and state["fp32"][1].numel() == 0
+    with pytest.raises(ckpt.CheckpointError, match="at loss_scaler: the checkpoint holds a Scaler, this run's engine "
+                                                    "a NoneType: resume with the launch config"):
+        ckpt.resolve_live(back, {})
 
 
 # ----------------------------------------------------------------------------------------------- bad input

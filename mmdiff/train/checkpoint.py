@@ -65,6 +65,10 @@ __all__ = [
     "optimizer_state_to_safe",
     "optimizer_state_from_safe",
     "shard_like_params",
+    "LiveValue",
+    "tree_to_safe",
+    "tree_from_safe",
+    "resolve_live",
     "capture_rng",
     "restore_rng",
 ]
@@ -152,6 +156,98 @@ def optimizer_state_from_safe(tensors: Mapping[str, Tensor], meta: Mapping[str, 
     tuples = set(meta.get("tuple_keys", []))
     groups = [{k: tuple(v) if k in tuples else v for k, v in g.items()} for g in meta["param_groups"]]
     return {"state": state, "param_groups": groups}
+
+
+# ------------------------------------------------------------------------------------ any nested state, no pickle
+class LiveValue:
+    """A value `tree_to_safe` could not write as a tensor or JSON (an engine's own object: DeepSpeed's loss scaler,
+    an enum, a named tuple); `resolve_live` takes it from the live object's state at the same place, with the
+    plain attributes that were saved set on it."""
+
+    def __init__(self, path: str, type_name: str, attrs: dict[str, Any]) -> None:
+        self.path, self.type_name, self.attrs = path, type_name, attrs
+
+    def __repr__(self) -> str:
+        return f"LiveValue({self.path!r}, {self.type_name})"
+
+
+_PLAIN = (bool, int, float, str)
+
+
+def _child(path: str, key: Any) -> str:
+    return f"{path}/{key}" if path else str(key)
+
+
+def tree_to_safe(tree: Any) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Splits any nested state (dicts, lists, tuples of tensors and plain values, e.g. a DeepSpeed ZeRO
+    optimizer's `state_dict()`) into tensors for safetensors, named by their path, and a JSON description.
+
+    Objects of other types are described by their type and plain attributes only (`LiveValue` on reading).
+
+    >>> tensors, meta = tree_to_safe({"step": 3, "groups": [torch.ones(2)], "betas": (0.9, 0.99)})
+    >>> list(tensors), tree_from_safe(tensors, meta)["betas"]
+    (['groups/0'], (0.9, 0.99))
+    """
+    tensors: dict[str, Tensor] = {}
+
+    def encode(value: Any, path: str) -> Any:
+        if isinstance(value, Tensor):
+            local = value.to_local() if _is_dtensor(value) else value
+            tensors[path] = local.detach().cpu().contiguous()
+            return {"tensor": path}
+        if value is None or type(value) in _PLAIN:
+            return {"value": value}
+        if type(value) in (list, tuple):
+            return {type(value).__name__: [encode(v, _child(path, i)) for i, v in enumerate(value)]}
+        if isinstance(value, dict) and all(type(k) in _PLAIN for k in value):
+            return {"dict": [[k, encode(v, _child(path, k))] for k, v in value.items()]}
+        attrs = {k: v for k, v in getattr(value, "__dict__", {}).items() if v is None or type(v) in _PLAIN}
+        return {"live": type(value).__name__, "attrs": attrs}
+
+    meta = {"codec": "tree", "tree": encode(tree, "")}
+    return tensors, meta
+
+
+def tree_from_safe(tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Any:
+    """Inverse of `tree_to_safe` (objects come back as `LiveValue` placeholders: see `resolve_live`)."""
+
+    def decode(node: Mapping[str, Any], path: str) -> Any:
+        if "tensor" in node:
+            return tensors[node["tensor"]]
+        if "value" in node:
+            return node["value"]
+        if "list" in node or "tuple" in node:
+            items = [decode(v, _child(path, i)) for i, v in enumerate(node.get("list", node.get("tuple")))]
+            return items if "list" in node else tuple(items)
+        if "dict" in node:
+            return {k: decode(v, _child(path, k)) for k, v in node["dict"]}
+        return LiveValue(path, node["live"], dict(node.get("attrs", {})))
+
+    return decode(meta["tree"], "")
+
+
+def resolve_live(tree: Any, live: Any) -> Any:
+    """`tree` with each `LiveValue` replaced by the value at the same place in `live` (the running engine's own
+    state), its saved plain attributes set on it.
+
+    Raises:
+        CheckpointError: `live` has no such value, or one of another type (the engine is not the one that saved).
+    """
+    if isinstance(tree, LiveValue):
+        if type(live).__name__ != tree.type_name:
+            raise CheckpointError(f"optimizer state at {tree.path or '/'}: the checkpoint holds a {tree.type_name}, "
+                                  f"this run's engine a {type(live).__name__}: resume with the launch config "
+                                  "(DeepSpeed stage, precision) the checkpoint was saved with")
+        for key, value in tree.attrs.items():
+            setattr(live, key, value)
+        return live
+    if isinstance(tree, dict):
+        return {k: resolve_live(v, live.get(k) if isinstance(live, Mapping) else None) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        items = [resolve_live(v, live[i] if isinstance(live, (list, tuple)) and i < len(live) else None)
+                 for i, v in enumerate(tree)]
+        return items if isinstance(tree, list) else tuple(items)
+    return tree
 
 
 def _is_dtensor(value: Any) -> bool:
@@ -462,9 +558,11 @@ def write_training_files(
     atomic_write(folder / CONFIG_YAML, lambda t: Path(t).write_text(config_yaml))
 
 
-def write_optimizer(folder: Path, optimizer_state: Mapping[str, Any], rank: int | None) -> None:
+def write_optimizer(folder: Path, optimizer_state: Mapping[str, Any], rank: int | None, *, tree: bool = False) -> None:
+    """A torch optimizer's state dict; with `tree`, any nested state (a DeepSpeed ZeRO optimizer's: `tree_to_safe`;
+    `load_checkpoint` reads either)."""
     tensors_name, meta_name = _optimizer_names(rank)
-    tensors, meta = optimizer_state_to_safe(optimizer_state)
+    tensors, meta = tree_to_safe(optimizer_state) if tree else optimizer_state_to_safe(optimizer_state)
     save_safetensors(folder / tensors_name, tensors, metadata={"format": "pt", "mmdiff": "optimizer"})
     save_json(folder / meta_name, meta)
 
@@ -532,8 +630,9 @@ def load_checkpoint(folder: str | os.PathLike, *, rank: int = 0) -> TrainingStat
         else:
             raise CheckpointError(f"checkpoint {folder} has no optimizer state for rank {rank} (saved with another "
                                   f"number of processes?). {_fix_hint(folder)}")
-        optimizer_state = optimizer_state_from_safe(load_safetensors(folder / tensors_name),
-                                                    load_json(folder / meta_name))
+        tensors, meta = load_safetensors(folder / tensors_name), load_json(folder / meta_name)
+        reader = tree_from_safe if meta.get("codec") == "tree" else optimizer_state_from_safe
+        optimizer_state = reader(tensors, meta)
         scheduler_state = load_json(folder / SCHEDULER)
         trainer_state = load_json(folder / TRAINER_STATE)
         rank_file = folder / _rng_name(rank)

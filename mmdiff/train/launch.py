@@ -116,13 +116,25 @@ def _visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def launch_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+def launch_env(environ: Mapping[str, str] | None = None, accelerate_config: str | os.PathLike | None = None
+               ) -> dict[str, str]:
     """The launcher's environment: on a machine without CUDA, ACCELERATE_USE_CPU=1, so that the processes form a
-    gloo group on CPU (without it, accelerate 1.x starts each process as a lone single-process run)."""
+    gloo group on CPU (without it, accelerate 1.x starts each process as a lone single-process run); except for a
+    DeepSpeed config, which runs on DeepSpeed's CPU accelerator instead (ACCELERATE_USE_CPU would make it plain DDP).
+
+    >>> launch_env({}, "deepspeed-zero2").get("ACCELERATE_USE_CPU")
+    """
     env = dict(os.environ if environ is None else environ)
-    if _visible_gpus() == 0:
+    if _visible_gpus() == 0 and not (accelerate_config is not None and _is_deepspeed(accelerate_config)):
         env.setdefault("ACCELERATE_USE_CPU", "1")
     return env
+
+
+def _is_deepspeed(accelerate_config: str | os.PathLike) -> bool:
+    import yaml
+
+    config = yaml.safe_load(resolve_accelerate_config(accelerate_config).read_text()) or {}
+    return str(config.get("distributed_type", "")).upper() == "DEEPSPEED"
 
 
 def relaunch(
@@ -133,7 +145,7 @@ def relaunch(
 ) -> int:
     """Runs `launch_command(...)` (printing it first) and returns its exit status."""
     cmd = launch_command(recipe, overrides, accelerate_config, **kwargs)  # type: ignore[arg-type]
-    env = launch_env()
+    env = launch_env(accelerate_config=accelerate_config)
     cpu = " (ACCELERATE_USE_CPU=1: no CUDA device)" if env.get("ACCELERATE_USE_CPU") == "1" else ""
     print(f"launching{cpu}: {shlex.join(cmd)}", flush=True)
     return subprocess.run(cmd, env=env).returncode

@@ -1,6 +1,6 @@
-"""The training loop on Hugging Face accelerate: one code path for a CPU, one GPU, DDP and FSDP (the latter two come
-from `accelerate launch` and the configs of configs/accelerate/, never from code here; FSDP on GPUs only, see
-`check_launch`).
+"""The training loop on Hugging Face accelerate: one code path for a CPU, one GPU, DDP, FSDP and DeepSpeed ZeRO (the
+distributed ones come from `accelerate launch` and the configs of configs/accelerate/, never from code here; FSDP on
+GPUs only, see `check_launch`; what DeepSpeed's engine changes: `mmdiff.train.zero`).
 
 It minimises the masked-diffusion loss (MDLM, Sahoo et al. 2024; LLaDA, Nie et al. 2025: cross-entropy on masked
 target positions weighted by the schedule's ELBO weight; LLaDA's SFT normalisation; LaViDa's complementary masking,
@@ -56,6 +56,7 @@ from mmdiff.lora import FROZEN_DTYPES, apply_lora, has_lora, save_lora, set_trai
 from mmdiff.modeling import DiffusionModel, ModelConfig
 from mmdiff.registry import DATASETS, TASKS
 from mmdiff.train import checkpoint as ckpt
+from mmdiff.train import zero
 from mmdiff.train.config import ConfigError, DataSection, ModelSection, OptimSection, TrainConfig
 from mmdiff.vocab import VocabLayout
 
@@ -431,7 +432,7 @@ def check_launch(accelerator: Any, environ: Mapping[str, str] | None = None) -> 
       unless ACCELERATE_USE_CPU=1): each would train alone and overwrite the others' files;
     - an FSDP launch (ACCELERATE_USE_FSDP) that did not become FSDP: accelerate (1.x) picks FSDP only for process
       groups on an accelerator (CUDA, XPU, ...); on CPU it silently trains with DDP instead;
-    - DeepSpeed: mmdiff's pickle-free checkpoints cannot yet hold ZeRO's partitioned optimizer state.
+    - a DeepSpeed launch that did not become DeepSpeed (ACCELERATE_USE_CPU=1 turns it into plain DDP on CPU).
     """
     from accelerate.utils import DistributedType
 
@@ -447,11 +448,10 @@ def check_launch(accelerator: Any, environ: Mapping[str, str] | None = None) -> 
         raise ConfigError(f"an FSDP launch became {kind.value}: accelerate runs FSDP only on GPUs (and other "
                           "accelerators); on CPU it would silently train with plain DDP. Use "
                           "configs/accelerate/ddp.yaml on CPU, fsdp.yaml on GPUs")
-    if kind == DistributedType.DEEPSPEED:
-        raise ConfigError("training under DeepSpeed is not supported yet: mmdiff's checkpoints (safetensors and "
-                          "JSON, never pickle) cannot yet hold ZeRO's partitioned optimizer state, so a run could "
-                          "not resume. Use configs/accelerate/fsdp.yaml: FSDP2 shards parameters, gradients and "
-                          "optimizer states like ZeRO-3")
+    if zero.deepspeed_launch(env) and kind != DistributedType.DEEPSPEED:
+        raise ConfigError(f"a DeepSpeed launch became {kind.value}: with ACCELERATE_USE_CPU=1 accelerate trains "
+                          "plain DDP instead. Unset ACCELERATE_USE_CPU: without CUDA DeepSpeed runs on its CPU "
+                          "accelerator over gloo (`mmdiff train --accelerate-config deepspeed-zero2` does this)")
 
 
 # --------------------------------------------------------------------------------------------- the loss module
@@ -504,7 +504,8 @@ class Trainer:
         mixed = resolve_mixed_precision(config.train.mixed_precision, _launch_device())
         _check_frozen_precision(config.model.frozen_dtype, mixed)
         _forget_other_precision(mixed)
-        self.accelerator = Accelerator(mixed_precision=mixed, gradient_accumulation_steps=config.train.grad_accum)
+        self.accelerator = Accelerator(mixed_precision=mixed, gradient_accumulation_steps=config.train.grad_accum,
+                                       kwargs_handlers=zero.process_group_kwargs())
         check_launch(self.accelerator)
         config.train.micro_batch(self.accelerator.num_processes)  # a world size that cannot split a global batch
         self.out_dir = Path(config.train.out_dir)
@@ -544,8 +545,13 @@ class Trainer:
         self.scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
         loss_module = LossModule(self.model, schedule, cfg.objective.normalize, cfg.objective.complementary,
                                  cfg.objective.chunk_size)
-        self.loss_module, self.optimizer = acc.prepare(loss_module, optimizer)
         self.sharded = acc.distributed_type == DistributedType.FSDP
+        self.zero = acc.distributed_type == DistributedType.DEEPSPEED  # the engine steps; see mmdiff.train.zero
+        if self.zero:
+            zero.configure(acc, micro_batch=self.stream.batch_size, grad_clip=cfg.optim.grad_clip)
+        self.loss_module, self.optimizer = acc.prepare(loss_module, optimizer)
+        if self.zero and acc.state.deepspeed_plugin.zero_stage == 3:
+            zero.register_direct_weights(acc.unwrap_model(self.loss_module))
 
         set_seed(cfg.seed, device_specific=True)  # dropout differs between processes
         self.mask_generator = torch.Generator(acc.device).manual_seed(
@@ -583,7 +589,12 @@ class Trainer:
         if self.sharded:  # this process's shard, as plain tensors: DTensors again, like the sharded parameters
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
             optimizer_state = ckpt.shard_like_params(optimizer_state, params)
-        self.optimizer.load_state_dict(optimizer_state)
+        if self.zero:
+            zero.load_optimizer_state(self.optimizer, optimizer_state, rank=acc.process_index,
+                                      world_size=acc.num_processes)
+            zero.restore_engine_counters(self.loss_module, loaded.rank_extra.get("deepspeed", {}))
+        else:
+            self.optimizer.load_state_dict(optimizer_state)
         self.scheduler.load_state_dict({**loaded.scheduler_state,
                                         "lr_lambdas": [None] * len(self.scheduler.lr_lambdas)})
         self.step = loaded.step
@@ -639,7 +650,7 @@ class Trainer:
                 acc.backward(loss)
             total += loss.detach().float()
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-        grad_norm = acc.clip_grad_norm_(self.loss_module.parameters(), max_norm)
+        grad_norm = acc.clip_grad_norm_(self.loss_module.parameters(), max_norm)  # DeepSpeed: clipped in backward
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -685,7 +696,8 @@ class Trainer:
     def _source_metrics(self) -> dict[str, Any]:
         acc = self.accelerator
         metrics: dict[str, Any] = {}
-        if acc.is_main_process:
+        zero3 = self.zero and acc.state.deepspeed_plugin.zero_stage == 3
+        if acc.is_main_process or zero3:  # ZeRO-3 gathers each layer's weights from every process in its forward
             model = acc.unwrap_model(self.loss_module).model
             with acc.autocast():
                 raw = self.source.evaluate(model, "val", self.config.train.eval_metrics_limit)
@@ -699,11 +711,9 @@ class Trainer:
     def save(self) -> Path:
         """Writes checkpoint `step` (every process calls this)."""
         acc, cfg = self.accelerator, self.config
-        weights = None
-        if self.sharded:
-            full = acc.get_state_dict(self.loss_module)  # gathered on the main process
-            weights = _model_weights(full)
-        shared_optimizer = None if self.sharded else self.optimizer.state_dict()
+        weights = self._gathered_weights()
+        per_rank = self.sharded or self.zero  # each process writes its optimizer shard
+        shared_optimizer = None if per_rank else self.optimizer.state_dict()
         tokens_seen = self.tokens_seen()  # a collective: every process is here
         trainer_state = {
             "step": self.step,
@@ -725,8 +735,12 @@ class Trainer:
         def write_rank(folder: Path) -> None:
             if self.sharded:
                 ckpt.write_optimizer(folder, self.optimizer.state_dict(), rank=acc.process_index)
+            elif self.zero:
+                ckpt.write_optimizer(folder, zero.optimizer_state(self.optimizer), rank=acc.process_index, tree=True)
             extra: dict[str, Any] = {"log_window": self.log_window, "tokens_local": self.tokens_local}
-            if acc.num_processes > 1 and not self.sharded:
+            if self.zero:
+                extra["deepspeed"] = zero.engine_counters(self.loss_module)
+            elif acc.num_processes > 1 and not self.sharded:
                 extra["params_sha256"] = _params_digest(model)
             ckpt.write_rank_files(folder, acc.process_index, ckpt.capture_rng(self.mask_generator), extra)
 
@@ -739,9 +753,7 @@ class Trainer:
         (`mmdiff.lora.save_lora`), with a model card; written under a temp name."""
         acc = self.accelerator
         final = self.out_dir / FINAL_DIR
-        weights = None
-        if self.sharded:
-            weights = _model_weights(acc.get_state_dict(self.loss_module))
+        weights = self._gathered_weights()
         tokens_seen = self.tokens_seen()
         if acc.is_main_process:
             model = acc.unwrap_model(self.loss_module).model
@@ -759,6 +771,15 @@ class Trainer:
             swap_folder(tmp, final)
         acc.wait_for_everyone()
         return final
+
+    def _gathered_weights(self) -> dict[str, Tensor] | None:
+        """The full weights (FSDP: on the main process; DeepSpeed: the fp32 masters), a collective; None when every
+        process holds them (`model.weights()`)."""
+        if self.sharded:
+            return _model_weights(self.accelerator.get_state_dict(self.loss_module))
+        if self.zero:
+            return _model_weights(zero.full_weights(self.accelerator.unwrap_model(self.loss_module)))
+        return None
 
     # -------------------------------------------------------------------------------------------------- metrics
     def write_record(self, record: Mapping[str, Any]) -> None:
@@ -834,7 +855,8 @@ class Trainer:
         counts = torch.tensor([window_tokens, self.tokens_local], device=acc.device, dtype=torch.float64)
         window_all, tokens_all = acc.reduce(counts, "sum").tolist()
         self.log_window = []
-        return {"step": self.step, "split": "train", "loss": loss, "lr": lr, "grad_norm": float(grad_norm),
+        return {"step": self.step, "split": "train", "loss": loss, "lr": lr,
+                "grad_norm": math.nan if grad_norm is None else float(grad_norm),
                 "tokens_per_s": window_all / max(window_time, 1e-9), "tokens": int(tokens_all),
                 "epoch": self.stream.epoch, "elapsed_s": self.elapsed}
 
