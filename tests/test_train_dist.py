@@ -24,7 +24,7 @@ import torch
 
 from mmdiff.io import load_safetensors
 from mmdiff.modeling import DiffusionModel
-from mmdiff.train import load_train_config, train
+from mmdiff.train import CheckpointError, load_train_config, train
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = str(REPO / "configs" / "toy" / "copy-tiny.yaml")
@@ -155,3 +155,6 @@ def test_deepspeed_zero_on_two_cpu_processes_equals_one_process_and_resumes_exac
     assert all(torch.equal(resumed[k], got[k]) for k in got)
     loaded = DiffusionModel.from_pretrained(step2)  # one process, no DeepSpeed
     assert all(torch.equal(v, load_safetensors(step2 / "model.safetensors")[k]) for k, v in loaded.weights().items())
+    with pytest.raises(CheckpointError, match=r"written under DeepSpeed .*this run is NO: resume it with the "
+                                              r"accelerate config .*--model.init_from="):
+        train(load_train_config(TOY, [*DDP_RUN, f"--train.out_dir={broken}"]))

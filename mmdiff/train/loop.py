@@ -586,6 +586,14 @@ class Trainer:
     def _restore(self, loaded: ckpt.TrainingState) -> None:
         acc, state = self.accelerator, loaded.trainer_state
         optimizer_state = loaded.optimizer_state
+        saved_by_zero = "param_groups" not in optimizer_state  # ZeRO partitions, not a torch optimizer's state
+        if saved_by_zero != self.zero:
+            how = ("under DeepSpeed (its optimizer state is ZeRO partitions)" if saved_by_zero else
+                   "without DeepSpeed (its optimizer state is a torch optimizer's)")
+            raise ckpt.CheckpointError(
+                f"checkpoint {loaded.folder} was written {how}, and this run is {acc.distributed_type.value}: resume "
+                "it with the accelerate config and number of processes that wrote it, or start a new run from its "
+                f"weights with --model.init_from={loaded.folder} (or --no-resume in another train.out_dir)")
         if self.sharded:  # this process's shard, as plain tensors: DTensors again, like the sharded parameters
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
             optimizer_state = ckpt.shard_like_params(optimizer_state, params)
