@@ -171,13 +171,18 @@ def peak_memory_of(fn: Callable[[], Any], device: torch.device) -> dict[str, Any
 def flops_of(fn: Callable[[], Any]) -> int:
     """Floating-point operations of one call of `fn`, counted by `torch.utils.flop_counter.FlopCounterMode` (matrix
     products and attention; elementwise work is not counted). The CPU's fused attention kernel
-    (`_scaled_dot_product_flash_attention_for_cpu`) is counted like the CUDA ones: 4 * B * H * Lq * Lk * D."""
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+    (`_scaled_dot_product_flash_attention_for_cpu`, and its backward) is counted like the CUDA ones: 4 * B * H * Lq *
+    Lk * D forward, 2.5 times that backward."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
     def attention(q: Any, k: Any, v: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
         return sdpa_flop_count(q, k, v)
 
-    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: attention}
+    def attention_backward(grad: Any, q: Any, k: Any, v: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+        return sdpa_backward_flop_count(grad, q, k, v)
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: attention,
+               torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: attention_backward}
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         fn()
     return counter.get_total_flops()

@@ -293,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="confidence thresholds of the threshold rows")
     parser.add_argument("--parallel", type=int, nargs="*", default=[2, 4, 8],
                         help="rows with this many sums committed per step (fixed parallel decoding)")
-    parser.add_argument("--ar", type=Path, default=Path(__file__).resolve().parent / "baselines" / "ar-running-sums-1024",
+    parser.add_argument("--ar", type=Path,
+                        default=Path(__file__).resolve().parent / "baselines" / "ar-running-sums-1024",
                         help="folder of the AR baseline (skipped when missing)")
     parser.add_argument("--block-model", default="running-sums-block",
                         help="zoo name or folder of the block-diffusion model (configs/reasoning/running-sums-block*."

@@ -3,7 +3,9 @@
 #   1. the `cuda` tests (tests/test_cuda.py): CUDA vs CPU logits and decoding, bf16, SDPA kernels, bf16 training;
 #   2. the training-step benchmark on the GPU (bf16 autocast);
 #   3. the sampler benchmark on the GPU (200 held-out problems, lengths 64 and 256, batch 16);
-#   4. the VLM and text-to-image benchmarks on the GPU (the shipped mnist-grid-vlm and mnist-t2i entries).
+#   4. the VLM and text-to-image benchmarks on the GPU (the shipped mnist-grid-vlm and mnist-t2i entries);
+#   5. training at scale (benchmarks/scale.py): MFU of a 125 M and a 1 B core, LoRA memory of a LLaDA-8B shape
+#      (an 80 GB card; not in the default STAGES run, name it: STAGES="scale-bench").
 #
 #   scripts/gpu_check.sh OUT_DIR          # from the repository root; works from an installed checkout or a bare copy
 #   STAGES="cuda-tests t2i-bench" scripts/gpu_check.sh OUT_DIR      # only the named stages
@@ -33,3 +35,6 @@ TAIL=14 stage train-bench 150 $PY benchmarks/train.py --device cuda --out "$OUT"
 TAIL=40 stage sampling-bench 240 $PY benchmarks/sampling.py --device cuda --batch-sizes 16 --out "$OUT"
 TAIL=10 stage vlm-bench 90 $PY benchmarks/vlm.py --device cuda --out "$OUT"
 TAIL=14 stage t2i-bench 120 $PY benchmarks/t2i.py --device cuda --captions 200 --out "$OUT"
+if [[ " ${STAGES:-} " == *" scale-bench "* ]]; then
+    TAIL=12 stage scale-bench 420 $PY benchmarks/scale.py --device cuda --out "$OUT"
+fi
