@@ -25,8 +25,9 @@ said otherwise):
 - block diffusion, threshold t (and + pipeline): the zoo entry `running-sums-block`, the same core built
   block-causal and trained with block diffusion on the same data (configs/reasoning/running-sums-block*.yaml),
   decoded by the `block-diffusion` sampler with its exact cache of finished blocks, threshold commits inside a block,
-  and D2F pipelining (the next block starts once half of the current one is decoded; until that one is finished it
-  commits only above the early threshold, 1 - (1 - t) / 2)
+  and D2F pipelining (the next block starts once a quarter of the current one is decoded and while the row's window
+  holds at most 2 blocks; until the current one is finished it commits only above the early threshold,
+  1 - (1 - t) / 2)
   (`--block-model`).
 
 A model runs only the canvas lengths its core takes (max_seq_len); the others are skipped with a message.
@@ -113,7 +114,8 @@ def block_methods(thresholds: list[float]) -> dict[str, dict[str, Any]]:
         rows[f"block diffusion, threshold {t}"] = {"sampler": "block-diffusion", "threshold": t}
         early = early_threshold(t)
         rows[f"block diffusion + pipeline, threshold {t} (early {early:g})"] = {
-            "sampler": "block-diffusion", "threshold": t, "pipeline": 0.5, "pipeline_threshold": early}
+            "sampler": "block-diffusion", "threshold": t, "pipeline": 0.25, "pipeline_threshold": early,
+            "window_blocks": 2}
     return rows
 
 

@@ -240,7 +240,8 @@ INFILL_MASK[2, :3] = False
 LAYOUTS = {"answer": (PROMPTS, PROMPT_MASK, {"gen_length": 8}),
            "infill": (INFILL, INFILL_MASK, {"gen_length": 0, "infill": True})}
 SETTINGS = [{"threshold": 1.0}, {"threshold": 0.25}, {"threshold": 0.25, "pipeline": 0.5, "pipeline_threshold": 0.15},
-            {"threshold": 0.3, "pipeline": 0.25, "pipeline_threshold": 0.1, "activate_at": 0.5}]
+            {"threshold": 0.3, "pipeline": 0.25, "pipeline_threshold": 0.1, "activate_at": 0.5},
+            {"threshold": 0.5, "pipeline": 0.25, "pipeline_threshold": 0.05, "window_blocks": 2}]
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
@@ -353,6 +354,27 @@ def test_forward_passes_and_windows_by_hand():
     assert run(threshold=1.0, pipeline=1.0, pipeline_threshold=1.0) == run(threshold=1.0)
 
 
+def test_window_blocks_caps_the_blocks_a_row_runs():
+    """Pipelined, a row's window holds its finished blocks not cached yet and every started block; with
+    `window_blocks=2` a block starts early only while the window stays within 2 blocks (8 columns here), so a pass
+    runs more only right after a pass that finished two blocks (both clean passes run, with the open block), while
+    uncapped passes do; the first open block always runs."""
+    ids = torch.tensor([[1, MASK, 2, MASK, 3, MASK, 4, MASK, 5, MASK, 6, MASK, 7, MASK, 8, MASK]])
+    options = dict(gen_length=0, infill=True, threshold=1.0, pipeline=0.25, pipeline_threshold=0.2)
+    widths, wide = {}, {}
+    for cap in (None, 2):
+        core = WindowCore(block_core(seed=7))
+        out = decode(core, ids, **options, window_blocks=cap)
+        assert not bool((out.sequences == MASK).any())
+        widths[cap] = [hi - lo for lo, hi in core.windows]
+        finished_at = out.commit_step[0].view(4, 4).amax(1).tolist()  # the pass that finished each block
+        twice = {p + 1 for p in finished_at if finished_at.count(p) > 1}  # passes after two blocks finished
+        wide[cap] = [p for p, w in enumerate(widths[cap]) if w > 8 and p not in twice]
+    assert wide[2] == [] and wide[None] == [2, 3] and widths[2] == [4, 8, 8, 8, 8]
+    sequential = decode(block_core(seed=7), ids, gen_length=0, infill=True, threshold=1.0)
+    assert len(widths[2]) < sequential.nfe  # still pipelined: fewer passes than one block after the other
+
+
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("trigger", [0.25, 0.5, 0.75])
 def test_pipelined_with_next_threshold_one_equals_sequential(layout, trigger):
@@ -411,6 +433,10 @@ def test_sampler_errors():
         decode(core, PROMPTS, gen_length=0, infill=True)
     with pytest.raises(ValueError, match="act only with pipeline"):
         BlockDiffusionSampler(pipeline_threshold=0.5)
+    with pytest.raises(ValueError, match="act only with pipeline"):
+        BlockDiffusionSampler(window_blocks=2)
+    with pytest.raises(ValueError, match=r"window_blocks must be an integer >= 2 \(the open block and one more\)"):
+        BlockDiffusionSampler(pipeline=0.5, window_blocks=1)
     with pytest.raises(ValueError, match="threshold must be a finite number >= 0 and <= 1"):
         BlockDiffusionSampler(threshold=1.5)
     with pytest.raises(TypeError, match="does not take \\['steps'\\]"):

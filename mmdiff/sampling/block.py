@@ -15,7 +15,10 @@ changed: the blocks finished at the step before (their clean pass, fused with th
   reaches `pipeline` (D2F's block-add threshold), before that block is finished; while its predecessor's decoded
   fraction is below `activate_at` (D2F's decoded-token threshold) it commits only positions more probable than
   `pipeline_threshold` (none forced), afterwards it decodes as the oldest block does. With `pipeline_threshold=1`
-  nothing is committed early, and the tokens equal sequential block decoding.
+  nothing is committed early, and the tokens equal sequential block decoding. `window_blocks` caps the blocks a
+  row's window holds (its finished blocks awaiting their clean pass and its started ones): in a batch the windows
+  share one width, the widest row's, so with a cap of 2 a row that has no clean pass to run fills that width with
+  its next block instead of idle columns.
 - Greedy steps ask logits only at the masked columns of the started blocks (the core's last layer and the output
   projection run only there; exact: nothing else is read); a `logits_processor` or sampling gets every column.
 - EOS early stop (`eos_early_stop`): a row whose answer holds an EOS with nothing undecided before it is finished:
@@ -75,6 +78,10 @@ class BlockDiffusionOptions(SamplerOptions):
     activate_at: float = option(1.0, "in (0, 1]: a started block decodes at `threshold` (at least one commit per "
                                      "step) once this fraction of the block before it is decoded (D2F's decoded-token "
                                      "threshold)")
+    window_blocks: int | None = option(None, "with pipeline: a block starts early only while the row's window (its "
+                                             "finished blocks not cached yet and its started ones) holds at most "
+                                             "this many blocks (more only after a pass that finished two); None = "
+                                             "no cap")
     eos_early_stop: bool = option(False, "finish a row once its answer has an EOS with everything before decoded")
     infill: bool = option(False, "fill the mask ids of the prompt in place (gen_length=0)")
     cache: bool = option(True, "the exact block cache; False recomputes every step from the first column")
@@ -90,9 +97,15 @@ class BlockDiffusionOptions(SamplerOptions):
         check_range("pipeline", self.pipeline, 0, 1, low_open=True)
         check_range("pipeline_threshold", self.pipeline_threshold, 0, 1)
         check_range("activate_at", self.activate_at, 0, 1, low_open=True)
-        if self.pipeline is None and (self.pipeline_threshold != 0.9 or self.activate_at != 1.0):
-            raise ValueError("pipeline_threshold and activate_at act only with pipeline (the decoded fraction of a "
-                             "block at which the next one starts, e.g. pipeline=0.5); set it or drop them")
+        if self.window_blocks is not None and (isinstance(self.window_blocks, bool)
+                                               or not isinstance(self.window_blocks, int) or self.window_blocks < 2):
+            raise ValueError(f"window_blocks must be an integer >= 2 (the open block and one more), got "
+                             f"{self.window_blocks!r}")
+        if self.pipeline is None and (self.pipeline_threshold != 0.9 or self.activate_at != 1.0
+                                      or self.window_blocks is not None):
+            raise ValueError("pipeline_threshold, activate_at and window_blocks act only with pipeline (the decoded "
+                             "fraction of a block at which the next one starts, e.g. pipeline=0.5); set it or drop "
+                             "them")
 
 
 @dataclass
@@ -176,6 +189,9 @@ class BlockDiffusionSampler(Sampler):
             frac = torch.where(n_masks > 0, (n_masks - open_blocks) / n_masks.clamp(min=1), 1.0)
             ones = torch.ones(B, 1, dtype=torch.bool, device=dev)
             started = torch.cat([ones, (frac[:, :-1] >= trigger).long().cumprod(1).bool()], 1)  # (B, nb)
+            if o.window_blocks is not None:  # early starts only within the window cap; the first open block always
+                first_open = torch.where(open_blocks > 0, blk, n_blocks).amin(1, keepdim=True)
+                started &= (blk[None] <= first_open) | (blk[None] < cached[:, None] + o.window_blocks)
             before = torch.cat([torch.ones_like(frac[:, :1]), frac[:, :-1]], 1)
             full = started & (before >= o.activate_at)  # decoded at `threshold`, one commit forced
             active = started & (open_blocks > 0)
@@ -222,11 +238,12 @@ class BlockDiffusionSampler(Sampler):
             nfe += 1
             if o.cache:
                 kv_rows = live_list
-                # blocks finished before this pass, whole inside the window and after cached ones only: this pass
-                # ran them clean, so their keys and values in the cache are final
-                inside = starts[1:][None] <= (start_col + K)[:, None]  # (B, nb)
-                final = (blk[None] < window[:, None]) | ((open_blocks == 0) & inside)
-                cached = torch.where(live, torch.maximum(cached, final.long().cumprod(1).sum(1)), cached)
+            # blocks finished before this pass, whole inside the window and after cached ones only: this pass ran
+            # them clean, so their keys and values in the cache are final (counted without a cache too: the window
+            # cap reads it, and decodes the same either way)
+            inside = starts[1:][None] <= (start_col + K)[:, None]  # (B, nb)
+            final = (blk[None] < cached[:, None]) | ((open_blocks == 0) & inside)
+            cached = torch.where(live, torch.maximum(cached, final.long().cumprod(1).sum(1)), cached)
             # ---- selection at the asked window columns of the live rows
             logits = filters(logits, x_live[:, :L], lo, hi)
             x0 = gumbel_argmax(logits, o.temperature, generator)  # (R, n) at `at`
