@@ -6,7 +6,9 @@ accelerate (1.x) runs FSDP only for a process group on an accelerator, so the tr
 CPU; this check drives the same sharding with torch directly: three AdamW steps uninterrupted against two steps, a
 checkpoint (gathered weights in one model.safetensors on rank 0, each process's optimizer shard as safetensors), a
 rebuilt and re-sharded model and optimizer, and the third step. The weights must be equal bit for bit, the optimizer
-files must hold half of each sharded state, and the weights must load into an unsharded core in one process.
+files must hold half of each sharded state, and the weights must load into an unsharded core in one process. The
+uninterrupted run must also compute what one unsharded process computes from both processes' batches (the mean of
+their gradients): the same losses and weights within float32 rounding.
 
 Usage: dist_fsdp_check.py OUT_DIR. Prints FSDP_CHECK_OK on success.
 """
@@ -48,14 +50,42 @@ def build(weights: dict[str, torch.Tensor] | None = None) -> MaskedDiffusionTran
     return core
 
 
-def step(core: MaskedDiffusionTransformer, optimizer: torch.optim.Optimizer, number: int) -> None:
-    """One update on this process's own batch (seeded by step and rank), clipped like the trainer's."""
-    g = torch.Generator().manual_seed(100 * number + dist.get_rank())
+def batch_loss(core: MaskedDiffusionTransformer, number: int, rank: int) -> torch.Tensor:
+    """The loss of process `rank`'s batch at step `number` (ids and masks seeded by both)."""
+    g = torch.Generator().manual_seed(100 * number + rank)
     canvas = Canvas(ids=torch.randint(0, 16, (4, 16), generator=g), maskable=torch.ones(4, 16, dtype=torch.bool))
-    diffusion_loss(core, canvas, "linear", mask_id=VOCAB.mask_id, generator=g).loss.backward()
+    return diffusion_loss(core, canvas, "linear", mask_id=VOCAB.mask_id, generator=g).loss
+
+
+def step(core: MaskedDiffusionTransformer, optimizer: torch.optim.Optimizer, number: int) -> float:
+    """One update on this process's own batch, clipped like the trainer's; returns the mean loss of the processes."""
+    loss = batch_loss(core, number, dist.get_rank())
+    loss.backward()
     torch.nn.utils.clip_grad_norm_(core.parameters(), 1.0)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    mean = loss.detach().clone()
+    dist.all_reduce(mean)
+    return float(mean) / dist.get_world_size()
+
+
+def one_process(world: int, steps: int) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """The same steps in one unsharded process: each step's gradient is the mean over the processes' batches."""
+    torch.manual_seed(0)
+    core = MaskedDiffusionTransformer(CoreConfig(vocab=VOCAB, d_model=32, n_layers=2, n_heads=2, max_seq_len=16))
+    optimizer = build_optimizer(core, OPTIM)
+    losses = []
+    for number in range(1, steps + 1):
+        total = 0.0
+        for rank in range(world):
+            loss = batch_loss(core, number, rank) / world
+            loss.backward()
+            total += float(loss)
+        torch.nn.utils.clip_grad_norm_(core.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(total)
+    return losses, core.state_dict()
 
 
 def full_weights(core: MaskedDiffusionTransformer) -> dict[str, torch.Tensor]:
@@ -74,15 +104,14 @@ def main(out: Path) -> int:
     # uninterrupted: 3 steps, with the checkpoint of step 2 written on the way
     core = build()
     optimizer = build_optimizer(core, OPTIM)
-    for number in (1, 2):
-        step(core, optimizer, number)
+    losses = [step(core, optimizer, number) for number in (1, 2)]
     assert any(isinstance(v, DTensor) for s in optimizer.state_dict()["state"].values() for v in s.values())
     weights = full_weights(core)
     if rank == 0:
         save_safetensors(folder / ckpt.WEIGHTS, weights)
     ckpt.write_optimizer(folder, optimizer.state_dict(), rank=rank)
     dist.barrier()
-    step(core, optimizer, 3)
+    losses.append(step(core, optimizer, 3))
     expected = full_weights(core)
 
     # resumed: a new core from the gathered weights, sharded again, the optimizer shard restored
@@ -103,6 +132,12 @@ def main(out: Path) -> int:
         assert expected.keys() == got.keys()
         different = [k for k in expected if not torch.equal(expected[k], got[k])]
         assert not different, f"resumed FSDP2 weights differ from the uninterrupted run: {different}"
+        # FSDP computes what one process computes from both batches
+        single_losses, single = one_process(dist.get_world_size(), 3)
+        assert all(abs(a - b) <= 1e-5 * abs(b) for a, b in zip(losses, single_losses, strict=True)), (
+            losses, single_losses)
+        drift = max(float((expected[k] - single[k]).abs().max()) for k in single)
+        assert single.keys() == expected.keys() and drift < 1e-5, drift
         # the gathered checkpoint loads into an unsharded core in one process
         alone = MaskedDiffusionTransformer(CoreConfig(vocab=VOCAB, d_model=32, n_layers=2, n_heads=2,
                                                       max_seq_len=16))

@@ -3,7 +3,8 @@
 - `mmdiff train --accelerate-config ddp --num-processes 2`: the DDP run computes what one process computes (losses
   and weights), and its checkpoint loads, and resumes, in one process;
 - FSDP2 sharding (torch's `fully_shard` per core Block, what configs/accelerate/fsdp.yaml asks for; accelerate itself
-  runs FSDP only on GPUs) saved and restored with the trainer's checkpoint functions (tests/dist_fsdp_check.py);
+  runs FSDP only on GPUs): the losses and weights of one unsharded process, and saved and restored with the trainer's
+  checkpoint functions (tests/dist_fsdp_check.py);
 - `mmdiff train --accelerate-config deepspeed-zero2 / -zero3` (DeepSpeed's CPU accelerator over gloo): the same
   losses and weights as one process, and a run stopped after step 2 resumes bit for bit.
 """
@@ -96,8 +97,9 @@ def test_ddp_on_two_cpu_processes_equals_one_process_and_its_checkpoint_resumes_
 
 
 def test_fsdp2_sharded_optimizer_state_saves_and_resumes_exactly(tmp_path):
-    """Optimizer shards (DTensors) written as each process's half in safetensors and wrapped again on load: a
-    resumed third step equals the uninterrupted one bit for bit; the gathered weights load in one process."""
+    """Two FSDP2 processes compute the losses and weights one unsharded process computes from both batches (within
+    float32 rounding); optimizer shards (DTensors) written as each process's half in safetensors and wrapped again on
+    load: a resumed third step equals the uninterrupted one bit for bit; the gathered weights load in one process."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
            str(_free_port()), str(REPO / "tests" / "dist_fsdp_check.py"), str(tmp_path / "out")]
     done = subprocess.run(cmd, env=_child_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
