@@ -15,6 +15,7 @@ Usage: dist_fsdp_check.py OUT_DIR. Prints FSDP_CHECK_OK on success.
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -69,13 +70,20 @@ def step(core: MaskedDiffusionTransformer, optimizer: torch.optim.Optimizer, num
     return float(mean) / dist.get_world_size()
 
 
-def one_process(world: int, steps: int) -> tuple[list[float], dict[str, torch.Tensor]]:
-    """The same steps in one unsharded process: each step's gradient is the mean over the processes' batches."""
+def one_process(world: int, steps: int, resume: tuple[dict, dict] | None = None
+                ) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """The same steps in one unsharded process: each step's gradient is the mean over the processes' batches; with
+    `resume` (weights, full optimizer state of step `steps - 1`) only the last step."""
     torch.manual_seed(0)
     core = MaskedDiffusionTransformer(CoreConfig(vocab=VOCAB, d_model=32, n_layers=2, n_heads=2, max_seq_len=16))
     optimizer = build_optimizer(core, OPTIM)
+    first = 1
+    if resume is not None:
+        core.load_state_dict(resume[0])
+        optimizer.load_state_dict(resume[1])
+        first = steps
     losses = []
-    for number in range(1, steps + 1):
+    for number in range(first, steps + 1):
         total = 0.0
         for rank in range(world):
             loss = batch_loss(core, number, rank) / world
@@ -116,6 +124,10 @@ def main(out: Path) -> int:
 
     # resumed: a new core from the gathered weights, sharded again, the optimizer shard restored
     saved = load_safetensors(folder / ckpt.WEIGHTS)
+    shards = [ckpt.optimizer_state_from_safe(load_safetensors(folder / f"optimizer-rank{r}.safetensors"),
+                                             load_json(folder / f"optimizer-rank{r}.json"))
+              for r in range(dist.get_world_size())]
+    merged = ckpt.merge_shards(shards)  # what one process or DDP resumes from
     core = build(saved)
     optimizer = build_optimizer(core, OPTIM)
     tensors_name, meta_name = f"optimizer-rank{rank}.safetensors", f"optimizer-rank{rank}.json"
@@ -128,10 +140,23 @@ def main(out: Path) -> int:
     optimizer.load_state_dict(ckpt.shard_like_params(state, params))
     step(core, optimizer, 3)
     got = full_weights(core)
+    # the full (merged) state cut to each process's shard again: the same resumed step, bit for bit
+    core = build(saved)
+    optimizer = build_optimizer(core, OPTIM)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    optimizer.load_state_dict(ckpt.shard_like_params(copy.deepcopy(merged), params))  # its `step` moves on in place
+    step(core, optimizer, 3)
+    from_full = full_weights(core)
     if rank == 0:
         assert expected.keys() == got.keys()
         different = [k for k in expected if not torch.equal(expected[k], got[k])]
         assert not different, f"resumed FSDP2 weights differ from the uninterrupted run: {different}"
+        different = [k for k in expected if not torch.equal(expected[k], from_full[k])]
+        assert not different, f"FSDP2 resumed from the merged full state differs: {different}"
+        # one unsharded process resumes the FSDP checkpoint (merged optimizer state) and takes the third step
+        alone_losses, alone = one_process(dist.get_world_size(), 3, resume=(saved, merged))
+        drift = max(float((expected[k] - alone[k]).abs().max()) for k in alone)
+        assert drift < 1e-5 and abs(alone_losses[-1] - losses[-1]) <= 1e-5 * abs(losses[-1]), (drift, alone_losses)
         # FSDP computes what one process computes from both batches
         single_losses, single = one_process(dist.get_world_size(), 3)
         assert all(abs(a - b) <= 1e-5 * abs(b) for a, b in zip(losses, single_losses, strict=True)), (

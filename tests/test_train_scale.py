@@ -341,6 +341,40 @@ def test_launches_accelerate_would_run_as_something_else_are_refused():
     assert "ACCELERATE_USE_CPU" not in launch_env({}, "deepspeed-zero3")  # DeepSpeed has its own CPU accelerator
 
 
+def test_fsdp_shards_are_merged_for_one_process_or_ddp_and_kept_for_fsdp_on_the_same_processes(tmp_path):
+    """An FSDP2 checkpoint of 2 processes (each AdamW tensor split along dimension 0, 5 rows as 3 + 2): one process,
+    DDP, or FSDP on another number of processes read the merged full state; FSDP on 2 reads its own shard; DeepSpeed
+    partitions are never merged."""
+    exp_avg = torch.arange(10.0).view(5, 2)
+    groups = [{"lr": 0.1, "betas": (0.9, 0.95), "params": [0]}]
+
+    def shard(rows: slice) -> dict:
+        return {"state": {0: {"step": torch.tensor(3.0), "exp_avg": exp_avg[rows]}}, "param_groups": groups}
+
+    def write_main(folder: Path) -> None:
+        from mmdiff.io import save_safetensors
+
+        save_safetensors(folder / ckpt.WEIGHTS, {"w": torch.zeros(1)})
+        ckpt.write_training_files(folder, optimizer_state=None, scheduler_state={}, config_yaml="",
+                                  trainer_state={"step": 2, "world_size": 2})
+
+    def write_ranks(folder: Path) -> None:
+        for rank, rows in ((0, slice(0, 3)), (1, slice(3, 5))):
+            ckpt.write_optimizer(folder, shard(rows), rank=rank)
+
+    folder = ckpt.save_checkpoint(tmp_path / "fsdp", 2, write_main=write_main, write_rank=write_ranks)
+    for rank, world, sharded, rows in ((0, 1, False, slice(None)), (1, 2, False, slice(None)),
+                                       (1, 2, True, slice(3, 5)), (0, 4, True, slice(None))):
+        state = ckpt.load_checkpoint(folder, rank=rank, world_size=world, sharded=sharded).optimizer_state
+        assert torch.equal(state["state"][0]["exp_avg"], exp_avg[rows]) and float(state["state"][0]["step"]) == 3
+        assert state["param_groups"] == groups
+    zero = ckpt.save_checkpoint(tmp_path / "zero", 2, write_main=write_main, write_rank=lambda f: [
+        ckpt.write_optimizer(f, {"partition": torch.ones(r + 1)}, rank=r, tree=True) for r in range(2)])
+    with pytest.raises(ckpt.CheckpointError, match="DeepSpeed ZeRO partitions of 2 processes and this is process 2"):
+        ckpt.load_checkpoint(zero, rank=2, world_size=3)
+    assert torch.equal(ckpt.load_checkpoint(zero, rank=1).optimizer_state["partition"], torch.ones(2))
+
+
 def test_any_nested_optimizer_state_round_trips_without_pickle_and_engine_objects_come_from_the_live_engine():
     """DeepSpeed's ZeRO state: tensors, scalars, tuples, int-keyed dicts and engine objects (a loss scaler, an enum);
     the objects are taken from the running engine with their saved plain attributes, or refused when of another

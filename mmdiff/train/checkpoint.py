@@ -65,6 +65,7 @@ __all__ = [
     "optimizer_state_to_safe",
     "optimizer_state_from_safe",
     "shard_like_params",
+    "merge_shards",
     "LiveValue",
     "tree_to_safe",
     "tree_from_safe",
@@ -258,13 +259,31 @@ def _is_dtensor(value: Any) -> bool:
     return isinstance(value, DTensor)
 
 
+def merge_shards(shards: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """One full optimizer state dict from every process's FSDP2 shard (in rank order): each per-parameter tensor of
+    one or more dimensions is split along dimension 0 over the processes, so they are concatenated; scalars (AdamW's
+    `step`) and the param groups are the first process's.
+
+    >>> half = lambda x: {"state": {0: {"step": torch.tensor(2.0), "exp_avg": x}}, "param_groups": []}
+    >>> merge_shards([half(torch.ones(2)), half(torch.zeros(1))])["state"][0]["exp_avg"]
+    tensor([1., 1., 0.])
+    """
+    first = shards[0]
+    state = {pid: {key: torch.cat([s["state"][pid][key] for s in shards])
+                   if isinstance(value, Tensor) and value.dim() > 0 else value for key, value in values.items()}
+             for pid, values in first["state"].items()}
+    return {"state": state, "param_groups": first["param_groups"]}
+
+
 def shard_like_params(state_dict: Mapping[str, Any], params: list[Tensor]) -> dict[str, Any]:
     """An optimizer state dict read from a checkpoint, with each per-parameter tensor that has the shape of its
-    parameter's local shard made a `DTensor` like that parameter (FSDP2: same device mesh and placements); scalars
-    (AdamW's `step`) and the state of unsharded parameters are left as they are.
+    parameter's local shard made a `DTensor` like that parameter (FSDP2: same device mesh and placements); a tensor
+    of the parameter's full shape (a checkpoint of one process, DDP, or `merge_shards` of another number of
+    processes) is cut to this process's shard first (FSDP2's split: `torch.chunk` along dimension 0); scalars (AdamW's
+    `step`) and the state of unsharded parameters are left as they are.
 
     Args:
-        state_dict: `optimizer_state_from_safe(...)` of this process's shard files.
+        state_dict: `optimizer_state_from_safe(...)` of this process's shard files, or a full state.
         params: the optimizer's parameters in state-dict order (its param groups' `params`, concatenated).
     """
     state: dict[Any, dict[str, Any]] = {}
@@ -276,6 +295,7 @@ def shard_like_params(state_dict: Mapping[str, Any], params: list[Tensor]) -> di
         from torch.distributed.tensor import DTensor
 
         local = param.to_local()
+        values = {key: _local_part(value, param, local) for key, value in values.items()}
         state[pid] = {
             key: DTensor.from_local(value.to(local.device), param.device_mesh, param.placements, run_check=False,
                                     shape=param.shape, stride=param.stride())
@@ -283,6 +303,20 @@ def shard_like_params(state_dict: Mapping[str, Any], params: list[Tensor]) -> di
             for key, value in values.items()
         }
     return {"state": state, "param_groups": state_dict["param_groups"]}
+
+
+def _local_part(value: Any, param: Tensor, local: Tensor) -> Any:
+    """A full-shape tensor cut to this process's dimension-0 chunk of `param` (FSDP2's split); anything else as is."""
+    if not isinstance(value, Tensor) or value.dim() == 0 or value.shape == local.shape or value.shape != param.shape:
+        return value
+    mesh = param.device_mesh
+    chunks = torch.chunk(value, mesh.size(), dim=0)
+    rank = mesh.get_local_rank()
+    part = chunks[rank] if rank < len(chunks) else value[:0]
+    if part.shape != local.shape:
+        raise CheckpointError(f"an optimizer tensor of shape {tuple(value.shape)} does not split into this "
+                              f"process's shard {tuple(local.shape)} (FSDP2 chunks dimension 0)")
+    return part.clone()
 
 
 # ------------------------------------------------------------------------------------------------- RNG states
@@ -583,6 +617,36 @@ def _jsonable(value: Any) -> Any:
     return None  # callables and other objects (e.g. LambdaLR's lr_lambdas) are rebuilt from the recipe
 
 
+def _read_optimizer(folder: Path, files: Mapping[str, Any], rank: int, world_size: int | None, sharded: bool,
+                    trainer_state: Mapping[str, Any]) -> dict[str, Any]:
+    """The optimizer state `load_checkpoint` gives process `rank` (see there)."""
+    def read(rank_of_file: int | None) -> tuple[dict[str, Any], bool]:
+        tensors_name, meta_name = _optimizer_names(rank_of_file)
+        meta = load_json(folder / meta_name)
+        tree = meta.get("codec") == "tree"
+        state = (tree_from_safe if tree else optimizer_state_from_safe)(load_safetensors(folder / tensors_name), meta)
+        return state, tree
+
+    if _optimizer_names(None)[1] in files:
+        return read(None)[0]
+    saved_world = int(trainer_state.get("world_size", 0))
+    own = _optimizer_names(rank)[1] in files
+    if own:
+        state, tree = read(rank)
+        if tree or (sharded and (world_size is None or world_size == saved_world)):
+            return state
+    ranks = sorted(int(m.group(1)) for name in files if (m := re.fullmatch(r"optimizer-rank(\d+)\.json", name)))
+    if not ranks or ranks != list(range(len(ranks))):
+        raise CheckpointError(f"checkpoint {folder} has no optimizer state for rank {rank} (optimizer files of ranks "
+                              f"{ranks}). {_fix_hint(folder)}")
+    shards = [read(r) for r in ranks]
+    if any(tree for _, tree in shards):
+        raise CheckpointError(f"checkpoint {folder} holds DeepSpeed ZeRO partitions of {len(ranks)} processes and "
+                              f"this is process {rank}: resume it with the DeepSpeed config and number of processes "
+                              f"that wrote it. {_fix_hint(folder)}")
+    return merge_shards([state for state, _ in shards])
+
+
 @dataclass
 class TrainingState:
     """What `load_checkpoint` returns.
@@ -610,8 +674,14 @@ class TrainingState:
     config_yaml: str
 
 
-def load_checkpoint(folder: str | os.PathLike, *, rank: int = 0) -> TrainingState:
+def load_checkpoint(folder: str | os.PathLike, *, rank: int = 0, world_size: int | None = None,
+                    sharded: bool = False) -> TrainingState:
     """Verifies and reads a checkpoint folder for process `rank`.
+
+    The optimizer state: the shared one (one process, DDP), or this process's shard when the run is `sharded`
+    (FSDP2) on the `world_size` that wrote it; otherwise every process's FSDP2 shard merged into the full state
+    (`merge_shards`: an FSDP checkpoint resumed by one process, DDP, or FSDP on another number of processes, which
+    `shard_like_params` cuts again). A DeepSpeed ZeRO partition is this process's own.
 
     Raises:
         CheckpointError: incomplete, truncated or corrupt files, or pickle files (named, with the fix).
@@ -621,20 +691,9 @@ def load_checkpoint(folder: str | os.PathLike, *, rank: int = 0) -> TrainingStat
     files = manifest["files"]
     try:
         weights = load_safetensors(folder / WEIGHTS)
-        rank_tensors, rank_meta = _optimizer_names(rank)
-        shared_tensors, shared_meta = _optimizer_names(None)
-        if rank_meta in files:
-            tensors_name, meta_name = rank_tensors, rank_meta
-        elif shared_meta in files:
-            tensors_name, meta_name = shared_tensors, shared_meta
-        else:
-            raise CheckpointError(f"checkpoint {folder} has no optimizer state for rank {rank} (saved with another "
-                                  f"number of processes?). {_fix_hint(folder)}")
-        tensors, meta = load_safetensors(folder / tensors_name), load_json(folder / meta_name)
-        reader = tree_from_safe if meta.get("codec") == "tree" else optimizer_state_from_safe
-        optimizer_state = reader(tensors, meta)
-        scheduler_state = load_json(folder / SCHEDULER)
         trainer_state = load_json(folder / TRAINER_STATE)
+        optimizer_state = _read_optimizer(folder, files, rank, world_size, sharded, trainer_state)
+        scheduler_state = load_json(folder / SCHEDULER)
         rank_file = folder / _rng_name(rank)
         rank_data = load_json(rank_file) if rank_file.is_file() else {}
         config_yaml = (folder / CONFIG_YAML).read_text()

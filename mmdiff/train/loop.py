@@ -522,7 +522,9 @@ class Trainer:
             _move_previous_run_aside(self.out_dir)
         acc.wait_for_everyone()
         folder = ckpt.find_resume_checkpoint(self.ckpt_root) if resume else None
-        loaded = ckpt.load_checkpoint(folder, rank=acc.process_index) if folder is not None else None
+        loaded = None if folder is None else ckpt.load_checkpoint(
+            folder, rank=acc.process_index, world_size=acc.num_processes,
+            sharded=acc.distributed_type == DistributedType.FSDP)  # FSDP, DDP and one process resume each other
 
         set_seed(cfg.seed)  # the same initial weights on every process
         self.source = build_source(cfg.data)
