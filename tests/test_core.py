@@ -535,3 +535,20 @@ def test_boolean_masks_become_one_additive_bias_per_pass(monkeypatch):
     broadcast = (torch.rand(1, 1, 4, 6) > 0.3).expand(3, 2, 4, 6)
     bias = real(broadcast, torch.zeros(1))
     assert bias.stride()[:2] == (0, 0) and torch.equal(bias == 0, broadcast) and bias.min() == -math.inf
+
+
+def test_per_row_cache_writes_equal_scatter_on_whole_caches_and_column_slices():
+    """`_write_columns` (one row copy per position) writes what `scatter_` along the columns writes: into a whole
+    cache, into a slice of its first columns (what the block sampler passes), and through the fallback (a cache whose
+    rows are not contiguous)."""
+    from mmdiff.core.model import _write_columns
+
+    g = torch.Generator().manual_seed(0)
+    full = torch.randn(3, 2, 12, 4, generator=g)
+    new = torch.randn(3, 2, 5, 4, generator=g).transpose(1, 2).contiguous().transpose(1, 2)  # like k: (B, H, L, D)
+    columns = torch.stack([torch.randperm(9, generator=g)[:5] for _ in range(3)])  # distinct per row, < 9
+    for view in (lambda t: t, lambda t: t[:, :, :9], lambda t: t.transpose(2, 3).contiguous().transpose(2, 3)):
+        want, got = view(full.clone()), view(full.clone())
+        want.scatter_(2, columns[:, None, :, None].expand(-1, 2, -1, 4), new)
+        _write_columns(got, columns, new)
+        assert torch.equal(got, want)
