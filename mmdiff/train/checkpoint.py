@@ -630,16 +630,14 @@ def _read_optimizer(folder: Path, files: Mapping[str, Any], rank: int, world_siz
     if _optimizer_names(None)[1] in files:
         return read(None)[0]
     saved_world = int(trainer_state.get("world_size", 0))
-    own = _optimizer_names(rank)[1] in files
-    if own:
-        state, tree = read(rank)
-        if tree or (sharded and (world_size is None or world_size == saved_world)):
-            return state
+    own = read(rank) if _optimizer_names(rank)[1] in files else None
+    if own is not None and (own[1] or (sharded and (world_size is None or world_size == saved_world))):
+        return own[0]  # a ZeRO partition, or this process's FSDP shard on the same processes
     ranks = sorted(int(m.group(1)) for name in files if (m := re.fullmatch(r"optimizer-rank(\d+)\.json", name)))
     if not ranks or ranks != list(range(len(ranks))):
         raise CheckpointError(f"checkpoint {folder} has no optimizer state for rank {rank} (optimizer files of ranks "
                               f"{ranks}). {_fix_hint(folder)}")
-    shards = [read(r) for r in ranks]
+    shards = [own if r == rank and own is not None else read(r) for r in ranks]  # this process's file read once
     if any(tree for _, tree in shards):
         raise CheckpointError(f"checkpoint {folder} holds DeepSpeed ZeRO partitions of {len(ranks)} processes and "
                               f"this is process {rank}: resume it with the DeepSpeed config and number of processes "

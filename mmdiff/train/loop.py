@@ -549,10 +549,11 @@ class Trainer:
                                  cfg.objective.chunk_size)
         self.sharded = acc.distributed_type == DistributedType.FSDP
         self.zero = acc.distributed_type == DistributedType.DEEPSPEED  # the engine steps; see mmdiff.train.zero
+        self.zero3 = self.zero and acc.state.deepspeed_plugin.zero_stage == 3  # parameters partitioned too
         if self.zero:
             zero.configure(acc, micro_batch=self.stream.batch_size, grad_clip=cfg.optim.grad_clip)
         self.loss_module, self.optimizer = acc.prepare(loss_module, optimizer)
-        if self.zero and acc.state.deepspeed_plugin.zero_stage == 3:
+        if self.zero3:
             zero.register_direct_weights(acc.unwrap_model(self.loss_module))
 
         set_seed(cfg.seed, device_specific=True)  # dropout differs between processes
@@ -706,8 +707,7 @@ class Trainer:
     def _source_metrics(self) -> dict[str, Any]:
         acc = self.accelerator
         metrics: dict[str, Any] = {}
-        zero3 = self.zero and acc.state.deepspeed_plugin.zero_stage == 3
-        if acc.is_main_process or zero3:  # ZeRO-3 gathers each layer's weights from every process in its forward
+        if acc.is_main_process or self.zero3:  # ZeRO-3 gathers each layer's weights from every process in its forward
             model = acc.unwrap_model(self.loss_module).model
             with acc.autocast():
                 raw = self.source.evaluate(model, "val", self.config.train.eval_metrics_limit)
