@@ -82,6 +82,28 @@ def test_sample_t_and_errors():
     assert get_schedule(s) is s
 
 
+def test_t_range_clips_the_sampled_times_and_keeps_the_weights():
+    clipped = get_schedule("linear", eps=0.001, t_range=(0.5, 0.9))
+    t = clipped.sample_t(2000, generator=torch.Generator().manual_seed(0))
+    assert t.min() >= 0.5 and t.max() <= 0.9 and abs(t.mean().item() - 0.7) < 0.01
+    # the same uniforms as the unclipped schedule, mapped onto [0.5, 0.9]
+    u = torch.rand(5, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(clipped.sample_t(5, generator=torch.Generator().manual_seed(3)), 0.5 + 0.4 * u)
+    anti = clipped.sample_t(4, generator=torch.Generator().manual_seed(0), antithetic=True)
+    torch.testing.assert_close(anti.sort().values.diff(), torch.full((3,), 0.4 / 4))
+    t = torch.tensor([0.6, 0.8])  # the weight and mask probability are the schedule's own
+    torch.testing.assert_close(clipped.weight(t), LinearSchedule(eps=0.001).weight(t))
+    for bad in ((0.9, 0.5), (0.0, 1.0), (0.5, 1.5)):
+        with pytest.raises(ValueError, match="t_range must be"):
+            LinearSchedule(eps=0.001, t_range=bad)
+    from mmdiff.train.config import ConfigError, ObjectiveSection
+
+    assert ObjectiveSection(t_range=[0.5, 1.0]).make_schedule().t_range == (0.5, 1.0)
+    assert ObjectiveSection().make_schedule().t_range is None
+    with pytest.raises(ConfigError, match=r"objective.t_range must be \[low, high\]"):
+        ObjectiveSection(t_range=[1.0])
+
+
 # ---------------------------------------------------------------------------------------------------------- loss
 def expected_loss(core, canvas, schedule, t, seed, normalize="elbo"):
     """Independent: draw the same uniforms, mask, full-sequence logits, CE at masked positions, weight, normalise."""

@@ -25,7 +25,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
@@ -35,6 +35,9 @@ from mmdiff.io import atomic_write
 from mmdiff.lora import FROZEN_DTYPES, LoraSettings, check_groups
 from mmdiff.modeling import SamplerConfig
 from mmdiff.vocab import VocabLayout
+
+if TYPE_CHECKING:
+    from mmdiff.diffusion.schedules import Schedule
 
 __all__ = [
     "TrainConfig",
@@ -133,6 +136,9 @@ class ObjectiveSection:
     Args:
         schedule: masking schedule name in `mmdiff.registry.SCHEDULES` ("linear", "log-linear", "cosine").
         eps: smallest masking time (keeps the ELBO weight 1/t finite).
+        t_range: [low, high]: sample the diffusion time t only in this interval (BD3-LM's clipped schedule, e.g.
+            [0.5, 1.0] for a block-diffusion model to decode whole blocks in few passes: the heavily masked blocks
+            the sampler meets first); None = [eps, 1].
         normalize: "elbo" (pre-training: weighted CE / target tokens) or "sft" (per-row answer-length
             normalisation; the prompt is never masked).
         complementary: LaViDa's complementary masking (each row twice, with a mask and its complement).
@@ -153,6 +159,7 @@ class ObjectiveSection:
 
     schedule: str = "linear"
     eps: float = 1e-3
+    t_range: list[float] | None = None
     normalize: Literal["elbo", "sft"] = "elbo"
     complementary: bool = False
     block_diffusion: bool = False
@@ -167,6 +174,12 @@ class ObjectiveSection:
             raise ConfigError(f"TrainConfig.objective.schedule: {SCHEDULES.unknown_message(self.schedule)}")
         if not 0 <= self.eps < 1:
             raise ConfigError(f"TrainConfig.objective.eps must be in [0, 1), got {self.eps}")
+        if self.t_range is not None:
+            r = self.t_range
+            if (not isinstance(r, (list, tuple)) or len(r) != 2 or any(isinstance(v, bool) for v in r)
+                    or not all(isinstance(v, (int, float)) for v in r) or not self.eps <= r[0] < r[1] <= 1):
+                raise ConfigError(f"TrainConfig.objective.t_range must be [low, high] with eps={self.eps} <= low < "
+                                  f"high <= 1 (e.g. [0.5, 1.0]), or null for [eps, 1]; got {r!r}")
         if isinstance(self.loss_chunk_size, bool) or self.loss_chunk_size < 0:
             raise ConfigError(f"TrainConfig.objective.loss_chunk_size must be 0 (no chunks) or a positive number of "
                               f"masked positions per chunk (e.g. 1024), got {self.loss_chunk_size!r}")
@@ -183,6 +196,12 @@ class ObjectiveSection:
         None (the core's own attention) afterwards and without annealing."""
         n = self.attention_anneal_steps
         return step / n if step < n else None
+
+    def make_schedule(self) -> Schedule:
+        """The loss's masking schedule: `schedule` with `eps` and `t_range`."""
+        from mmdiff.diffusion.schedules import get_schedule
+
+        return get_schedule(self.schedule, eps=self.eps, t_range=None if self.t_range is None else tuple(self.t_range))
 
     @property
     def chunk_size(self) -> int | None:

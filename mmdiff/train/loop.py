@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from mmdiff.canvas import Canvas
 from mmdiff.core.config import CoreConfig
-from mmdiff.diffusion.schedules import Schedule, get_schedule
+from mmdiff.diffusion.schedules import Schedule
 from mmdiff.io import atomic_write, swap_folder
 from mmdiff.lora import FROZEN_DTYPES, apply_lora, has_lora, save_lora, set_trainable, store_frozen
 from mmdiff.modeling import DiffusionModel, ModelConfig
@@ -542,7 +542,7 @@ class Trainer:
                                   rank=acc.process_index, world_size=acc.num_processes,
                                   pin_memory=acc.device.type == "cuda")
 
-        schedule = get_schedule(cfg.objective.schedule, eps=cfg.objective.eps)
+        schedule = cfg.objective.make_schedule()
         optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
         loss_module = LossModule(self.model, schedule, cfg.objective.normalize, cfg.objective.complementary,
