@@ -5,7 +5,10 @@
 #   3. the sampler benchmark on the GPU (200 held-out problems, lengths 64 and 256, batch 16);
 #   4. the VLM and text-to-image benchmarks on the GPU (the shipped mnist-grid-vlm and mnist-t2i entries);
 #   5. training at scale (benchmarks/scale.py): MFU of a 125 M and a 1 B core, LoRA memory of a LLaDA-8B shape
-#      (an 80 GB card; not in the default STAGES run, name it: STAGES="scale-bench").
+#      (an 80 GB card; not in the default STAGES run, name it: STAGES="scale-bench");
+#   6. decoding at scale (benchmarks/decode_scale.py): tokens/s of a LLaDA-8B-shaped block-diffusion core against
+#      transformers' generate of a same-shape Llama with its static cache (an 80 GB card; named only:
+#      STAGES="decode-bench").
 #
 #   scripts/gpu_check.sh OUT_DIR          # from the repository root; works from an installed checkout or a bare copy
 #   STAGES="cuda-tests t2i-bench" scripts/gpu_check.sh OUT_DIR      # only the named stages
@@ -37,4 +40,7 @@ TAIL=10 stage vlm-bench 90 $PY benchmarks/vlm.py --device cuda --out "$OUT"
 TAIL=14 stage t2i-bench 120 $PY benchmarks/t2i.py --device cuda --captions 200 --out "$OUT"
 if [[ " ${STAGES:-} " == *" scale-bench "* ]]; then
     TAIL=12 stage scale-bench 420 $PY benchmarks/scale.py --device cuda --out "$OUT"
+fi
+if [[ " ${STAGES:-} " == *" decode-bench "* ]]; then
+    TAIL=16 stage decode-bench 300 $PY benchmarks/decode_scale.py --device cuda --out "$OUT"
 fi
