@@ -484,6 +484,30 @@ def test_torch_compile_of_the_blocks_gives_the_eager_logits():
         assert core._compiled is not None  # compiled for real: no fallback happened
 
 
+@pytest.mark.slow
+def test_torch_compile_runs_the_per_row_cache_windows_of_block_diffusion():
+    """The block-diffusion sampler writes each row's keys and values at its own cache columns: compiled, that write
+    takes the general scatter (a traced as_strided view of the cache cannot be bounded), with the eager tokens."""
+    import warnings
+
+    from mmdiff.sampling.block import BlockDiffusionSampler
+
+    cfg = CoreConfig(VocabLayout.build(16), d_model=32, n_layers=2, n_heads=2, attention="block_causal",
+                     block_size=4, max_seq_len=64)
+    torch.manual_seed(0)
+    core = MaskedDiffusionTransformer(cfg).eval()
+    ids = torch.randint(0, 16, (3, 5), generator=torch.Generator().manual_seed(1))
+    sampler = BlockDiffusionSampler(gen_length=16, threshold=0.5, pipeline=0.5)
+    with torch.inference_mode():
+        eager = sampler(core, ids, mask_id=16, return_history=True)
+        assert core.compile_blocks()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # a fallback to eager would warn
+            compiled = sampler(core, ids, mask_id=16, return_history=True)
+    assert core._compiled is not None
+    assert torch.equal(compiled.sequences, eager.sequences) and compiled.nfe == eager.nfe
+
+
 def test_precomputed_rope_rows_equal_the_per_call_computation():
     from mmdiff.core.model import rotary_embedding
 

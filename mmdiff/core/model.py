@@ -125,7 +125,8 @@ def _write_columns(cache: Tensor, columns: Tensor, new: Tensor) -> None:
     of `scatter_` along dimension 2 with an expanded index."""
     B, H, L_c, D = cache.shape
     s_b, s_h, s_l, s_d = cache.stride()
-    if s_d != 1 or s_l != D or s_h % D or s_b % D or cache.dtype != new.dtype:  # the general scatter
+    if (s_d != 1 or s_l != D or s_h % D or s_b % D or cache.dtype != new.dtype
+            or torch.compiler.is_compiling()):  # the general scatter (a traced as_strided view cannot be bounded)
         cache.scatter_(2, columns[:, None, :, None].expand(-1, H, -1, D), new)
         return
     s_b, s_h = s_b // D, s_h // D  # in rows of D values
