@@ -70,7 +70,7 @@ ROWS = {  # key: (label, threshold of the mmdiff rows / compiled for the transfo
     "ar-compiled": ("transformers generate, static cache, compiled", True),
 }
 TINY = {"prompt": 16, "gen": 32, "block": 8, "batch_sizes": [1, 2], "repeats": 1}
-FULL = {"prompt": 128, "gen": 256, "block": 32, "batch_sizes": [1, 8, 32], "repeats": 3}
+FULL = {"prompt": 128, "gen": 256, "block": 32, "batch_sizes": [1, 8, 32], "repeats": 2}
 Dims = tuple[int, int, int, int, int]  # d_model, n_layers, n_heads, mlp_hidden_size, vocab
 Decode = Callable[[torch.Tensor], tuple[torch.Tensor, int]]  # prompt (B, P) -> (B, P + gen) ids, forward passes
 
@@ -264,7 +264,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", type=int, default=None, help="prompt tokens (default 128, --tiny 16)")
     p.add_argument("--gen", type=int, default=None, help="generated tokens (default 256, --tiny 32)")
     p.add_argument("--block", type=int, default=None, help="block size of the mmdiff core (default 32, --tiny 8)")
-    p.add_argument("--repeats", type=int, default=None, help="timed runs after the warm-up (default 3, --tiny 1)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs after the warm-up (default 2, --tiny 1)")
     p.add_argument("--compile", action="store_true", help="add transformers generate with its compiled forward")
     p.add_argument("--tiny", action="store_true", help="shapes divided by 16 (depth by 4): a CPU smoke run")
     p.add_argument("--timeout", type=float, default=900, help="seconds per row")
