@@ -546,7 +546,9 @@ def decode_video_frames(video: str | Path | Any, timestamps: Sequence[float], to
     pixels: dict[int, np.ndarray] = {}
     for frame in frames:
         if id(frame) not in pixels:
-            pixels[id(frame)] = frame.to_ndarray(format="rgb24")  # (H, W, 3)
+            # one swscale thread: a slice-thread pool made here would be inherited, dead, by a forked DataLoader
+            # worker, whose conversion then waits on it forever
+            pixels[id(frame)] = frame.reformat(format="rgb24", threads=1).to_ndarray()  # (H, W, 3)
     return torch.from_numpy(np.stack([pixels[id(frame)] for frame in frames]))
 
 
