@@ -196,7 +196,7 @@ def run_methods(decoders: dict[str, Any], source: RunningSumsSource, problems: l
     return out
 
 
-def load_ar(path: Path | None, device: torch.device) -> tuple[Any, Any]:
+def load_ar(path: Path | None, device: torch.device, dtype: str | None = None) -> tuple[Any, Any]:
     """The AR baseline model and its decoding function, or (None, None) when the folder is missing."""
     if path is None or not path.is_dir():
         return None, None
@@ -204,7 +204,7 @@ def load_ar(path: Path | None, device: torch.device) -> tuple[Any, Any]:
 
     from ar_baseline import ar_fill, model_bos_id
 
-    model = create_model(path, device=str(device))
+    model = create_model(path, device=str(device), dtype=dtype)
     return model, partial(ar_fill, bos_id=model_bos_id(model))
 
 
@@ -215,9 +215,10 @@ def fits(model: Any, length: int) -> bool:
 
 
 def bench(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
-    model = create_model(args.model, device=str(device))
-    ar_model, ar_fill = load_ar(args.ar, device)
-    block_model = None if args.block_model == "none" else create_model(args.block_model, device=str(device))
+    model = create_model(args.model, device=str(device), dtype=args.dtype)
+    ar_model, ar_fill = load_ar(args.ar, device, args.dtype)
+    block_model = (None if args.block_model == "none"
+                   else create_model(args.block_model, device=str(device), dtype=args.dtype))
     rows = []
     for length in args.lengths:
         n = length // 2
@@ -275,8 +276,9 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Na
                "MFLOP / token", "peak MiB"]
     block = "" if args.block_model == "none" else f", block-diffusion entry `{args.block_model}`"
     head = (f"Sampler benchmark: `{args.model}`{block}, {args.problems} held-out problems per canvas length, "
-            f"blocks of {args.block}; device {info['device']} ({info.get('gpu', info['cpu'])}), torch "
-            f"{info['torch']}, {info['torch_threads']} threads, OMP_WAIT_POLICY {info['omp_wait_policy']}"
+            f"blocks of {args.block}, weights in {args.dtype}; device {info['device']} "
+            f"({info.get('gpu', info['cpu'])}), torch {info['torch']}, {info['torch_threads']} threads, "
+            f"OMP_WAIT_POLICY {info['omp_wait_policy']}"
             + "".join(f", {k}={v}" for k, v in info["malloc_env"].items())
             + f". Command: `{args.command}`.")
     return head + "\n\n" + fmt_table(table, columns) + "\n"
@@ -303,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
                              "yaml); 'none' skips its rows")
     parser.add_argument("--only", nargs="+", default=None, metavar="TEXT",
                         help="run only the methods whose name contains one of these texts (and the reference row)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="dtype of every model's weights and activations (bfloat16: what a GPU runs)")
     add_run_arguments(parser)
 
     def check(args: argparse.Namespace) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmdiff import create_model
 from mmdiff.data.running_sums import RunningSumsSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
@@ -86,3 +87,25 @@ def test_smoke_run_of_the_shipped_entry(tmp_path):
             rows[method]["tokens_per_s"] / rows["AR baseline (KV cache)"]["tokens_per_s"])
     table = (tmp_path / "sampling.md").read_text()
     assert "| 64 | 3 | dual cache + threshold 0.995 | 100.0 % | 100 % |" in table
+
+
+def test_bfloat16_run_loads_every_model_in_bfloat16_and_stays_exact(tmp_path, monkeypatch):
+    loaded = []
+
+    def spy(*args, **kwargs):
+        model = create_model(*args, **kwargs)
+        loaded.append(next(model.parameters()).dtype)
+        return model
+
+    monkeypatch.setattr(bench, "create_model", spy)
+    argv = ["--problems", "6", "--lengths", "64", "--batch-sizes", "3", "--thresholds", "0.995", "--dtype", "bfloat16",
+            "--only", "AR", "block diffusion", "--device", "cpu", "--out", str(tmp_path)]
+    assert bench.main(argv) == 0
+    assert loaded == [torch.bfloat16] * 3  # the checkable entry, the AR baseline, the block-diffusion entry
+    rows = {r["method"]: r for r in json.loads((tmp_path / "sampling.json").read_text())["rows"]}
+    assert set(rows) == {bench.REFERENCE, "AR baseline (KV cache)", "block diffusion, threshold 0.995",
+                         "block diffusion + pipeline, threshold 0.995 (early 0.9975)"}
+    for method, r in rows.items():
+        assert r["exact_match"] == 1.0, method  # bf16 weights and activations still solve these problems exactly
+    assert rows["block diffusion, threshold 0.995"]["nfe_per_batch"] < 16
+    assert "weights in bfloat16" in (tmp_path / "sampling.md").read_text()
