@@ -1,6 +1,7 @@
 """What only a GPU shows: CUDA logits against the CPU, bf16 against float32, the SDPA kernels the core reaches,
-CUDA decoding (every cache) against the CPU on the shipped checkable entry, padded batches, a VLM with its tower on
-the GPU, and bf16 mixed-precision training steps. Run with `pytest -m cuda` on a machine with a GPU."""
+CUDA decoding (every cache) against the CPU on the shipped checkable entry and on the block-diffusion entry (float32
+and bf16), padded batches, a VLM with its tower on the GPU, and bf16 mixed-precision training steps. Run with
+`pytest -m cuda` on a machine with a GPU."""
 
 from __future__ import annotations
 
@@ -115,6 +116,27 @@ def test_shipped_entry_decodes_the_same_on_cuda_as_on_the_cpu(options):
     assert out.is_cuda and torch.equal(out.cpu(), ref)
     answers = [[str(t) for t in row[keep].tolist()] for row, keep in zip(ref, attention, strict=True)]
     assert all(grade_answer(p, a).exact for p, a in zip(source.val_problems, answers, strict=True))
+
+
+PIPELINED = {"pipeline": 0.25, "pipeline_threshold": 0.9995, "window_blocks": 2}  # the card's `pipelined` preset
+
+
+@pytest.mark.parametrize("options", [{}, PIPELINED], ids=["default", "pipelined"])
+def test_block_diffusion_entry_decodes_the_same_on_cuda_as_on_the_cpu(options):
+    """The exact block cache on the GPU: the same tokens as the CPU, in float32, and exact answers in bf16."""
+    from mmdiff import create_model
+    from mmdiff.data.running_sums import grade_answer
+
+    cpu = create_model("running-sums-block")
+    source, ids, attention = running_sums_canvases(cpu, n_min=64, n_max=160)
+    ref = cpu.generate(ids, attention, **options)
+    for dtype in (torch.float32, torch.bfloat16):
+        gpu = create_model("running-sums-block", device="cuda", dtype=dtype)
+        out = gpu.generate(ids.to(CUDA), attention.to(CUDA), **options).cpu()
+        answers = [[str(t) for t in row[keep].tolist()] for row, keep in zip(out, attention, strict=True)]
+        assert all(grade_answer(p, a).exact for p, a in zip(source.val_problems, answers, strict=True)), dtype
+        if dtype == torch.float32:
+            assert torch.equal(out, ref)
 
 
 def test_left_padded_cuda_batch_equals_single_runs_with_the_dual_cache():
