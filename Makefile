@@ -30,6 +30,7 @@ run: install whisper
 	$(VENV)/bin/mmdiff list
 	$(VENV)/bin/mmdiff generate shakespeare-tiny --prompt "ROMEO." --prompt "HAMLET." --gen-length 96 --steps 96 --block-length 96 --seed 0
 	$(VENV)/bin/mmdiff generate running-sums-small --problems 3 --seed 0 --preset fast
+	$(VENV)/bin/mmdiff generate running-sums-block --problems 2 --seed 0
 	$(VENV)/bin/mmdiff generate mnist-grid-vlm --problems 1 --seed 0
 	$(VENV)/bin/mmdiff generate mnist-t2i --seed 0 --num-images 4 --out runs/mnist-t2i-grid.png
 	$(VENV)/bin/mmdiff transcribe speech-tiny --references mmdiff/data/assets/speech-clips

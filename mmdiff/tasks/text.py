@@ -284,7 +284,8 @@ def _cli_problems(model: Any, cli: CLIContext) -> int:
     canvases = [ex["ids"].masked_fill(ex["maskable"].bool(), mask_id) for ex in examples]
     pad = model.vocab.pad_id if model.vocab.pad_id is not None else mask_id
     ids, attention = left_pad(canvases, pad)
-    out = cli.generate(ids, attention, gen_length=0, infill=True).cpu()
+    decoded = cli.generate(ids, attention, gen_length=0, infill=True, return_history=True)
+    out, masked = decoded.sequences.cpu(), sum(int(ex["maskable"].sum()) for ex in examples)
     results = []
     for ex, canvas, row, keep in zip(examples, canvases, out, attention, strict=True):
         answer, truth = model.decode(row[keep], stop_at_eos=False), model.decode(ex["ids"], stop_at_eos=False)
@@ -296,7 +297,8 @@ def _cli_problems(model: Any, cli: CLIContext) -> int:
     for i, r in enumerate(results):
         print(f"problem {i + 1}: {r['prompt']}\n  answer:    {r['answer']}\n  reference: {r['reference']}"
               f"\n  {'correct' if r['exact'] else 'wrong'}")
-    print(f"exact match: {sum(r['exact'] for r in results)}/{len(results)}")
+    print(f"exact match: {sum(r['exact'] for r in results)}/{len(results)}, {decoded.nfe} forward passes for "
+          f"{masked} masked positions")
     return 0
 
 
