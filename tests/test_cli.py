@@ -373,3 +373,17 @@ def test_generate_problems_compares_with_references(capsys, make_checkpoint):
     # one batch: 4 steps of one token each fill the 3 x 4 masked targets
     exact = sum(g["exact"] for g in got)
     assert out.splitlines()[-1] == f"exact match: {exact}/3, 4 forward passes for 12 masked positions"
+
+
+def test_eval_with_a_card_preset_uses_its_options(capsys):
+    """`--preset` reaches `evaluate` (the running-sums presets repeat gen_length=0 and infill=True, which the problems
+    fix): the metrics equal a direct evaluation with the preset's options, and the shipped entry stays exact."""
+    model = create_model("running-sums-block")
+    preset = dict(model.card.sampler["pipelined"])
+    code, out, _ = run(capsys, "eval", "running-sums-block", "--preset", "pipelined", "--limit", "8")
+    assert code == 0
+    got = json.loads(out)
+    options = {k: v for k, v in preset.items() if k not in ("gen_length", "infill")}
+    assert options["pipeline"] == 0.25
+    assert got == DATASETS.get("running-sums")(n_min=384, n_max=512).evaluate(model, limit=8, **options)
+    assert got["exact_match"] == 1.0

@@ -233,6 +233,14 @@ def test_running_sums_evaluate_parses_and_scores_exactly():
                                                       + 4 * -(-longest[2] // 2)) / 20)
     with pytest.raises(ValueError, match="tokens_per_step must be >= 1"):
         source.evaluate(oracle, tokens_per_step=0)
+    # a card preset repeats gen_length=0 and infill=True: the same scores, the same calls; other values are refused
+    preset = OracleModel(vocab, corrupt_first=3)
+    assert source.evaluate(preset, limit=20, tokens_per_step=2, gen_length=0, infill=True) == scores
+    assert preset.calls == oracle.calls
+    with pytest.raises(ValueError, match=r"filled in place \(gen_length=0, infill=True\), got \{'gen_length': 4\}"):
+        source.evaluate(oracle, gen_length=4)
+    with pytest.raises(ValueError, match="got {'infill': False}"):
+        source.evaluate(oracle, infill=False)
 
 
 def test_running_sums_evaluate_runs_a_real_untrained_model():

@@ -188,11 +188,12 @@ class FakePipeline:
         images, labels = load_mnist_digits()
         order = source.order("train")[0]
         self.pools = {d: [images[i] for i in order if labels[i] == d] for d in range(10)}
-        self.noise, self.calls, self.rng = noise, [], np.random.default_rng(0)
+        self.noise, self.calls, self.options, self.rng = noise, [], [], np.random.default_rng(0)
         self.tokenizer = FourLevelTokenizer()
 
-    def __call__(self, prompts: list[str], *, generator: torch.Generator | None = None) -> list:
+    def __call__(self, prompts: list[str], *, generator: torch.Generator | None = None, **options) -> list:
         self.calls.append((list(prompts), generator))
+        self.options.append(options)
         out = []
         for p in prompts:
             pixels = self.rng.integers(0, 256, (28, 28), dtype=np.uint8) if self.noise else \
@@ -205,8 +206,9 @@ def test_evaluate_judges_the_pipeline_images(source, monkeypatch):
     fake = FakePipeline(source)
     asked = []
     monkeypatch.setattr(mnist_digits, "build_pipeline", lambda task, model: asked.append((task, model)) or fake)
-    metrics = source.evaluate("my-model", limit=100, batch_size=32, generator_seed=5)
+    metrics = source.evaluate("my-model", limit=100, batch_size=32, generator_seed=5, steps=8, cfg_scale=2.0)
     assert asked == [("text-to-image", "my-model")]
+    assert fake.options == [{"steps": 8, "cfg_scale": 2.0}] * 4  # sampler options (a card preset) reach every call
     assert [len(prompts) for prompts, _ in fake.calls] == [32, 32, 32, 4]
     assert [p for prompts, _ in fake.calls for p in prompts] == [e["caption"] for e in source.examples("val", 100)]
     generators = {id(g) for _, g in fake.calls}

@@ -323,7 +323,7 @@ class MnistDigitsSource:
         return load_mnist_digits()[0][self.split_indices()["val"]]
 
     def evaluate(self, model: Any, split: str = "val", limit: int | None = None, *, generator_seed: int = 0,
-                 batch_size: int = 64) -> dict[str, float]:
+                 batch_size: int = 64, **sampler_options: Any) -> dict[str, float]:
         """Generates one image per caption of `split` and judges them with the shipped digit classifier.
 
         Args:
@@ -332,6 +332,8 @@ class MnistDigitsSource:
             limit: the first `limit` captions (class-balanced); None = the whole split.
             generator_seed: seed of the one generator passed through every batch.
             batch_size: captions per pipeline call.
+            **sampler_options: passed to the text-to-image pipeline's call (steps, cfg_scale, a card preset's
+                options, ...).
 
         Returns:
             {"classifier_accuracy": fraction of images classified as the requested digit, "fid": FID of their
@@ -347,7 +349,8 @@ class MnistDigitsSource:
         generator = torch.Generator().manual_seed(generator_seed)
         images: list[Any] = []
         for start in range(0, len(examples), batch_size):
-            images += pipe([e["caption"] for e in examples[start:start + batch_size]], generator=generator)
+            images += pipe([e["caption"] for e in examples[start:start + batch_size]], generator=generator,
+                           **sampler_options)
         labels = [e["label"] for e in examples]
         reference = self.reference_images()
         scores = score_digits(images, labels, reference)

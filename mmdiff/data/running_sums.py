@@ -150,6 +150,18 @@ class RunningSumsDataset(Dataset):
         return self.source.example(self.source.problem(self.split, index), self.vocab)
 
 
+IN_PLACE = {"gen_length": 0, "infill": True}  # the sums are filled in where they stand on the canvas
+
+
+def _in_place(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Sampler overrides without `gen_length` / `infill`, which the problems fix (a card preset may repeat them); other
+    values of these two are an error naming the fix."""
+    wrong = {k: overrides[k] for k in IN_PLACE if k in overrides and overrides[k] != IN_PLACE[k]}
+    if wrong:
+        raise ValueError(f"running-sums problems are filled in place (gen_length=0, infill=True), got {wrong}; "
+                         "drop these options (--gen-length)")
+    return {k: v for k, v in overrides.items() if k not in IN_PLACE}
+
 @DATASETS.register("running-sums")
 class RunningSumsSource:
     """Running sums mod 10 with n digits, n uniform in [n_min, n_max].
@@ -286,6 +298,7 @@ class RunningSumsSource:
         """
         if tokens_per_step < 1:
             raise ValueError(f"tokens_per_step must be >= 1, got {tokens_per_step}")
+        sampler_overrides = _in_place(sampler_overrides)
         problems = self._eval_problems(split, limit)
         order = sorted(range(len(problems)), key=lambda i: len(problems[i]))
         size = batch_size or self.eval_batch_size
@@ -328,8 +341,8 @@ class RunningSumsSource:
         accepts = SAMPLERS.get(sampler).accepts if isinstance(sampler, str) else sampler.accepts
         defaults = {"block_length": ids.shape[1], "steps": -(-longest // tokens_per_step)}  # one block
         options = {**{k: v for k, v in defaults.items() if accepts(k)}, **overrides}
-        out = model.generate(ids.to(model.device), attention.to(model.device), gen_length=0, infill=True,
-                             return_history=True, **options)
+        out = model.generate(ids.to(model.device), attention.to(model.device), **IN_PLACE, return_history=True,
+                             **options)
         names = self.tokenizer().convert_ids_to_tokens(list(range(len(VOCAB))))
         answers = [[names[t] if 0 <= t < len(names) else f"<{t}>" for t in row[keep].tolist()]
                    for row, keep in zip(out.sequences.cpu(), attention, strict=True)]
