@@ -118,16 +118,15 @@ def test_shipped_entry_decodes_the_same_on_cuda_as_on_the_cpu(options):
     assert all(grade_answer(p, a).exact for p, a in zip(source.val_problems, answers, strict=True))
 
 
-PIPELINED = {"pipeline": 0.25, "pipeline_threshold": 0.9995, "window_blocks": 2}  # the card's `pipelined` preset
-
-
-@pytest.mark.parametrize("options", [{}, PIPELINED], ids=["default", "pipelined"])
-def test_block_diffusion_entry_decodes_the_same_on_cuda_as_on_the_cpu(options):
-    """The exact block cache on the GPU: the same tokens as the CPU, in float32, and exact answers in bf16."""
+@pytest.mark.parametrize("preset", ["default", "pipelined"])
+def test_block_diffusion_entry_decodes_the_same_on_cuda_as_on_the_cpu(preset):
+    """The exact block cache on the GPU, with each preset of the card: the same tokens as the CPU in float32, and
+    exact answers in bf16."""
     from mmdiff import create_model
     from mmdiff.data.running_sums import grade_answer
 
     cpu = create_model("running-sums-block")
+    options = cpu.card.sampler[preset]
     source, ids, attention = running_sums_canvases(cpu, n_min=64, n_max=160)
     ref = cpu.generate(ids, attention, **options)
     for dtype in (torch.float32, torch.bfloat16):

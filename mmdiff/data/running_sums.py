@@ -162,6 +162,7 @@ def _in_place(overrides: dict[str, Any]) -> dict[str, Any]:
                          "drop these options (--gen-length)")
     return {k: v for k, v in overrides.items() if k not in IN_PLACE}
 
+
 @DATASETS.register("running-sums")
 class RunningSumsSource:
     """Running sums mod 10 with n digits, n uniform in [n_min, n_max].
